@@ -1,0 +1,294 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the `/v1` API
+//! (`check`, `feedback`, `reload`, `rules`).
+//!
+//! It binds to loopback by default; when a token is configured, every `/v1` endpoint
+//! needs `Authorization: Bearer <token>` (the probes and `/metrics` stay open for
+//! scrapers and orchestrators). `/v1/check` is a dry run: it consumes nothing.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::decide::{self, Commit, Facts, Verdict};
+use crate::phone::{self, Country, NumberFormat};
+use crate::providers::NativeResponse;
+use crate::providers::RequestKind;
+use crate::proxy::handler::{native_response, Body};
+use crate::proxy::App;
+
+/// The admin endpoints' state.
+#[derive(Debug)]
+pub struct Admin {
+    app: Arc<App>,
+    token: Option<String>,
+}
+
+impl Admin {
+    /// Admin endpoints over the proxy's state.
+    pub fn new(app: Arc<App>, token: Option<String>) -> Admin {
+        Admin { app, token }
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(given.as_bytes(), token.as_bytes())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    native_response(NativeResponse::json(status, v))
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json_response(
+        status,
+        &json!({"error": {"message": message, "source": "smsfence"}}),
+    )
+}
+
+/// Routes one admin request.
+pub async fn handle(
+    admin: Arc<Admin>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    if path.starts_with("/v1/") && !admin.authorized(&req) {
+        let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Ok(r);
+    }
+    let app = &admin.app;
+    let resp = match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => {
+            let rules = app.rules.snapshot();
+            json_response(
+                StatusCode::OK,
+                &json!({"status": "ready", "rules_generation": rules.generation, "store": app.store.kind()}),
+            )
+        }
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(Either::Left(Full::new(Bytes::from(app.metrics.render()))));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::POST, "/v1/check") => match read_json::<CheckRequest>(req).await {
+            Ok(c) => check(app, c).await,
+            Err(r) => r,
+        },
+        (&Method::POST, "/v1/feedback") => match read_json::<FeedbackRequest>(req).await {
+            Ok(f) => feedback(app, f),
+            Err(r) => r,
+        },
+        (&Method::POST, "/v1/reload") => match app.rules.reload_async().await {
+            Ok(generation) => json_response(
+                StatusCode::OK,
+                &json!({"status": "reloaded", "generation": generation}),
+            ),
+            Err(errors) => json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({
+                    "status": "failed",
+                    "generation": app.rules.snapshot().generation,
+                    "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                }),
+            ),
+        },
+        (&Method::GET, "/v1/rules") => {
+            let rules = app.rules.snapshot();
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "generation": rules.generation,
+                    "source": rules.source,
+                    "shadow": rules.shadow_all,
+                    "rules": rules.summaries,
+                    "last_reload_errors": app.rules.last_errors().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                }),
+            )
+        }
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/v1/check" | "/v1/feedback" | "/v1/reload"
+            | "/v1/rules",
+        ) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{method} is not allowed on {path}"),
+        ),
+        _ => error(StatusCode::NOT_FOUND, &format!("no admin endpoint {path}")),
+    };
+    Ok(resp)
+}
+
+async fn read_json<T: for<'de> Deserialize<'de>>(
+    req: Request<Incoming>,
+) -> Result<T, Response<Body>> {
+    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the body must be JSON of at most 64 KiB",
+            ))
+        }
+    };
+    serde_json::from_slice(&body).map_err(|e| {
+        // serde_json's messages name fields and positions, never values.
+        error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}"))
+    })
+}
+
+/// `POST /v1/check`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckRequest {
+    number: String,
+    #[serde(default)]
+    ip: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    account: Option<String>,
+    #[serde(default)]
+    sender: Option<String>,
+    #[serde(default)]
+    default_region: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+async fn check(app: &App, c: CheckRequest) -> Response<Body> {
+    let region = match c.default_region.as_deref().map(Country::parse) {
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "default_region must be a two-letter ISO country code",
+            )
+        }
+        Some(r) => r,
+        None => None,
+    };
+    let ip = match c.ip.as_deref().map(str::parse::<IpAddr>) {
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "ip must be an IPv4 or IPv6 address",
+            )
+        }
+        Some(Ok(ip)) => Some(ip),
+        None => None,
+    };
+    let kind = match c.kind.as_deref().map(RequestKind::parse) {
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "kind must be send, verify_start or verify_check",
+            )
+        }
+        Some(Some(k)) => k,
+        None => RequestKind::Send,
+    };
+    let format = if region.is_some() {
+        NumberFormat::National
+    } else {
+        NumberFormat::E164
+    };
+    let recipient = phone::normalize(&c.number, format, region);
+    let recipients = [recipient.clone()];
+    let facts = Facts {
+        kind,
+        recipients: &recipients,
+        ip,
+        user: c.user.as_deref(),
+        account: c.account.as_deref(),
+        sender: c.sender.as_deref(),
+        segments: 1,
+    };
+    let rules = app.rules.snapshot();
+    let d = decide::decide(&rules, &app.store, &facts, app.clock.now(), Commit::DryRun).await;
+    let number = match &recipient {
+        Ok(dest) => json!({
+            "e164": dest.e164(),
+            "country": dest.country().map(|c| c.to_string()),
+            "type": dest.number_type().as_str(),
+            "valid": dest.is_valid(),
+        }),
+        Err(e) => {
+            json!({"e164": null, "country": null, "type": null, "valid": false, "error": e.to_string()})
+        }
+    };
+    let hit = d.verdict.hit();
+    let retry_after = match &d.verdict {
+        Verdict::Throttle { retry_after, .. } => {
+            Some(crate::providers::retry_after_secs(*retry_after))
+        }
+        _ => None,
+    };
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "decision": d.verdict.as_str(),
+            "reasons": hit.map(|h| vec![h.reason.as_str()]).unwrap_or_default(),
+            "rule": hit.map(|h| h.rule.to_string()),
+            "retry_after": retry_after,
+            "shadow": d.shadow.iter().map(|h| json!({"rule": h.rule.to_string(), "reason": h.reason.as_str()})).collect::<Vec<_>>(),
+            "number": number,
+            "rules_generation": rules.generation,
+        }),
+    )
+}
+
+/// `POST /v1/feedback`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackRequest {
+    number: String,
+    outcome: FeedbackOutcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FeedbackOutcome {
+    Verified,
+    Failed,
+}
+
+fn feedback(app: &App, f: FeedbackRequest) -> Response<Body> {
+    match phone::normalize(&f.number, NumberFormat::E164, None) {
+        Ok(d) if d.is_valid() => {
+            app.record_conversion(&d, "feedback", f.outcome == FeedbackOutcome::Verified);
+            let mut r = Response::new(Either::Left(Full::new(Bytes::new())));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        }
+        _ => error(
+            StatusCode::BAD_REQUEST,
+            "number must be a valid E.164 number such as +14155550123",
+        ),
+    }
+}

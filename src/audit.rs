@@ -1,0 +1,240 @@
+//! The audit log: one JSON line per decision and per verification outcome.
+//!
+//! Lines are valid input to `smsfence replay` (`ts`, `event`, `number`, `ip`, `user`,
+//! `account`, `provider`, `segments`), so production traffic can be replayed against a
+//! new rule set. Events go through a bounded channel to one writer task: the request path
+//! never blocks on disk, and a full channel drops the event and counts it. The file is
+//! opened per batch, so an external rotation (logrotate's rename) is followed at once.
+//! Never written: message text, codes, credentials. Numbers are written in full, masked
+//! or as a keyed hash, as configured.
+
+use std::hash::{BuildHasher, Hasher};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::{AuditConfig, NumberRedaction};
+use crate::metrics::Metrics;
+
+/// One audit record.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct AuditEvent {
+    /// RFC 3339 time of the decision.
+    pub ts: String,
+    /// `send` (a decided request) or `verified` / `failed` (a verification outcome).
+    pub event: &'static str,
+    /// The request id (also in the `Smsfence-Request-Id` response header).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
+    /// The provider preset.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub provider: &'static str,
+    /// The route name.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub route: String,
+    /// `send`, `verify_start`, `verify_check`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// `allow`, `throttle`, `block` (send events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<&'static str>,
+    /// Reason codes of the refusal.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<&'static str>,
+    /// The refusing rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Shadow rules that would have refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shadow: Vec<String>,
+    /// The first recipient (as configured: full, masked or hashed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub number: Option<String>,
+    /// Further recipients of a multi-recipient request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub numbers: Vec<String>,
+    /// Destination country of the first recipient.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    /// Number type of the first recipient.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub number_type: Option<&'static str>,
+    /// End-user IP from the trusted header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// End-user id from the trusted header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Provider account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// Segments per recipient.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segments: Option<u32>,
+    /// Estimated cost of the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+    /// Upstream status, when forwarded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
+    /// Whole-request latency in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// Upstream latency in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_ms: Option<f64>,
+    /// Whether the decision was made without the store.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub degraded: bool,
+}
+
+/// The audit sink: cheap to clone, never blocks.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    tx: Option<mpsc::Sender<AuditEvent>>,
+    redaction: NumberRedaction,
+    hash_key: u64,
+    metrics: Arc<Metrics>,
+}
+
+const CHANNEL: usize = 16_384;
+
+impl Audit {
+    /// An audit log that writes nowhere.
+    pub fn disabled(metrics: Arc<Metrics>) -> Audit {
+        Audit {
+            tx: None,
+            redaction: NumberRedaction::Full,
+            hash_key: 0,
+            metrics,
+        }
+    }
+
+    /// Starts the writer task for the configured output.
+    pub fn start(cfg: &AuditConfig, metrics: Arc<Metrics>) -> std::io::Result<Audit> {
+        let Some(output) = cfg.output.clone() else {
+            return Ok(Audit::disabled(metrics));
+        };
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let target = if output == "stdout" {
+            Target::Stdout
+        } else {
+            let path = PathBuf::from(&output);
+            // Fail at start-up, not on the first event, when the file cannot be opened.
+            open_append(&path)?;
+            Target::File {
+                path,
+                max_bytes: cfg.max_bytes,
+            }
+        };
+        let writer_metrics = Arc::clone(&metrics);
+        std::thread::Builder::new()
+            .name("smsfence-audit".into())
+            .spawn(move || writer(rx, target, writer_metrics))?;
+        let hash_key = cfg
+            .hash_key
+            .as_deref()
+            .map(|k| {
+                let mut h = std::hash::DefaultHasher::new();
+                h.write(k.as_bytes());
+                h.finish()
+            })
+            .unwrap_or_else(|| std::hash::RandomState::new().hash_one(0u8));
+        Ok(Audit {
+            tx: Some(tx),
+            redaction: cfg.numbers,
+            hash_key,
+            metrics,
+        })
+    }
+
+    /// Whether events are written anywhere.
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Queues an event; drops and counts it when the writer is behind.
+    pub fn emit(&self, event: AuditEvent) {
+        if let Some(tx) = &self.tx {
+            if tx.try_send(event).is_err() {
+                self.metrics.audit_dropped.inc();
+            }
+        }
+    }
+
+    /// A number as the audit log writes it.
+    pub fn number(&self, e164: &str) -> String {
+        match self.redaction {
+            NumberRedaction::Full => e164.to_owned(),
+            NumberRedaction::Masked => {
+                let keep = e164.len().saturating_sub(4);
+                format!("{}****", &e164[..keep])
+            }
+            NumberRedaction::Hash => {
+                let mut h = std::hash::DefaultHasher::new();
+                h.write_u64(self.hash_key);
+                h.write(e164.as_bytes());
+                format!("h:{:016x}", h.finish())
+            }
+        }
+    }
+}
+
+enum Target {
+    Stdout,
+    File { path: PathBuf, max_bytes: u64 },
+}
+
+fn open_append(path: &PathBuf) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+fn writer(mut rx: mpsc::Receiver<AuditEvent>, target: Target, metrics: Arc<Metrics>) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while let Some(first) = rx.blocking_recv() {
+        buf.clear();
+        let mut next = Some(first);
+        while let Some(e) = next {
+            if serde_json::to_writer(&mut buf, &e).is_ok() {
+                buf.push(b'\n');
+            }
+            next = if buf.len() < 64 * 1024 {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        let written = match &target {
+            Target::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&buf).and_then(|()| out.flush())
+            }
+            Target::File { path, max_bytes } => write_file(path, *max_bytes, &buf),
+        };
+        if written.is_err() {
+            metrics.audit_dropped.inc();
+        }
+    }
+}
+
+/// Appends to the file (opened per batch, so a rename by logrotate is followed at once),
+/// rotating it to `<file>.1` first when it has grown past `max_bytes`.
+fn write_file(path: &PathBuf, max_bytes: u64, buf: &[u8]) -> std::io::Result<()> {
+    if max_bytes > 0 {
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.len() + buf.len() as u64 > max_bytes {
+                let mut rotated = path.clone().into_os_string();
+                rotated.push(".1");
+                std::fs::rename(path, rotated)?;
+            }
+        }
+    }
+    let mut f = open_append(path)?;
+    f.write_all(buf)
+}

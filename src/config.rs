@@ -1,0 +1,574 @@
+//! Service settings: listeners, routes, upstreams, trusted headers, store, admin, audit.
+//!
+//! Read from one TOML file (or none: [`Config::default`] routes every provider to the
+//! built-in sandbox), checked with `deny_unknown_fields`, then [`Config::validate`]d into
+//! the form the proxy runs on. Every error names the file, the line and the key.
+//! Rule files are not here: they live in `rules/` and reload on their own (see `rules`).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper::Uri;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::clock::serde_duration;
+use crate::phone::{Country, NumberFormat};
+use crate::providers::generic::GenericConfig;
+use crate::providers::Preset;
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// toml's message, which names the line, column and key.
+        message: String,
+    },
+    /// A value is well-formed but unusable.
+    #[error("{path}:{line}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The line the offending table starts on (1-based).
+        line: usize,
+        /// The key, e.g. `route "twilio".upstream`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole service configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The proxy listener.
+    pub server: ServerConfig,
+    /// How smsfence talks to upstream providers.
+    pub upstream: UpstreamConfig,
+    /// Who may tell smsfence the end user's IP and id, and in which headers.
+    pub trusted: TrustedConfig,
+    /// The admin listener.
+    pub admin: AdminConfig,
+    /// Where rate-limit and heuristic state lives.
+    pub store: StoreConfig,
+    /// The audit log of decisions.
+    pub audit: AuditConfig,
+    /// The routes; none means "every preset, to the sandbox".
+    #[serde(rename = "route")]
+    pub routes: Vec<toml::Spanned<RouteConfig>>,
+    /// The file name and text this was read from, for line numbers in errors.
+    #[serde(skip)]
+    origin: Option<(String, String)>,
+}
+
+/// The proxy listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where the proxy listens.
+    pub listen: SocketAddr,
+    /// Largest request body read; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(with = "serde_duration")]
+    pub drain_timeout: Duration,
+    /// How long a client may take to send its request head and body.
+    #[serde(with = "serde_duration")]
+    pub request_read_timeout: Duration,
+    /// Worker threads for the runtime (0 = one per core).
+    pub worker_threads: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 64 * 1024,
+            drain_timeout: Duration::from_secs(10),
+            request_read_timeout: Duration::from_secs(10),
+            worker_threads: 0,
+        }
+    }
+}
+
+/// How smsfence talks to upstream providers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Time allowed to open a TCP (and TLS) connection.
+    #[serde(with = "serde_duration")]
+    pub connect_timeout: Duration,
+    /// Time allowed for the whole upstream exchange, from sending to the response head.
+    #[serde(with = "serde_duration")]
+    pub timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    #[serde(with = "serde_duration")]
+    pub pool_idle_timeout: Duration,
+    /// Most idle connections kept per upstream host.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(15),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 256,
+        }
+    }
+}
+
+/// The end user's identity, as told by the app in headers it is trusted to set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustedConfig {
+    /// TCP peers whose identity headers are believed (the app servers).
+    pub peers: Vec<IpNet>,
+    /// Header carrying the end user's IP. `X-Forwarded-For` style lists are read from the
+    /// right, skipping addresses in `peers`.
+    pub ip_header: Option<String>,
+    /// Header carrying the end user's id in the app.
+    pub user_header: Option<String>,
+}
+
+impl Default for TrustedConfig {
+    fn default() -> Self {
+        TrustedConfig {
+            peers: vec![
+                "127.0.0.0/8".parse().expect("valid literal"),
+                "::1/128".parse().expect("valid literal"),
+            ],
+            ip_header: Some("X-Smsfence-End-User-Ip".into()),
+            user_header: Some("X-Smsfence-End-User-Id".into()),
+        }
+    }
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where `/metrics`, `/healthz`, `/readyz` and `/v1/*` listen. Loopback by default.
+    pub listen: SocketAddr,
+    /// When set, `/v1/*` endpoints need `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            token: None,
+        }
+    }
+}
+
+/// Which state store backs the limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In-process, bounded. The default.
+    #[default]
+    Memory,
+    /// Redis or Valkey, shared by several instances.
+    Redis,
+}
+
+/// Where rate-limit and heuristic state lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `memory` (default) or `redis`.
+    pub kind: StoreKind,
+    /// Ceiling on tracked keys in memory; past it new keys are not tracked (counted).
+    pub max_keys: usize,
+    /// How often idle keys are swept from memory.
+    #[serde(with = "serde_duration")]
+    pub sweep_interval: Duration,
+    /// Redis URLs: one for a single node, several seeds for a Cluster.
+    pub urls: Vec<String>,
+    /// Whether `urls` name a Redis Cluster.
+    pub cluster: bool,
+    /// Per-call timeout against Redis.
+    #[serde(with = "serde_duration")]
+    pub timeout: Duration,
+    /// Refuse to start when the store cannot be reached.
+    pub require_store: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Memory,
+            max_keys: 1_000_000,
+            sweep_interval: Duration::from_secs(10),
+            urls: Vec::new(),
+            cluster: false,
+            timeout: Duration::from_millis(50),
+            require_store: false,
+        }
+    }
+}
+
+/// How numbers appear in the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NumberRedaction {
+    /// The full E.164 number (replayable as is).
+    #[default]
+    Full,
+    /// The last four digits replaced by `*`.
+    Masked,
+    /// A keyed hash (stable within one key, not reversible).
+    Hash,
+}
+
+/// The audit log of decisions.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// `"stdout"`, a file path, or unset for no audit log.
+    pub output: Option<String>,
+    /// How numbers are written.
+    pub numbers: NumberRedaction,
+    /// The key for `numbers = "hash"`.
+    pub hash_key: Option<String>,
+    /// Rotate the file past this size (bytes); 0 = never (reopen on SIGHUP instead).
+    pub max_bytes: u64,
+}
+
+/// What to do with a request a preset cannot read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnsupported {
+    /// Refuse it with reason `unsupported_request`.
+    #[default]
+    Refuse,
+    /// Forward it undecided (counted).
+    Passthrough,
+}
+
+/// One route: a provider preset, where it forwards to, and how to read its numbers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name, used in metrics and logs.
+    pub name: String,
+    /// Which provider API this route speaks.
+    pub preset: Preset,
+    /// `"sandbox"` or the provider's base URL, e.g. `https://api.twilio.com`.
+    pub upstream: String,
+    /// A path prefix the proxy strips before matching and forwarding.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Region for national-format numbers, e.g. `"GB"`.
+    #[serde(default)]
+    pub default_region: Option<String>,
+    /// How recipients are written, when the preset does not decide it.
+    #[serde(default)]
+    pub number_format: Option<NumberFormat>,
+    /// What to do with requests the preset cannot read.
+    #[serde(default)]
+    pub on_unsupported: OnUnsupported,
+    /// The extractor of a `generic` route.
+    #[serde(default)]
+    pub generic: Option<GenericConfig>,
+}
+
+/// Where a route forwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// The built-in sandbox that answers like the provider and sends nothing.
+    Sandbox,
+    /// A real base URL.
+    Url {
+        /// `http` or `https`.
+        scheme: hyper::http::uri::Scheme,
+        /// Host and port.
+        authority: hyper::http::uri::Authority,
+        /// A path the forwarded path is appended to (no trailing slash; may be empty).
+        base_path: String,
+    },
+}
+
+/// A route after validation.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Unique name.
+    pub name: String,
+    /// The provider preset.
+    pub preset: Preset,
+    /// Where it forwards.
+    pub upstream: Upstream,
+    /// The prefix stripped before matching (no trailing slash; may be empty).
+    pub path_prefix: String,
+    /// Region for national numbers.
+    pub default_region: Option<Country>,
+    /// Number format override.
+    pub number_format: Option<NumberFormat>,
+    /// Unreadable requests: refuse or pass through.
+    pub on_unsupported: OnUnsupported,
+    /// The generic extractor, compiled.
+    pub generic: Option<crate::providers::generic::Generic>,
+}
+
+impl Config {
+    /// Reads and parses a TOML file (not yet validated).
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&path.display().to_string(), &text)
+    }
+
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn from_toml(origin: &str, text: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.origin = Some((origin.to_owned(), text.to_owned()));
+        Ok(config)
+    }
+
+    /// Checks every value and compiles the routes.
+    pub fn validate(&self) -> Result<Vec<Route>, ConfigError> {
+        let (origin, text) = self
+            .origin
+            .clone()
+            .unwrap_or_else(|| ("<default>".to_owned(), String::new()));
+        let err = |span_start: usize, key: String, message: String| ConfigError::Invalid {
+            path: origin.clone(),
+            line: line_of(&text, span_start),
+            key,
+            message,
+        };
+        if self.server.max_body_bytes == 0 {
+            return Err(err(
+                0,
+                "server.max_body_bytes".into(),
+                "must be above 0".into(),
+            ));
+        }
+        if self.upstream.timeout.is_zero() || self.upstream.connect_timeout.is_zero() {
+            return Err(err(
+                0,
+                "upstream.timeout".into(),
+                "timeouts must be above 0".into(),
+            ));
+        }
+        for (key, header) in [
+            ("trusted.ip_header", &self.trusted.ip_header),
+            ("trusted.user_header", &self.trusted.user_header),
+        ] {
+            if let Some(h) = header {
+                if hyper::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    return Err(err(
+                        0,
+                        key.into(),
+                        format!("{h:?} is not a valid header name"),
+                    ));
+                }
+            }
+        }
+        if self.store.kind == StoreKind::Redis && self.store.urls.is_empty() {
+            return Err(err(
+                0,
+                "store.urls".into(),
+                "kind = \"redis\" needs at least one URL".into(),
+            ));
+        }
+        if self.routes.is_empty() {
+            return Ok(default_routes());
+        }
+        let mut names = HashSet::new();
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for spanned in &self.routes {
+            let start = spanned.span().start;
+            let r = spanned.get_ref();
+            let key = |k: &str| format!("route {:?}.{k}", r.name);
+            if r.name.is_empty() || !names.insert(r.name.clone()) {
+                return Err(err(
+                    start,
+                    key("name"),
+                    "route names must be non-empty and unique".into(),
+                ));
+            }
+            let upstream =
+                parse_upstream(&r.upstream).map_err(|m| err(start, key("upstream"), m))?;
+            let path_prefix = match &r.path_prefix {
+                None => String::new(),
+                Some(p) if p.starts_with('/') => p.trim_end_matches('/').to_owned(),
+                Some(_) => {
+                    return Err(err(start, key("path_prefix"), "must start with '/'".into()))
+                }
+            };
+            let default_region = match &r.default_region {
+                None => None,
+                Some(s) => Some(Country::parse(s).ok_or_else(|| {
+                    err(
+                        start,
+                        key("default_region"),
+                        format!("{s:?} is not a two-letter ISO country code"),
+                    )
+                })?),
+            };
+            if r.number_format == Some(NumberFormat::National) && default_region.is_none() {
+                return Err(err(
+                    start,
+                    key("number_format"),
+                    "\"national\" needs default_region".into(),
+                ));
+            }
+            let generic = match (r.preset, &r.generic) {
+                (Preset::Generic, Some(g)) => {
+                    Some(g.compile().map_err(|m| err(start, key("generic"), m))?)
+                }
+                (Preset::Generic, None) => {
+                    return Err(err(
+                        start,
+                        key("generic"),
+                        "a generic route needs a [route.generic] table".into(),
+                    ))
+                }
+                (_, Some(_)) => {
+                    return Err(err(
+                        start,
+                        key("generic"),
+                        "only preset = \"generic\" takes a generic table".into(),
+                    ))
+                }
+                (_, None) => None,
+            };
+            routes.push(Route {
+                name: r.name.clone(),
+                preset: r.preset,
+                upstream,
+                path_prefix,
+                default_region,
+                number_format: r.number_format,
+                on_unsupported: r.on_unsupported,
+                generic,
+            });
+        }
+        Ok(routes)
+    }
+}
+
+/// One route per provider preset, all to the sandbox: the embedded default.
+pub fn default_routes() -> Vec<Route> {
+    Preset::BUILT_IN
+        .iter()
+        .map(|&preset| Route {
+            name: preset.as_str().to_owned(),
+            preset,
+            upstream: Upstream::Sandbox,
+            path_prefix: String::new(),
+            default_region: None,
+            number_format: None,
+            on_unsupported: OnUnsupported::Refuse,
+            generic: None,
+        })
+        .collect()
+}
+
+fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    if s == "sandbox" {
+        return Ok(Upstream::Sandbox);
+    }
+    let uri: Uri = s.parse().map_err(|e| {
+        format!("{s:?} is not a URL ({e}); use \"sandbox\" or e.g. \"https://api.twilio.com\"")
+    })?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| format!("{s:?} has no scheme"))?;
+    if scheme != hyper::http::uri::Scheme::HTTP && scheme != hyper::http::uri::Scheme::HTTPS {
+        return Err(format!(
+            "{s:?}: only http and https upstreams are supported"
+        ));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("{s:?} has no host"))?;
+    if uri.query().is_some() {
+        return Err(format!("{s:?}: an upstream base URL cannot carry a query"));
+    }
+    Ok(Upstream::Url {
+        scheme,
+        authority,
+        base_path: uri.path().trim_end_matches('/').to_owned(),
+    })
+}
+
+/// The 1-based line of a byte offset.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_routes_every_preset_to_the_sandbox() {
+        let c = Config::from_toml("x.toml", "").unwrap();
+        let routes = c.validate().unwrap();
+        assert_eq!(routes.len(), Preset::BUILT_IN.len());
+        assert!(routes.iter().all(|r| r.upstream == Upstream::Sandbox));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let e = Config::from_toml(
+            "svc.toml",
+            "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 2\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("svc.toml"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn bad_route_names_line_and_key() {
+        let text = "[server]\nmax_body_bytes = 10\n\n[[route]]\nname = \"t\"\npreset = \"twilio\"\nupstream = \"ftp://x\"\n";
+        let e = Config::from_toml("svc.toml", text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("svc.toml:4: route \"t\".upstream"), "{e}");
+    }
+
+    #[test]
+    fn upstream_urls() {
+        let u = parse_upstream("https://api.twilio.com/").unwrap();
+        assert!(matches!(u, Upstream::Url { ref base_path, .. } if base_path.is_empty()));
+        assert!(parse_upstream("api.twilio.com").is_err());
+        assert!(parse_upstream("http://h/?q=1").is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! The generic cell rate algorithm, as pure arithmetic on nanoseconds.
+//!
+//! A key's whole state is its theoretical arrival time (TAT). With emission interval `T`
+//! (period / rate) and burst `B`, a request of cost `c` passes when
+//! `max(TAT, now) + c·T − now ≤ B·T`, and then `TAT` becomes `max(TAT, now) + c·T`.
+//! A key whose TAT is in the past is indistinguishable from a fresh one, so idle keys
+//! can be dropped at any time without changing a decision. Redis runs the same
+//! arithmetic in Lua (see `store::redis`).
+
+use std::time::Duration;
+
+/// What a passing check leaves behind, for the RateLimit headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct State {
+    /// Requests that would still pass right now.
+    pub remaining: u32,
+    /// Time until the bucket is full again.
+    pub reset: Duration,
+}
+
+/// The result of one GCRA step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Passes; store `new_tat`.
+    Pass {
+        /// The TAT to store.
+        new_tat: u64,
+        /// Remaining and reset.
+        state: State,
+    },
+    /// Refused; a retry after this long would pass (for `cost > burst`, never: the
+    /// time given is one full refill).
+    Refuse {
+        /// Time until it would pass.
+        retry_after: Duration,
+    },
+}
+
+/// One GCRA step for stored `tat` (0 = fresh) at `now`, all in nanoseconds.
+pub fn step(tat: u64, now: u64, interval: u64, burst: u32, cost: u32) -> Step {
+    let interval = interval.max(1);
+    let tau = interval.saturating_mul(u64::from(burst));
+    let increment = interval.saturating_mul(u64::from(cost));
+    let base = tat.max(now);
+    let new_tat = base.saturating_add(increment);
+    let horizon = now.saturating_add(tau);
+    if new_tat <= horizon {
+        let remaining = (horizon - new_tat) / interval;
+        Step::Pass {
+            new_tat,
+            state: State {
+                remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+                reset: Duration::from_nanos(new_tat - now),
+            },
+        }
+    } else if cost > burst {
+        Step::Refuse {
+            retry_after: Duration::from_nanos(tau),
+        }
+    } else {
+        Step::Refuse {
+            retry_after: Duration::from_nanos(new_tat - horizon),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn pass(s: Step) -> u64 {
+        match s {
+            Step::Pass { new_tat, .. } => new_tat,
+            Step::Refuse { retry_after } => panic!("refused, retry after {retry_after:?}"),
+        }
+    }
+
+    #[test]
+    fn burst_then_refill() {
+        // 1 per 60 s, burst 3.
+        let t = 60 * S;
+        let now = 1_000 * S;
+        let mut tat = 0;
+        for _ in 0..3 {
+            tat = pass(step(tat, now, t, 3, 1));
+        }
+        assert_eq!(
+            step(tat, now, t, 3, 1),
+            Step::Refuse {
+                retry_after: Duration::from_secs(60)
+            }
+        );
+        // Exactly at the retry-after it passes, one nanosecond before it does not.
+        assert!(matches!(
+            step(tat, now + 60 * S - 1, t, 3, 1),
+            Step::Refuse { .. }
+        ));
+        assert!(matches!(
+            step(tat, now + 60 * S, t, 3, 1),
+            Step::Pass { .. }
+        ));
+    }
+
+    #[test]
+    fn remaining_and_reset() {
+        let t = 10 * S;
+        let Step::Pass { state, .. } = step(0, 100 * S, t, 5, 1) else {
+            panic!()
+        };
+        assert_eq!(state.remaining, 4);
+        assert_eq!(state.reset, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn cost_and_oversized_cost() {
+        let t = S;
+        let tat = pass(step(0, 0, t, 5, 5));
+        assert!(matches!(step(tat, 0, t, 5, 1), Step::Refuse { .. }));
+        assert_eq!(
+            step(0, 0, t, 5, 6),
+            Step::Refuse {
+                retry_after: Duration::from_secs(5)
+            }
+        );
+    }
+
+    #[test]
+    fn idle_key_equals_fresh_key() {
+        let t = 7 * S;
+        let old_tat = 50 * S;
+        let now = 100 * S;
+        assert_eq!(step(old_tat, now, t, 2, 1), step(0, now, t, 2, 1));
+    }
+}

@@ -1,0 +1,241 @@
+//! The `smsfence` command line: `run` (the default), `check-rules`.
+//!
+//! Everything here is wiring: parse flags, set up logging, build the runtime, call the
+//! library, turn errors into messages with `anyhow`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use smsfence::clock::SystemClock;
+use smsfence::config::{Config, Upstream};
+use smsfence::proxy::{Instance, Options};
+use smsfence::rules::reload::Source;
+use smsfence::rules::RuleSet;
+
+/// A fraud-aware SMS gateway proxy: point your SMS SDK's base URL at it.
+#[derive(Debug, Parser)]
+#[command(name = "smsfence", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy (the default when no subcommand is given).
+    Run(RunArgs),
+    /// Validate a rules directory like `nginx -t`: every mistake as file:line: rule: message.
+    CheckRules {
+        /// The rules directory.
+        #[arg(default_value = "rules", env = "SMSFENCE_RULES")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct RunArgs {
+    /// Service config (TOML). Without one, every provider routes to the built-in sandbox.
+    #[arg(long, env = "SMSFENCE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Proxy listen address [default: 127.0.0.1:8080, or the config's server.listen].
+    #[arg(long, env = "SMSFENCE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Admin listen address [default: 127.0.0.1:9090, or the config's admin.listen].
+    #[arg(long, env = "SMSFENCE_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Rules directory [default: rules; the embedded defaults when ./rules does not exist].
+    #[arg(long, env = "SMSFENCE_RULES")]
+    rules: Option<PathBuf>,
+    /// Do not watch the rules directory (reload with SIGHUP or POST /v1/reload).
+    #[arg(long, env = "SMSFENCE_NO_WATCH")]
+    no_watch: bool,
+    /// Log format.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "pretty",
+        env = "SMSFENCE_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::CheckRules { dir }) => check_rules(&dir),
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("smsfence: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_rules(dir: &Path) -> anyhow::Result<ExitCode> {
+    match RuleSet::load_dir(dir) {
+        Ok(set) => {
+            let count = |k: &str| set.summaries.iter().filter(|s| s.kind == k).count();
+            let shadow = set.summaries.iter().filter(|s| s.mode == "shadow").count();
+            println!(
+                "{}: ok — {} limits, {} allow lists, {} deny lists, {} policies ({} in shadow){}",
+                dir.display(),
+                count("limit"),
+                count("allow"),
+                count("deny"),
+                count("policy"),
+                shadow,
+                if set.shadow_all {
+                    "; global shadow is ON: nothing will be refused"
+                } else {
+                    ""
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "{}: {} mistake(s); nothing was changed",
+                dir.display(),
+                errors.len()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format);
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(l) = args.listen {
+        config.server.listen = l;
+    }
+    if let Some(l) = args.admin_listen {
+        config.admin.listen = l;
+    }
+    let rules = match &args.rules {
+        Some(dir) => {
+            anyhow::ensure!(
+                dir.is_dir(),
+                "the rules directory {} does not exist",
+                dir.display()
+            );
+            Source::Dir(dir.clone())
+        }
+        None if Path::new("rules").is_dir() => Source::Dir(PathBuf::from("rules")),
+        None => Source::Embedded,
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.server.worker_threads > 0 {
+        runtime.worker_threads(config.server.worker_threads);
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config, rules, !args.no_watch))
+}
+
+async fn serve(config: Config, rules: Source, watch: bool) -> anyhow::Result<ExitCode> {
+    let instance = Instance::start(Options {
+        config,
+        rules: rules.clone(),
+        watch_rules: watch,
+        clock: Arc::new(SystemClock::new()),
+    })
+    .await?;
+    banner(&instance, &rules);
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading rules");
+                let _ = instance.app.rules.reload_async().await;
+            }
+        }
+    }
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    instance.shutdown();
+    instance.wait().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn banner(instance: &Instance, rules: &Source) {
+    let app = &instance.app;
+    let set = app.rules.snapshot();
+    let source = match rules {
+        Source::Dir(d) => d.display().to_string(),
+        Source::Embedded => "embedded defaults".to_owned(),
+    };
+    tracing::info!(
+        proxy = %instance.proxy_addr,
+        admin = %instance.admin_addr,
+        rules = %source,
+        generation = set.generation,
+        rule_count = set.summaries.len(),
+        "smsfence is listening"
+    );
+    for r in &app.routes {
+        let upstream = match &r.upstream {
+            Upstream::Sandbox => "the built-in sandbox (nothing is sent)".to_owned(),
+            Upstream::Url {
+                scheme,
+                authority,
+                base_path,
+            } => format!("{scheme}://{authority}{base_path}"),
+        };
+        tracing::info!(route = %r.name, preset = r.preset.as_str(), "route → {upstream}");
+    }
+    let p = instance.proxy_addr;
+    let a = instance.admin_addr;
+    eprintln!(
+        "\nTry it (a Twilio-style send; repeat it to see the per-number cooldown answer 429):\n\n  \
+         curl -i -u ACtest:secret http://{p}/2010-04-01/Accounts/ACtest/Messages.json \\\n    \
+         --data-urlencode To=+14155550123 --data-urlencode From=+15005550006 --data-urlencode 'Body=Your code is 123456'\n\n\
+         A premium-rate number is refused outright:\n\n  \
+         curl -i -u ACtest:secret http://{p}/2010-04-01/Accounts/ACtest/Messages.json \\\n    \
+         --data-urlencode To=+449098790123 --data-urlencode From=+15005550006 --data-urlencode 'Body=hi'\n\n\
+         Ask what would happen, without sending:  curl -s http://{a}/v1/check -d '{{\"number\":\"+18765550123\"}}'\n\
+         Metrics:                                 curl -s http://{a}/metrics | grep smsfence_decisions\n"
+    );
+}

@@ -1,0 +1,265 @@
+//! One Prometheus registry, owned (never the global default), with typed families.
+//!
+//! Label values come only from enums and bounded sets — providers, routes, decisions,
+//! reasons, rule names, ISO countries. Never a phone number, an IP, an account id or
+//! message text.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets in seconds, from 10 µs to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Every metric smsfence exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Requests by provider, route and outcome.
+    pub requests: IntCounterVec,
+    /// Whole-request latency by provider and outcome.
+    pub request_duration: HistogramVec,
+    /// Decisions by decision, reason, rule, country and mode (enforce/shadow).
+    pub decisions: IntCounterVec,
+    /// Recipients evaluated by country, number type and decision.
+    pub recipients: IntCounterVec,
+    /// Upstream latency by provider and status class.
+    pub upstream_duration: HistogramVec,
+    /// Upstream errors by provider and kind.
+    pub upstream_errors: IntCounterVec,
+    /// Time smsfence itself adds (everything but the upstream exchange).
+    pub overhead: Histogram,
+    /// Rule reloads by result.
+    pub reloads: IntCounterVec,
+    /// The active rules generation.
+    pub rules_generation: IntGauge,
+    /// Active rules by kind and mode.
+    pub rules_active: IntGaugeVec,
+    /// Tracked keys per store.
+    pub store_keys: IntGaugeVec,
+    /// Idle keys evicted per store.
+    pub store_evictions: IntCounterVec,
+    /// New keys not tracked because of the ceiling, per store.
+    pub store_rejected: IntCounterVec,
+    /// Store errors by store and kind.
+    pub store_errors: IntCounterVec,
+    /// Decisions made without the store (degraded).
+    pub degraded_decisions: IntCounterVec,
+    /// Conversions recorded by source, outcome and country.
+    pub conversions: IntCounterVec,
+    /// Estimated cost by country and outcome (allowed / refused).
+    pub estimated_cost: prometheus::CounterVec,
+    /// Connections and requests that failed before routing (malformed HTTP, timeouts).
+    pub connection_errors: IntCounterVec,
+    /// Audit events dropped (slow or failed writer).
+    pub audit_dropped: IntCounter,
+}
+
+impl Metrics {
+    /// Registers every family in a fresh registry.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c =
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric name");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid metric definition");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric name");
+            h
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g =
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric name");
+            g
+        };
+        let requests = counter(
+            "smsfence_requests_total",
+            "Requests received, by provider, route and outcome.",
+            &["provider", "route", "outcome"],
+        );
+        let request_duration = histogram(
+            "smsfence_request_duration_seconds",
+            "Whole-request latency as the client sees it, by provider and outcome.",
+            &["provider", "outcome"],
+        );
+        let decisions = counter(
+            "smsfence_decisions_total",
+            "Decisions by decision (allow/throttle/block), reason, rule, destination country and mode (enforce/shadow).",
+            &["decision", "reason", "rule", "country", "mode"],
+        );
+        let recipients = counter(
+            "smsfence_recipients_total",
+            "Recipients evaluated, by country, number type and the request's decision.",
+            &["country", "number_type", "decision"],
+        );
+        let upstream_duration = histogram(
+            "smsfence_upstream_duration_seconds",
+            "Upstream exchange latency (to the response head), by provider and status class.",
+            &["provider", "status_class"],
+        );
+        let upstream_errors = counter(
+            "smsfence_upstream_errors_total",
+            "Upstream failures by provider and kind (refused, timeout, reset, other).",
+            &["provider", "kind"],
+        );
+        let overhead = Histogram::with_opts(
+            HistogramOpts::new(
+                "smsfence_proxy_overhead_seconds",
+                "Time smsfence adds to a request: everything except the upstream exchange.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(overhead.clone()))
+            .expect("unique metric name");
+        let reloads = counter(
+            "smsfence_rule_reloads_total",
+            "Rule reloads by result (success/failure).",
+            &["result"],
+        );
+        let rules_generation = IntGauge::new(
+            "smsfence_rules_generation",
+            "Generation of the active rule set.",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(rules_generation.clone()))
+            .expect("unique metric name");
+        let rules_active = gauge_vec(
+            "smsfence_rules_active",
+            "Active rules by kind and mode.",
+            &["kind", "mode"],
+        );
+        let store_keys = gauge_vec(
+            "smsfence_store_keys",
+            "Keys tracked by the state store.",
+            &["store"],
+        );
+        let store_evictions = counter(
+            "smsfence_store_evictions_total",
+            "Idle keys evicted.",
+            &["store"],
+        );
+        let store_rejected = counter(
+            "smsfence_store_keys_rejected_total",
+            "New keys not tracked (or refused) because the key ceiling was reached.",
+            &["store"],
+        );
+        let store_errors = counter(
+            "smsfence_store_errors_total",
+            "State store errors by kind.",
+            &["store", "kind"],
+        );
+        let degraded_decisions = counter(
+            "smsfence_degraded_decisions_total",
+            "Decisions made without the state store, by fallback (open/closed/local).",
+            &["fallback"],
+        );
+        let conversions = counter(
+            "smsfence_conversions_total",
+            "Verification outcomes recorded, by source (verify_check/feedback), outcome and country.",
+            &["source", "outcome", "country"],
+        );
+        let estimated_cost = prometheus::CounterVec::new(
+            Opts::new(
+                "smsfence_estimated_cost_total",
+                "Estimated SMS cost (price table currency) by destination country and outcome (allowed/refused).",
+            ),
+            &["country", "outcome"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(estimated_cost.clone()))
+            .expect("unique metric name");
+        let connection_errors = counter(
+            "smsfence_connection_errors_total",
+            "Client connections that failed (malformed HTTP, read timeouts, resets).",
+            &["kind"],
+        );
+        let audit_dropped = IntCounter::new(
+            "smsfence_audit_dropped_total",
+            "Audit events that could not be written.",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(audit_dropped.clone()))
+            .expect("unique metric name");
+        let build = IntGaugeVec::new(
+            Opts::new("smsfence_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(build.clone()))
+            .expect("unique metric name");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            decisions,
+            recipients,
+            upstream_duration,
+            upstream_errors,
+            overhead,
+            reloads,
+            rules_generation,
+            rules_active,
+            store_keys,
+            store_evictions,
+            store_rejected,
+            store_errors,
+            degraded_decisions,
+            conversions,
+            estimated_cost,
+            connection_errors,
+            audit_dropped,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// `2xx`, `4xx`, `5xx` …
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

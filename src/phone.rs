@@ -1,0 +1,414 @@
+//! Phone-number normalization into a [`Destination`].
+//!
+//! Every recipient a provider preset finds goes through [`normalize`] before any rule sees
+//! it: the result carries the E.164 digits, the real ISO country (so +1 numbers of
+//! Caribbean nations are not "US"), the number type and validity, all from the
+//! `phonenumber` crate's metadata. A [`Destination`] is `Copy` and fits in 16 bytes, so
+//! the decision path never allocates for it. This module never logs a number.
+
+use std::fmt;
+use std::str::FromStr;
+
+use phonenumber::metadata::DATABASE;
+use phonenumber::Type;
+
+/// An ISO 3166-1 alpha-2 country code, upper case.
+#[derive(Copy, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Country([u8; 2]);
+
+impl Country {
+    /// Parses a two-letter code, any case (`"us"`, `"GB"`); `None` if it is not two letters.
+    pub fn parse(s: &str) -> Option<Country> {
+        let b = s.as_bytes();
+        if b.len() == 2 && b.iter().all(u8::is_ascii_alphabetic) {
+            Some(Country([
+                b[0].to_ascii_uppercase(),
+                b[1].to_ascii_uppercase(),
+            ]))
+        } else {
+            None
+        }
+    }
+
+    /// The code as a string slice, e.g. `"US"`.
+    pub fn as_str(&self) -> &str {
+        // Invariant: only built from two ASCII letters.
+        std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+
+    fn to_id(self) -> Option<phonenumber::country::Id> {
+        phonenumber::country::Id::from_str(self.as_str()).ok()
+    }
+}
+
+impl fmt::Debug for Country {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Country {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What kind of line a number is, from the numbering plan's metadata.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum NumberType {
+    /// A mobile number.
+    Mobile,
+    /// A fixed-line (landline) number.
+    FixedLine,
+    /// Fixed line or mobile: the plan does not tell them apart (e.g. the USA).
+    FixedLineOrMobile,
+    /// Voice over IP.
+    Voip,
+    /// Premium rate: the classic toll-fraud destination.
+    PremiumRate,
+    /// Shared cost.
+    SharedCost,
+    /// Freephone.
+    TollFree,
+    /// A personal (follow-me) number.
+    PersonalNumber,
+    /// A pager.
+    Pager,
+    /// A universal access (company) number.
+    Uan,
+    /// Voicemail access.
+    Voicemail,
+    /// Anything else, or a number that matches no pattern of its region.
+    Unknown,
+}
+
+impl NumberType {
+    /// Every type, in a stable order.
+    pub const ALL: [NumberType; 12] = [
+        NumberType::Mobile,
+        NumberType::FixedLine,
+        NumberType::FixedLineOrMobile,
+        NumberType::Voip,
+        NumberType::PremiumRate,
+        NumberType::SharedCost,
+        NumberType::TollFree,
+        NumberType::PersonalNumber,
+        NumberType::Pager,
+        NumberType::Uan,
+        NumberType::Voicemail,
+        NumberType::Unknown,
+    ];
+
+    /// The snake_case name used in rule files, metrics and audit events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NumberType::Mobile => "mobile",
+            NumberType::FixedLine => "fixed_line",
+            NumberType::FixedLineOrMobile => "fixed_line_or_mobile",
+            NumberType::Voip => "voip",
+            NumberType::PremiumRate => "premium_rate",
+            NumberType::SharedCost => "shared_cost",
+            NumberType::TollFree => "toll_free",
+            NumberType::PersonalNumber => "personal_number",
+            NumberType::Pager => "pager",
+            NumberType::Uan => "uan",
+            NumberType::Voicemail => "voicemail",
+            NumberType::Unknown => "unknown",
+        }
+    }
+
+    /// The inverse of [`NumberType::as_str`].
+    pub fn parse(s: &str) -> Option<NumberType> {
+        NumberType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    fn from_metadata(t: Type) -> NumberType {
+        match t {
+            Type::Mobile => NumberType::Mobile,
+            Type::FixedLine => NumberType::FixedLine,
+            Type::FixedLineOrMobile => NumberType::FixedLineOrMobile,
+            Type::Voip => NumberType::Voip,
+            Type::PremiumRate => NumberType::PremiumRate,
+            Type::SharedCost => NumberType::SharedCost,
+            Type::TollFree => NumberType::TollFree,
+            Type::PersonalNumber => NumberType::PersonalNumber,
+            Type::Pager => NumberType::Pager,
+            Type::Uan => NumberType::Uan,
+            Type::Voicemail => NumberType::Voicemail,
+            _ => NumberType::Unknown,
+        }
+    }
+}
+
+/// How a route's recipients are written.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NumberFormat {
+    /// `+` and the international digits; national numbers are read with the default region.
+    #[default]
+    E164,
+    /// International digits without `+` (Vonage, Infobip, Sinch accept this).
+    InternationalDigits,
+    /// National format in the route's default region.
+    National,
+}
+
+/// A recipient, normalized.
+#[derive(Copy, Clone, PartialEq, Eq, Hash)]
+pub struct Destination {
+    /// The E.164 digits without `+` (at most 15 digits, so they fit a `u64`).
+    digits: u64,
+    /// The country calling code (1, 44, 882 …).
+    calling_code: u16,
+    /// The real country, `None` for non-geographic codes (+800, +882, +883 …).
+    country: Option<Country>,
+    /// The line type.
+    number_type: NumberType,
+    /// Whether the number matches its region's numbering plan.
+    valid: bool,
+}
+
+impl fmt::Debug for Destination {
+    // Numbers are personal data: Debug output shows only the country and type.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Destination")
+            .field("country", &self.country)
+            .field("type", &self.number_type)
+            .field("valid", &self.valid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Destination {
+    /// The E.164 digits as an integer (no `+`).
+    pub fn digits(&self) -> u64 {
+        self.digits
+    }
+
+    /// The number in E.164, e.g. `+14155550123`.
+    pub fn e164(&self) -> String {
+        format!("+{}", self.digits)
+    }
+
+    /// The number of digits in the E.164 form.
+    pub fn len(&self) -> u32 {
+        self.digits.checked_ilog10().map_or(1, |l| l + 1)
+    }
+
+    /// Never true: a destination has at least one digit. Here for clippy's sake.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The number without its last `drop` digits (at least the calling code remains).
+    pub fn prefix(&self, drop: u32) -> u64 {
+        let keep_min = self.calling_code.checked_ilog10().map_or(1, |l| l + 1);
+        let drop = drop.min(self.len().saturating_sub(keep_min));
+        self.digits / 10u64.pow(drop)
+    }
+
+    /// The country calling code.
+    pub fn calling_code(&self) -> u16 {
+        self.calling_code
+    }
+
+    /// The ISO country, `None` for non-geographic numbers.
+    pub fn country(&self) -> Option<Country> {
+        self.country
+    }
+
+    /// The line type.
+    pub fn number_type(&self) -> NumberType {
+        self.number_type
+    }
+
+    /// Whether the number is valid in its numbering plan.
+    pub fn is_valid(&self) -> bool {
+        self.valid
+    }
+
+    /// Whether the E.164 digits start with `prefix_digits` (an E.164 prefix without `+`).
+    pub fn has_prefix(&self, prefix: &DigitPrefix) -> bool {
+        let len = self.len();
+        len >= prefix.len && self.digits / 10u64.pow(len - prefix.len) == prefix.value
+    }
+}
+
+/// An E.164 prefix such as `+4479`, compiled for fast matching.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DigitPrefix {
+    /// The prefix digits as an integer.
+    value: u64,
+    /// How many digits it has.
+    len: u32,
+}
+
+impl DigitPrefix {
+    /// Parses `+4479` or `4479` (1 to 15 digits).
+    pub fn parse(s: &str) -> Option<DigitPrefix> {
+        let d = s.strip_prefix('+').unwrap_or(s);
+        if d.is_empty()
+            || d.len() > 15
+            || !d.bytes().all(|b| b.is_ascii_digit())
+            || d.starts_with('0')
+        {
+            return None;
+        }
+        Some(DigitPrefix {
+            value: d.parse().ok()?,
+            len: d.len() as u32,
+        })
+    }
+}
+
+/// Why a string could not be read as a phone number at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PhoneError {
+    /// Nothing that looks like a number.
+    #[error("not a phone number")]
+    NotANumber,
+    /// A national number and no region to read it in.
+    #[error("a national number with no default region to read it in")]
+    NoRegion,
+    /// More digits than E.164 allows.
+    #[error("too long for E.164")]
+    TooLong,
+}
+
+/// Normalizes one recipient as written by a client.
+///
+/// `Err` means the string could not be read as a number; `Ok` with `is_valid() == false`
+/// means it parsed but matches no numbering plan. Both are refused as `invalid_number`.
+pub fn normalize(
+    raw: &str,
+    format: NumberFormat,
+    default_region: Option<Country>,
+) -> Result<Destination, PhoneError> {
+    let raw = raw.trim();
+    if raw.is_empty() || raw.len() > 64 {
+        return Err(PhoneError::NotANumber);
+    }
+    let parsed = if raw.starts_with('+') {
+        phonenumber::parse(None, raw)
+    } else if format == NumberFormat::InternationalDigits
+        || (format == NumberFormat::E164 && default_region.is_none())
+    {
+        // Vonage-style digits, or a number sent without its `+` and no region to guess:
+        // read it as international, which is what every provider does with it.
+        let digits = raw.strip_prefix("00").unwrap_or(raw);
+        phonenumber::parse(None, format!("+{digits}"))
+    } else {
+        let region = default_region
+            .and_then(Country::to_id)
+            .ok_or(PhoneError::NoRegion)?;
+        phonenumber::parse(Some(region), raw)
+    }
+    .map_err(|_| PhoneError::NotANumber)?;
+
+    let calling_code = parsed.code().value();
+    let national = parsed.national().value();
+    let national_len =
+        national.checked_ilog10().map_or(1, |l| l + 1) + parsed.national().zeros() as u32;
+    let cc_len = calling_code.checked_ilog10().map_or(1, |l| l + 1);
+    if cc_len + national_len > 15 {
+        return Err(PhoneError::TooLong);
+    }
+    let digits = u64::from(calling_code) * 10u64.pow(national_len) + national;
+
+    let metadata = parsed.metadata(&DATABASE);
+    let country = metadata.and_then(|m| Country::parse(m.id()));
+    let valid = parsed.is_valid_with(&DATABASE);
+    let number_type = match metadata {
+        Some(_) => NumberType::from_metadata(parsed.number_type(&DATABASE)),
+        None => NumberType::Unknown,
+    };
+    Ok(Destination {
+        digits,
+        calling_code,
+        country,
+        number_type,
+        valid,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Destination {
+        normalize(s, NumberFormat::E164, None).expect("parses")
+    }
+
+    #[test]
+    fn e164_mobile_us() {
+        let d = n("+14155550123");
+        assert_eq!(d.e164(), "+14155550123");
+        assert_eq!(d.country(), Country::parse("US"));
+        assert_eq!(d.len(), 11);
+    }
+
+    #[test]
+    fn caribbean_plus_one_is_its_own_country() {
+        // Jamaica, +1 876: a classic pumping destination that must not count as US.
+        let d = n("+18765550123");
+        assert_eq!(d.country(), Country::parse("JM"));
+    }
+
+    #[test]
+    fn uk_mobile_and_premium() {
+        let m = n("+447700900123");
+        assert_eq!(m.country(), Country::parse("GB"));
+        assert_eq!(m.number_type(), NumberType::Mobile);
+        assert!(m.is_valid());
+        let p = n("+449098790123");
+        assert_eq!(p.number_type(), NumberType::PremiumRate);
+    }
+
+    #[test]
+    fn international_digits_and_national() {
+        let v = normalize("447700900123", NumberFormat::InternationalDigits, None).unwrap();
+        assert_eq!(v.e164(), "+447700900123");
+        let gb = Country::parse("gb");
+        let nat = normalize("07700 900123", NumberFormat::National, gb).unwrap();
+        assert_eq!(nat.e164(), "+447700900123");
+        assert_eq!(
+            normalize("07700 900123", NumberFormat::National, None),
+            Err(PhoneError::NoRegion)
+        );
+    }
+
+    #[test]
+    fn italian_leading_zero_is_kept() {
+        let d = n("+390612345678");
+        assert_eq!(d.e164(), "+390612345678");
+        assert_eq!(d.country(), Country::parse("IT"));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for s in [
+            "",
+            "hello",
+            "+",
+            "++1",
+            "+1234567890123456789",
+            "\u{0}\u{1}",
+            "+99999",
+        ] {
+            let r = normalize(s, NumberFormat::E164, None);
+            assert!(r.is_err() || !r.unwrap().is_valid(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn prefixes() {
+        let d = n("+447700900123");
+        assert_eq!(d.prefix(3), 447700900);
+        assert_eq!(d.prefix(99), 44);
+        let p = DigitPrefix::parse("+4477").unwrap();
+        assert!(d.has_prefix(&p));
+        assert!(!d.has_prefix(&DigitPrefix::parse("+4478").unwrap()));
+        assert!(DigitPrefix::parse("+0").is_none());
+        assert!(DigitPrefix::parse("+44a").is_none());
+    }
+}

@@ -1,0 +1,627 @@
+//! Provider presets: how each SMS API's requests are recognised and read, and how a
+//! refusal is answered in that provider's own error format.
+//!
+//! One file per provider. Each exposes the same five things, which this module dispatches
+//! on through [`Op`]:
+//! - `ENDPOINTS`: the method and path of every request that sends (or checks) a code;
+//! - `ROOTS`: the API roots whose other requests pass through untouched;
+//! - `extract`: the recipients, sender, account and segment count of a request;
+//! - `refusal`: the native throttle (429 + `Retry-After`) and block responses;
+//! - `sandbox`: the provider's own success answer, for the built-in sandbox upstream;
+//! - `conversion`: whether an upstream answer says a code was verified.
+//!
+//! Presets never log, never see the decision logic, and never keep message text: the text
+//! is read only to count segments.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, StatusCode};
+use serde::Deserialize;
+
+use crate::decide::Reason;
+use crate::phone::NumberFormat;
+
+pub mod generic;
+pub mod infobip;
+pub mod plivo;
+pub mod segments;
+pub mod sinch;
+pub mod telnyx;
+pub mod twilio;
+pub mod vonage;
+
+/// A provider API a route speaks.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// Twilio Messages and Verify v2.
+    Twilio,
+    /// Vonage (Nexmo) SMS and Verify v2.
+    Vonage,
+    /// Telnyx Messaging v2.
+    Telnyx,
+    /// Plivo Messages.
+    Plivo,
+    /// Sinch SMS (XMS batches).
+    Sinch,
+    /// Infobip SMS v2 and v3.
+    Infobip,
+    /// Any other HTTP SMS API, read by a configured extractor.
+    Generic,
+}
+
+impl Preset {
+    /// The presets that need no extractor configuration.
+    pub const BUILT_IN: [Preset; 6] = [
+        Preset::Twilio,
+        Preset::Vonage,
+        Preset::Telnyx,
+        Preset::Plivo,
+        Preset::Sinch,
+        Preset::Infobip,
+    ];
+
+    /// The lowercase name used in config, metrics and audit events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preset::Twilio => "twilio",
+            Preset::Vonage => "vonage",
+            Preset::Telnyx => "telnyx",
+            Preset::Plivo => "plivo",
+            Preset::Sinch => "sinch",
+            Preset::Infobip => "infobip",
+            Preset::Generic => "generic",
+        }
+    }
+
+    /// The endpoints that send or check codes.
+    pub fn endpoints(self) -> &'static [Endpoint] {
+        match self {
+            Preset::Twilio => twilio::ENDPOINTS,
+            Preset::Vonage => vonage::ENDPOINTS,
+            Preset::Telnyx => telnyx::ENDPOINTS,
+            Preset::Plivo => plivo::ENDPOINTS,
+            Preset::Sinch => sinch::ENDPOINTS,
+            Preset::Infobip => infobip::ENDPOINTS,
+            Preset::Generic => &[],
+        }
+    }
+
+    /// API roots (patterns ending in `/**`) whose other requests pass through untouched.
+    pub fn roots(self) -> &'static [&'static str] {
+        match self {
+            Preset::Twilio => twilio::ROOTS,
+            Preset::Vonage => vonage::ROOTS,
+            Preset::Telnyx => telnyx::ROOTS,
+            Preset::Plivo => plivo::ROOTS,
+            Preset::Sinch => sinch::ROOTS,
+            Preset::Infobip => infobip::ROOTS,
+            Preset::Generic => &[],
+        }
+    }
+}
+
+/// What a request does, for rules scoped to a kind.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    /// Sends a message.
+    Send,
+    /// Starts a verification (sends a code).
+    VerifyStart,
+    /// Checks a code a user typed.
+    VerifyCheck,
+}
+
+impl RequestKind {
+    /// Every kind.
+    pub const ALL: [RequestKind; 3] = [
+        RequestKind::Send,
+        RequestKind::VerifyStart,
+        RequestKind::VerifyCheck,
+    ];
+
+    /// The snake_case name used in rule files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Send => "send",
+            RequestKind::VerifyStart => "verify_start",
+            RequestKind::VerifyCheck => "verify_check",
+        }
+    }
+
+    /// The inverse of [`RequestKind::as_str`].
+    pub fn parse(s: &str) -> Option<RequestKind> {
+        RequestKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// One recognised operation of one preset.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A Twilio operation.
+    Twilio(twilio::Op),
+    /// A Vonage operation.
+    Vonage(vonage::Op),
+    /// A Telnyx operation.
+    Telnyx(telnyx::Op),
+    /// A Plivo operation.
+    Plivo(plivo::Op),
+    /// A Sinch operation.
+    Sinch(sinch::Op),
+    /// An Infobip operation.
+    Infobip(infobip::Op),
+    /// The generic extractor's one operation.
+    Generic,
+}
+
+impl Op {
+    /// The preset this operation belongs to.
+    pub fn preset(self) -> Preset {
+        match self {
+            Op::Twilio(_) => Preset::Twilio,
+            Op::Vonage(_) => Preset::Vonage,
+            Op::Telnyx(_) => Preset::Telnyx,
+            Op::Plivo(_) => Preset::Plivo,
+            Op::Sinch(_) => Preset::Sinch,
+            Op::Infobip(_) => Preset::Infobip,
+            Op::Generic => Preset::Generic,
+        }
+    }
+}
+
+/// A request a preset recognises: method, path pattern and operation.
+///
+/// Patterns are `/`-separated; `{}` matches exactly one segment and is captured.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint {
+    /// The HTTP method.
+    pub method: &'static str,
+    /// The path pattern, e.g. `/2010-04-01/Accounts/{}/Messages.json`.
+    pub pattern: &'static str,
+    /// What it does.
+    pub op: Op,
+}
+
+/// What a preset sees of a request. The body is already fully read and bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The path, route prefix already stripped.
+    pub path: &'a str,
+    /// The segments captured by `{}` in the endpoint pattern, in order.
+    pub params: &'a [&'a str],
+    /// The raw query string, if any.
+    pub query: Option<&'a str>,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+    /// The body bytes.
+    pub body: &'a [u8],
+}
+
+impl RequestView<'_> {
+    /// Whether the Content-Type is JSON (`application/json`, `…+json`).
+    pub fn is_json(&self) -> bool {
+        content_type(self.headers).is_some_and(|c| c == "application/json" || c.ends_with("+json"))
+    }
+
+    /// Whether the Content-Type is a URL-encoded form.
+    pub fn is_form(&self) -> bool {
+        content_type(self.headers).is_some_and(|c| c == "application/x-www-form-urlencoded")
+    }
+
+    /// The user of HTTP Basic authentication, if any (never the password).
+    pub fn basic_user(&self) -> Option<String> {
+        basic_auth_user(self.headers)
+    }
+
+    /// The `n`th captured path segment, percent-decoded.
+    pub fn param(&self, n: usize) -> Option<String> {
+        self.params.get(n).map(|p| {
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    }
+
+    /// Every value of a form field in the body (`+` and `%20` both decode to a space).
+    pub fn form_values(&self, key: &str) -> Vec<String> {
+        form_values(self.body, key)
+    }
+
+    /// The first value of a form field in the body.
+    pub fn form_value(&self, key: &str) -> Option<String> {
+        form_value(self.body, key)
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Result<serde_json::Value, ExtractError> {
+        serde_json::from_slice(self.body)
+            .map_err(|_| ExtractError::MalformedBody("the body is not valid JSON"))
+    }
+}
+
+/// The media type of a Content-Type header, lower-cased, without parameters.
+pub fn content_type(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(hyper::header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
+}
+
+/// Every value of `key` in a URL-encoded form body.
+pub fn form_values(body: &[u8], key: &str) -> Vec<String> {
+    form_urlencoded::parse(body)
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+        .collect()
+}
+
+/// The first value of `key` in a URL-encoded form body.
+pub fn form_value(body: &[u8], key: &str) -> Option<String> {
+    form_urlencoded::parse(body)
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The user part of `Authorization: Basic …`.
+pub fn basic_auth_user(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine;
+    let v = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split_once(':').map_or(text.as_str(), |(u, _)| u);
+    (!user.is_empty()).then(|| user.to_owned())
+}
+
+/// A JSON string field, or `None`.
+pub fn json_str<'v>(v: &'v serde_json::Value, key: &str) -> Option<&'v str> {
+    v.get(key).and_then(serde_json::Value::as_str)
+}
+
+/// What a preset read from a request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extracted {
+    /// Every recipient, as written by the client (not yet normalized).
+    pub recipients: Vec<String>,
+    /// How these recipients are written, when the preset knows (Vonage: digits, no `+`).
+    pub number_format: Option<NumberFormat>,
+    /// The sender id or number, when given.
+    pub sender: Option<String>,
+    /// The provider account (path SID, API key or Basic-auth user).
+    pub account: Option<String>,
+    /// SMS segments per recipient, counted from the text (1 when there is no text).
+    pub segments: u32,
+    /// A reference that a later check request uses instead of the number (Twilio
+    /// `VerificationSid`, Vonage `request_id`), when this request carries one.
+    pub verify_ref: Option<String>,
+    /// True when the request sends nothing smsfence can decide on (Verify by email):
+    /// it is forwarded undecided and counted.
+    pub no_phone: bool,
+}
+
+/// Why a preset could not read a request it recognised.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExtractError {
+    /// The body is not what the endpoint takes (bad JSON, wrong content type).
+    #[error("malformed request: {0}")]
+    MalformedBody(&'static str),
+    /// The recipient field is missing or empty.
+    #[error("the request names no recipient ({0})")]
+    MissingRecipient(&'static str),
+    /// A shape smsfence does not read (group ids, `to_add`, …).
+    #[error("unsupported request shape: {0}")]
+    Unsupported(&'static str),
+}
+
+/// What an answer from upstream tells about verification, if anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConversionSignal {
+    /// Nothing.
+    None,
+    /// A verification started: later checks may name `reference` instead of the number.
+    Started {
+        /// The provider's id for the verification.
+        reference: String,
+    },
+    /// The code was approved for this number (as written by the client).
+    Verified {
+        /// The number, when the request or response carried it.
+        number: Option<String>,
+        /// The verification reference, for checks that carry no number.
+        reference: Option<String>,
+    },
+}
+
+/// Whether a refusal is a throttle (retryable) or a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// Too many requests; retry after the given time.
+    Throttle {
+        /// When a retry would be allowed.
+        retry_after: Duration,
+    },
+    /// Refused by policy; retrying will not help.
+    Block,
+}
+
+/// A refusal, as the native response builders see it.
+#[derive(Debug, Clone)]
+pub struct Refusal<'a> {
+    /// Throttle or block.
+    pub kind: RefusalKind,
+    /// The stable reason code.
+    pub reason: Reason,
+    /// The rule that refused.
+    pub rule: &'a str,
+    /// Which recipient (0-based) caused it, for multi-recipient requests.
+    pub recipient: Option<usize>,
+    /// How many recipients the request had.
+    pub recipients: usize,
+}
+
+impl Refusal<'_> {
+    /// A human sentence with the stable reason code and rule; never the number or text.
+    pub fn message(&self) -> String {
+        let who = match (self.recipient, self.recipients) {
+            (Some(i), n) if n > 1 => format!(" (recipient {} of {n})", i + 1),
+            _ => String::new(),
+        };
+        let what = match self.kind {
+            RefusalKind::Throttle { retry_after } => format!(
+                "Too many messages: {}{who}; retry after {} s",
+                self.reason.sentence(),
+                retry_after_secs(retry_after)
+            ),
+            RefusalKind::Block => format!("Message refused: {}{who}", self.reason.sentence()),
+        };
+        format!(
+            "{what}. [smsfence reason={} rule={}]",
+            self.reason.as_str(),
+            self.rule
+        )
+    }
+
+    /// The `Retry-After` value in whole seconds (rounded up, at least 1), for throttles.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self.kind {
+            RefusalKind::Throttle { retry_after } => Some(retry_after_secs(retry_after)),
+            RefusalKind::Block => None,
+        }
+    }
+}
+
+/// Whole seconds for `Retry-After`, rounded up, at least 1.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// A response smsfence writes itself (refusals, sandbox answers, errors).
+#[derive(Debug, Clone)]
+pub struct NativeResponse {
+    /// The status.
+    pub status: StatusCode,
+    /// Extra headers (Content-Type is set from `content_type`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The Content-Type.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl NativeResponse {
+    /// A JSON response.
+    pub fn json(status: StatusCode, body: &serde_json::Value) -> Self {
+        NativeResponse {
+            status,
+            headers: Vec::new(),
+            content_type: "application/json",
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &'static str, value: impl AsRef<str>) -> Self {
+        if let Ok(v) = HeaderValue::from_str(value.as_ref()) {
+            self.headers.push((HeaderName::from_static(name), v));
+        }
+        self
+    }
+
+    /// Adds `Retry-After` when the refusal is a throttle.
+    pub fn with_retry_after(self, refusal: &Refusal<'_>) -> Self {
+        match refusal.retry_after_secs() {
+            Some(s) => self.with_header("retry-after", s.to_string()),
+            None => self,
+        }
+    }
+}
+
+/// Reads a request of a recognised operation.
+pub fn extract(
+    op: Op,
+    req: &RequestView<'_>,
+    generic: Option<&generic::Generic>,
+) -> Result<Extracted, ExtractError> {
+    match op {
+        Op::Twilio(op) => twilio::extract(op, req),
+        Op::Vonage(op) => vonage::extract(op, req),
+        Op::Telnyx(op) => telnyx::extract(op, req),
+        Op::Plivo(op) => plivo::extract(op, req),
+        Op::Sinch(op) => sinch::extract(op, req),
+        Op::Infobip(op) => infobip::extract(op, req),
+        Op::Generic => match generic {
+            Some(g) => g.extract(req),
+            None => Err(ExtractError::Unsupported(
+                "generic route without an extractor",
+            )),
+        },
+    }
+}
+
+/// The operation's kind (send, verify start, verify check).
+pub fn kind(op: Op) -> RequestKind {
+    match op {
+        Op::Twilio(op) => op.kind(),
+        Op::Vonage(op) => op.kind(),
+        Op::Telnyx(_) | Op::Plivo(_) | Op::Sinch(_) | Op::Infobip(_) | Op::Generic => {
+            RequestKind::Send
+        }
+    }
+}
+
+/// The native answer to a refused request.
+pub fn refusal(
+    op: Op,
+    refusal: &Refusal<'_>,
+    generic: Option<&generic::Generic>,
+) -> NativeResponse {
+    let resp = match op {
+        Op::Twilio(op) => twilio::refusal(op, refusal),
+        Op::Vonage(op) => vonage::refusal(op, refusal),
+        Op::Telnyx(_) => telnyx::refusal(refusal),
+        Op::Plivo(_) => plivo::refusal(refusal),
+        Op::Sinch(_) => sinch::refusal(refusal),
+        Op::Infobip(_) => infobip::refusal(refusal),
+        Op::Generic => generic::refusal(generic, refusal),
+    };
+    resp.with_header("smsfence-reason", refusal.reason.as_str())
+        .with_header("smsfence-rule", refusal.rule)
+}
+
+/// The sandbox's success answer to an allowed request.
+pub fn sandbox(op: Op, req: &RequestView<'_>, extracted: &Extracted) -> NativeResponse {
+    match op {
+        Op::Twilio(op) => twilio::sandbox(op, req, extracted),
+        Op::Vonage(op) => vonage::sandbox(op, req, extracted),
+        Op::Telnyx(_) => telnyx::sandbox(req, extracted),
+        Op::Plivo(_) => plivo::sandbox(req, extracted),
+        Op::Sinch(_) => sinch::sandbox(req, extracted),
+        Op::Infobip(op) => infobip::sandbox(op, req, extracted),
+        Op::Generic => NativeResponse::json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "accepted", "sandbox": true}),
+        ),
+    }
+}
+
+/// What an upstream answer says about verification.
+pub fn conversion(
+    op: Op,
+    req: &RequestView<'_>,
+    extracted: &Extracted,
+    status: StatusCode,
+    body: &[u8],
+) -> ConversionSignal {
+    match op {
+        Op::Twilio(op) => twilio::conversion(op, req, extracted, status, body),
+        Op::Vonage(op) => vonage::conversion(op, req, extracted, status, body),
+        _ => ConversionSignal::None,
+    }
+}
+
+/// Whether `conversion` needs the upstream body for this operation (so it is buffered).
+pub fn wants_response_body(op: Op) -> bool {
+    match op {
+        Op::Twilio(op) => op.kind() != RequestKind::Send,
+        Op::Vonage(op) => op.kind() != RequestKind::Send,
+        _ => false,
+    }
+}
+
+/// A process-unique id of `len` hex digits for sandbox answers (not random, not secret).
+pub fn sandbox_id(prefix: &str, len: usize) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mixed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (n << 17);
+    let hex = format!("{mixed:016x}{n:016x}");
+    format!("{prefix}{}", &hex[..len.min(hex.len())])
+}
+
+/// Strips a `whatsapp:`-style channel prefix from a recipient; `None` for non-phone
+/// addresses (`messenger:…`, e-mail).
+pub fn phone_part(raw: &str) -> Option<Cow<'_, str>> {
+    let raw = raw.trim();
+    if let Some(rest) = raw
+        .strip_prefix("whatsapp:")
+        .or_else(|| raw.strip_prefix("sms:"))
+        .or_else(|| raw.strip_prefix("tel:"))
+    {
+        return Some(Cow::Borrowed(rest));
+    }
+    if raw.contains('@') || raw.contains(':') {
+        return None;
+    }
+    Some(Cow::Borrowed(raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_user_never_the_password() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Basic QUN4eHg6c2VjcmV0"),
+        );
+        assert_eq!(basic_auth_user(&h).as_deref(), Some("ACxxx"));
+        h.insert("authorization", HeaderValue::from_static("Bearer abc"));
+        assert_eq!(basic_auth_user(&h), None);
+        h.insert("authorization", HeaderValue::from_static("Basic !!!"));
+        assert_eq!(basic_auth_user(&h), None);
+    }
+
+    #[test]
+    fn form_decodes_plus_and_percent_20() {
+        assert_eq!(
+            form_value(b"Body=a+b&To=%2B1", "Body").as_deref(),
+            Some("a b")
+        );
+        assert_eq!(form_value(b"Body=a%20b", "Body").as_deref(), Some("a b"));
+        assert_eq!(form_value(b"\xff\xfe=\xff", "To"), None);
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(59_001)), 60);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn refusal_message_names_reason_and_rule_not_number() {
+        let r = Refusal {
+            kind: RefusalKind::Throttle {
+                retry_after: Duration::from_secs(30),
+            },
+            reason: Reason::RateLimited,
+            rule: "number-cooldown",
+            recipient: Some(1),
+            recipients: 3,
+        };
+        let m = r.message();
+        assert!(
+            m.contains("reason=rate_limited rule=number-cooldown"),
+            "{m}"
+        );
+        assert!(m.contains("recipient 2 of 3"), "{m}");
+        assert!(m.contains("retry after 30 s"), "{m}");
+    }
+}

@@ -1,0 +1,40 @@
+//! Plivo: TODO(issue 3) extraction, native errors and sandbox answers.
+
+use hyper::StatusCode;
+
+use super::{Endpoint, ExtractError, Extracted, NativeResponse, Refusal, RequestView};
+
+/// Plivo operations.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Send a message.
+    Send,
+}
+
+/// Plivo's sending endpoints.
+pub const ENDPOINTS: &[Endpoint] = &[Endpoint {
+    method: "POST",
+    pattern: "/v1/Account/{}/Message/",
+    op: super::Op::Plivo(Op::Send),
+}];
+
+/// Plivo API roots that pass through.
+pub const ROOTS: &[&str] = &["/v1/Account/**"];
+
+/// Reads a Plivo request.
+pub fn extract(_op: Op, _req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
+    Err(ExtractError::Unsupported("not implemented yet"))
+}
+
+/// Plivo's native error for a refusal.
+pub fn refusal(refusal: &Refusal<'_>) -> NativeResponse {
+    NativeResponse::json(
+        StatusCode::FORBIDDEN,
+        &serde_json::json!({"error": refusal.message()}),
+    )
+}
+
+/// The sandbox's Plivo answer.
+pub fn sandbox(_req: &RequestView<'_>, _ex: &Extracted) -> NativeResponse {
+    NativeResponse::json(StatusCode::OK, &serde_json::json!({}))
+}

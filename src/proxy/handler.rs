@@ -1,0 +1,732 @@
+//! One request, phase by phase: route → read body → extract → normalize → decide →
+//! forward or answer natively → observe.
+//!
+//! Every phase that can fail answers with a clear status (404, 408, 413, 400, 502, 504)
+//! and a JSON body naming smsfence, and is counted. Nothing here panics on input, logs a
+//! number, or keeps message text.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Request, Response, StatusCode, Uri};
+
+use super::route::Target;
+use super::upstream::UpstreamError;
+use super::App;
+use crate::audit::AuditEvent;
+use crate::config::{OnUnsupported, Route, Upstream};
+use crate::decide::{self, Commit, Decision, Facts, Reason, Recipient, Verdict};
+use crate::phone::{self, Destination};
+use crate::providers::{
+    self, ConversionSignal, Extracted, NativeResponse, Op, Refusal, RefusalKind, RequestView,
+};
+
+/// The body of every response the proxy sends: its own, or the upstream's, streamed.
+pub type Body = Either<Full<Bytes>, Incoming>;
+
+/// Largest upstream body buffered to read a verification outcome.
+const MAX_BUFFERED_RESPONSE: usize = 1024 * 1024;
+
+/// How a request ended, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Decided, allowed and forwarded (or answered by the sandbox).
+    Forwarded,
+    /// Forwarded undecided (not a send, or unreadable with passthrough on).
+    Passthrough,
+    /// Refused with a throttle.
+    Throttled,
+    /// Refused with a block.
+    Blocked,
+    /// No route.
+    NotFound,
+    /// Body over the limit.
+    BodyTooLarge,
+    /// The client sent too slowly.
+    ReadTimeout,
+    /// The client's body broke off.
+    BadRequest,
+    /// The upstream could not be reached or broke.
+    UpstreamError,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+}
+
+impl Outcome {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::Passthrough => "passthrough",
+            Outcome::Throttled => "throttled",
+            Outcome::Blocked => "blocked",
+            Outcome::NotFound => "not_found",
+            Outcome::BodyTooLarge => "body_too_large",
+            Outcome::ReadTimeout => "read_timeout",
+            Outcome::BadRequest => "bad_request",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+}
+
+/// What one request accumulates on its way, for metrics and the audit event.
+struct Ctx<'a> {
+    provider: &'static str,
+    route: &'a str,
+    outcome: Outcome,
+    upstream_time: Duration,
+    upstream_status: Option<u16>,
+}
+
+/// The service function: never fails, always answers.
+pub async fn handle(
+    app: Arc<App>,
+    peer: IpAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let mut ctx = Ctx {
+        provider: "none",
+        route: "none",
+        outcome: Outcome::NotFound,
+        upstream_time: Duration::ZERO,
+        upstream_status: None,
+    };
+    let resp = handle_inner(&app, peer, req, &mut ctx, started).await;
+    let elapsed = started.elapsed();
+    let m = &app.metrics;
+    m.requests
+        .with_label_values(&[ctx.provider, ctx.route, ctx.outcome.as_str()])
+        .inc();
+    m.request_duration
+        .with_label_values(&[ctx.provider, ctx.outcome.as_str()])
+        .observe(elapsed.as_secs_f64());
+    m.overhead
+        .observe(elapsed.saturating_sub(ctx.upstream_time).as_secs_f64());
+    Ok(resp)
+}
+
+async fn handle_inner<'a>(
+    app: &'a App,
+    peer: IpAddr,
+    req: Request<Incoming>,
+    ctx: &mut Ctx<'a>,
+    started: Instant,
+) -> Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    let Some(m) = app.table.find(&parts.method, parts.uri.path()) else {
+        ctx.outcome = Outcome::NotFound;
+        return own_error(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            &format!(
+                "smsfence has no route for {} {}",
+                parts.method,
+                redact_path(parts.uri.path())
+            ),
+        );
+    };
+    let route = &app.routes[m.route];
+    ctx.provider = route.preset.as_str();
+    ctx.route = &route.name;
+
+    let body = match read_body(app, &parts.headers, body).await {
+        Ok(b) => b,
+        Err((outcome, resp)) => {
+            ctx.outcome = outcome;
+            return resp;
+        }
+    };
+    let (ip, user) = app.identity(peer, &parts.headers);
+    for h in [&app.trusted.ip_header, &app.trusted.user_header]
+        .into_iter()
+        .flatten()
+    {
+        parts.headers.remove(h);
+    }
+
+    let Target::Op(op) = m.target else {
+        ctx.outcome = Outcome::Passthrough;
+        return forward(app, route, &parts, body, ctx, None).await.0;
+    };
+
+    let full_path = parts.uri.path();
+    let path = &full_path[route.path_prefix.len().min(full_path.len())..];
+    let params: Vec<&str> = m.captures.iter().map(|&(s, e)| &full_path[s..e]).collect();
+    let view = RequestView {
+        method: &parts.method,
+        path,
+        params: &params,
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        body: &body,
+    };
+    let kind = providers::kind(op);
+    let now = app.clock.now();
+    let request_id = app.next_request_id();
+    let mut event = AuditEvent {
+        event: "send",
+        request_id: request_id.clone(),
+        provider: ctx.provider,
+        route: route.name.clone(),
+        kind: Some(kind.as_str()),
+        ip: ip.map(|i| i.to_string()),
+        user: user.clone(),
+        ..AuditEvent::default()
+    };
+
+    let extracted = match providers::extract(op, &view, route.generic.as_ref()) {
+        Ok(x) => x,
+        Err(e) if route.on_unsupported == OnUnsupported::Passthrough => {
+            tracing::debug!(route = %route.name, "forwarding an unreadable request undecided: {e}");
+            ctx.outcome = Outcome::Passthrough;
+            return forward(app, route, &parts, body, ctx, None).await.0;
+        }
+        Err(e) => {
+            tracing::debug!(route = %route.name, "refusing an unreadable request: {e}");
+            let hit = builtin_unsupported();
+            let decision = Decision {
+                verdict: Verdict::Block(hit),
+                shadow: Vec::new(),
+                degraded: false,
+                rate_limit: None,
+            };
+            app.observe_decision(&decision, &[]);
+            ctx.outcome = Outcome::Blocked;
+            event.ts = now.to_rfc3339();
+            event.decision = Some("block");
+            event.reasons = vec![Reason::UnsupportedRequest.as_str()];
+            event.rule = Some(decide::BUILTIN.to_owned());
+            finish_event(app, &mut event, ctx, started);
+            let hit = decision
+                .verdict
+                .hit()
+                .cloned()
+                .unwrap_or_else(builtin_unsupported);
+            return refusal_response(op, route, RefusalKind::Block, &hit, 0, &request_id);
+        }
+    };
+    if extracted.no_phone {
+        ctx.outcome = Outcome::Passthrough;
+        return forward(app, route, &parts, body, ctx, None).await.0;
+    }
+
+    let format = extracted
+        .number_format
+        .or(route.number_format)
+        .unwrap_or_default();
+    let mut recipients: Vec<Recipient> = extracted
+        .recipients
+        .iter()
+        .map(|r| phone::normalize(r, format, route.default_region))
+        .collect();
+    if recipients.is_empty() {
+        if let Some(d) = extracted
+            .verify_ref
+            .as_deref()
+            .and_then(|r| app.refs.get(r, now))
+        {
+            recipients.push(Ok(d));
+        }
+    }
+    if recipients.is_empty() {
+        // A check naming a verification smsfence never saw start: nothing to decide on.
+        ctx.outcome = Outcome::Passthrough;
+        return forward(
+            app,
+            route,
+            &parts,
+            body.clone(),
+            ctx,
+            Some((op, &view, &extracted, &recipients)),
+        )
+        .await
+        .0;
+    }
+
+    let facts = Facts {
+        kind,
+        recipients: &recipients,
+        ip,
+        user: user.as_deref(),
+        account: extracted.account.as_deref(),
+        sender: extracted.sender.as_deref(),
+        segments: extracted.segments,
+    };
+    let rules = app.rules.snapshot();
+    let decision = decide::decide(&rules, &app.store, &facts, now, Commit::Yes).await;
+    app.observe_decision(&decision, &recipients);
+
+    event.ts = now.to_rfc3339();
+    event.decision = Some(decision.verdict.as_str());
+    event.account = extracted.account.clone();
+    event.segments = Some(extracted.segments);
+    event.degraded = decision.degraded;
+    event.shadow = decision.shadow.iter().map(|h| h.rule.to_string()).collect();
+    if app.audit.enabled() {
+        let mut numbers = recipients
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|d| app.audit.number(&d.e164()));
+        event.number = numbers.next();
+        event.numbers = numbers.collect();
+        if let Some(Ok(d)) = recipients.first() {
+            event.country = d.country().map(|c| c.to_string());
+            event.number_type = Some(d.number_type().as_str());
+        }
+    }
+
+    let resp = match &decision.verdict {
+        Verdict::Allow => {
+            ctx.outcome = Outcome::Forwarded;
+            let (mut resp, _) = forward(
+                app,
+                route,
+                &parts,
+                body.clone(),
+                ctx,
+                Some((op, &view, &extracted, &recipients)),
+            )
+            .await;
+            if let Some(rl) = &decision.rate_limit {
+                let h = resp.headers_mut();
+                let policy = format!("\"{}\";q={};w={}", rl.rule, rl.quota, rl.window_secs);
+                let state = format!("\"{}\";r={};t={}", rl.rule, rl.remaining, rl.reset_secs);
+                if let (Ok(p), Ok(s)) = (
+                    HeaderValue::from_str(&policy),
+                    HeaderValue::from_str(&state),
+                ) {
+                    h.insert(HeaderName::from_static("ratelimit-policy"), p);
+                    h.insert(HeaderName::from_static("ratelimit"), s);
+                }
+            }
+            resp
+        }
+        Verdict::Throttle { hit, retry_after } => {
+            ctx.outcome = Outcome::Throttled;
+            event.reasons = vec![hit.reason.as_str()];
+            event.rule = Some(hit.rule.to_string());
+            let kind = RefusalKind::Throttle {
+                retry_after: *retry_after,
+            };
+            refusal_response(op, route, kind, hit, recipients.len(), &request_id)
+        }
+        Verdict::Block(hit) => {
+            ctx.outcome = Outcome::Blocked;
+            event.reasons = vec![hit.reason.as_str()];
+            event.rule = Some(hit.rule.to_string());
+            refusal_response(
+                op,
+                route,
+                RefusalKind::Block,
+                hit,
+                recipients.len(),
+                &request_id,
+            )
+        }
+    };
+    finish_event(app, &mut event, ctx, started);
+    resp
+}
+
+fn finish_event(app: &App, event: &mut AuditEvent, ctx: &Ctx<'_>, started: Instant) {
+    if !app.audit.enabled() {
+        return;
+    }
+    event.upstream_status = ctx.upstream_status;
+    event.latency_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+    if ctx.upstream_time > Duration::ZERO {
+        event.upstream_ms = Some(ctx.upstream_time.as_secs_f64() * 1e3);
+    }
+    app.audit.emit(std::mem::take(event));
+}
+
+/// Reads the whole body, bounded in size and time.
+async fn read_body(
+    app: &App,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Bytes, (Outcome, Response<Body>)> {
+    let max = app.max_body;
+    let too_large = || {
+        (
+            Outcome::BodyTooLarge,
+            own_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &format!("smsfence accepts request bodies of at most {max} bytes"),
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(app.read_timeout, Limited::new(body, max).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Ok(Err(_)) => Err((
+            Outcome::BadRequest,
+            own_error(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                "smsfence could not read the request body",
+            ),
+        )),
+        Err(_) => Err((
+            Outcome::ReadTimeout,
+            own_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "read_timeout",
+                "smsfence timed out reading the request body",
+            ),
+        )),
+    }
+}
+
+type OpContext<'v> = (Op, &'v RequestView<'v>, &'v Extracted, &'v [Recipient]);
+
+/// Forwards to the route's upstream (or the sandbox) and reads any conversion signal.
+/// Returns the response and the upstream status.
+async fn forward<'a>(
+    app: &'a App,
+    route: &'a Route,
+    parts: &Parts,
+    body: Bytes,
+    ctx: &mut Ctx<'a>,
+    op: Option<OpContext<'_>>,
+) -> (Response<Body>, Option<u16>) {
+    let (scheme, authority, base_path) = match &route.upstream {
+        Upstream::Sandbox => {
+            let Some((op, view, extracted, recipients)) = op else {
+                return (
+                    own_error(
+                        StatusCode::NOT_IMPLEMENTED,
+                        "sandbox",
+                        "the smsfence sandbox answers only send and verify endpoints",
+                    ),
+                    None,
+                );
+            };
+            let native = providers::sandbox(op, view, extracted);
+            ctx.upstream_status = Some(native.status.as_u16());
+            let signal = providers::conversion(op, view, extracted, native.status, &native.body);
+            app.apply_signal(signal, recipients);
+            return (
+                native_response(native),
+                Some(ctx.upstream_status.unwrap_or(200)),
+            );
+        }
+        Upstream::Url {
+            scheme,
+            authority,
+            base_path,
+        } => (scheme, authority, base_path),
+    };
+    let path = parts.uri.path();
+    let rest = &path[route.path_prefix.len().min(path.len())..];
+    let pq = match parts.uri.query() {
+        Some(q) => format!("{base_path}{rest}?{q}"),
+        None => format!("{base_path}{rest}"),
+    };
+    let uri = match Uri::builder()
+        .scheme(scheme.clone())
+        .authority(authority.clone())
+        .path_and_query(pq)
+        .build()
+    {
+        Ok(u) => u,
+        Err(_) => {
+            ctx.outcome = Outcome::BadRequest;
+            return (
+                own_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_path",
+                    "smsfence could not build the upstream URL",
+                ),
+                None,
+            );
+        }
+    };
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = forward_headers(&parts.headers);
+    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+        req.headers_mut().insert(header::HOST, host);
+    }
+
+    let sent = Instant::now();
+    let result = app.upstream.send(req).await;
+    ctx.upstream_time = sent.elapsed();
+    let resp = match result {
+        Ok(r) => r,
+        Err(kind) => {
+            app.metrics
+                .upstream_errors
+                .with_label_values(&[ctx.provider, kind.as_str()])
+                .inc();
+            tracing::warn!(route = %route.name, kind = kind.as_str(), "upstream request failed");
+            return match kind {
+                UpstreamError::Timeout => {
+                    ctx.outcome = Outcome::UpstreamTimeout;
+                    (
+                        own_error(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "upstream_timeout",
+                            &format!(
+                                "the upstream of route {:?} did not answer within {:?}",
+                                route.name,
+                                app.upstream.timeout()
+                            ),
+                        ),
+                        None,
+                    )
+                }
+                _ => {
+                    ctx.outcome = Outcome::UpstreamError;
+                    (
+                        own_error(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream_unreachable",
+                            &format!(
+                                "the upstream of route {:?} could not be reached ({})",
+                                route.name,
+                                kind.as_str()
+                            ),
+                        ),
+                        None,
+                    )
+                }
+            };
+        }
+    };
+    let status = resp.status();
+    ctx.upstream_status = Some(status.as_u16());
+    app.metrics
+        .upstream_duration
+        .with_label_values(&[ctx.provider, crate::metrics::status_class(status.as_u16())])
+        .observe(ctx.upstream_time.as_secs_f64());
+
+    let (mut head, incoming) = resp.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    match op {
+        Some((op, view, extracted, recipients)) if providers::wants_response_body(op) => {
+            let left = app.upstream.timeout().saturating_sub(ctx.upstream_time);
+            let collected = tokio::time::timeout(
+                left,
+                Limited::new(incoming, MAX_BUFFERED_RESPONSE).collect(),
+            )
+            .await;
+            let bytes = match collected {
+                Ok(Ok(c)) => c.to_bytes(),
+                _ => {
+                    app.metrics
+                        .upstream_errors
+                        .with_label_values(&[ctx.provider, "reset"])
+                        .inc();
+                    ctx.outcome = Outcome::UpstreamError;
+                    return (
+                        own_error(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream_body",
+                            "the upstream response body could not be read",
+                        ),
+                        Some(status.as_u16()),
+                    );
+                }
+            };
+            app.apply_signal(
+                providers::conversion(op, view, extracted, status, &bytes),
+                recipients,
+            );
+            head.headers.remove(header::CONTENT_LENGTH);
+            (
+                Response::from_parts(head, Either::Left(Full::new(bytes))),
+                Some(status.as_u16()),
+            )
+        }
+        _ => (
+            Response::from_parts(head, Either::Right(incoming)),
+            Some(status.as_u16()),
+        ),
+    }
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for h in HOP_BY_HOP.iter().chain(named.iter()) {
+        headers.remove(h);
+    }
+}
+
+fn forward_headers(incoming: &HeaderMap) -> HeaderMap {
+    let mut h = incoming.clone();
+    strip_hop_by_hop(&mut h);
+    h.remove(header::HOST);
+    // The body was read whole; hyper sets Content-Length from it.
+    h.remove(header::CONTENT_LENGTH);
+    h
+}
+
+fn builtin_unsupported() -> decide::Hit {
+    decide::Hit {
+        reason: Reason::UnsupportedRequest,
+        rule: Arc::from(decide::BUILTIN),
+        recipient: None,
+    }
+}
+
+/// The native refusal, with the `Smsfence-Reason` header.
+fn refusal_response(
+    op: Op,
+    route: &Route,
+    kind: RefusalKind,
+    hit: &decide::Hit,
+    recipients: usize,
+    request_id: &str,
+) -> Response<Body> {
+    let refusal = Refusal {
+        kind,
+        reason: hit.reason,
+        rule: &hit.rule,
+        recipient: hit.recipient,
+        recipients,
+    };
+    let native = providers::refusal(op, &refusal, route.generic.as_ref())
+        .with_header("smsfence-request-id", request_id);
+    native_response(native)
+}
+
+/// Turns a [`NativeResponse`] into a hyper response.
+pub fn native_response(n: NativeResponse) -> Response<Body> {
+    let mut resp = Response::new(Either::Left(Full::new(n.body)));
+    *resp.status_mut() = n.status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(n.content_type),
+    );
+    for (k, v) in n.headers {
+        h.append(k, v);
+    }
+    resp
+}
+
+/// smsfence's own error: `{"error": {"code", "message"}}` and `Smsfence-Error`.
+pub fn own_error(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
+    let body =
+        serde_json::json!({"error": {"code": code, "message": message, "source": "smsfence"}});
+    native_response(NativeResponse::json(status, &body).with_header("smsfence-error", code))
+}
+
+/// A path for messages: segments that look like credentials or numbers are masked.
+pub fn redact_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let digits = seg.bytes().filter(u8::is_ascii_digit).count();
+        let long_token = seg.len() >= 16
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if digits >= 6 || long_token {
+            out.push_str("***");
+        } else {
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
+impl App {
+    /// Records what a verification outcome says: the reference map and conversions.
+    fn apply_signal(&self, signal: ConversionSignal, recipients: &[Recipient]) {
+        let now = self.clock.now();
+        let first: Option<Destination> = recipients.iter().find_map(|r| r.as_ref().ok().copied());
+        match signal {
+            ConversionSignal::None => {}
+            ConversionSignal::Started { reference } => {
+                if let Some(d) = first {
+                    self.refs.insert(reference, d, now);
+                }
+            }
+            ConversionSignal::Verified { number, reference } => {
+                let dest = first
+                    .or_else(|| {
+                        number.and_then(|n| {
+                            phone::normalize(&n, phone::NumberFormat::E164, None).ok()
+                        })
+                    })
+                    .or_else(|| reference.and_then(|r| self.refs.get(&r, now)));
+                if let Some(d) = dest {
+                    self.record_conversion(&d, "verify_check", true);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_of_paths() {
+        assert_eq!(
+            redact_path("/API/V1/abcdef1234567890abcd/SMS/+447700900123/AUTOGEN"),
+            "/API/V1/***/SMS/***/AUTOGEN"
+        );
+        assert_eq!(redact_path("/sms/json"), "/sms/json");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("authorization", HeaderValue::from_static("Basic abc"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        let f = forward_headers(&h);
+        assert!(f.get("connection").is_none());
+        assert!(f.get("x-private").is_none());
+        assert!(f.get("transfer-encoding").is_none());
+        assert_eq!(f.get("authorization").unwrap(), "Basic abc");
+    }
+}

@@ -1,0 +1,440 @@
+//! The proxy: the shared application state, the listeners, and a running [`Instance`].
+//!
+//! [`Instance::start`] is what `smsfence run` and every integration test call: it binds
+//! the proxy and admin listeners (port 0 works), loads the rules, starts the background
+//! tasks (store sweeper, rule watcher) and returns the bound addresses. Shutdown stops
+//! accepting, lets in-flight requests finish within the drain timeout, and returns.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::header::{HeaderMap, HeaderName};
+use ipnet::IpNet;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::audit::{Audit, AuditEvent};
+use crate::clock::Clock;
+use crate::config::{Config, ConfigError, Route};
+use crate::decide::{Decision, Recipient, Verdict};
+use crate::metrics::Metrics;
+use crate::phone::Destination;
+use crate::rules::reload::{Rules, Source};
+use crate::rules::RuleError;
+use crate::store::{memory::MemoryStore, Store};
+
+pub mod handler;
+pub mod refs;
+pub mod route;
+pub mod server;
+pub mod upstream;
+
+/// Who may set identity headers, and which.
+#[derive(Debug, Clone)]
+pub struct Trusted {
+    /// Trusted TCP peers.
+    pub peers: Vec<IpNet>,
+    /// The end-user IP header.
+    pub ip_header: Option<HeaderName>,
+    /// The end-user id header.
+    pub user_header: Option<HeaderName>,
+}
+
+/// Everything a request needs, shared by all connections.
+pub struct App {
+    /// The routes, in config order.
+    pub routes: Vec<Route>,
+    /// The compiled route table.
+    pub table: route::RouteTable,
+    /// The active rules.
+    pub rules: Arc<Rules>,
+    /// The state store.
+    pub store: Arc<Store>,
+    /// The clock decisions use.
+    pub clock: Arc<dyn Clock>,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// The upstream client.
+    pub upstream: upstream::Upstream,
+    /// Identity headers and who may set them.
+    pub trusted: Trusted,
+    /// Largest request body.
+    pub max_body: usize,
+    /// Time allowed to read a request body.
+    pub read_timeout: Duration,
+    /// Verification id → number.
+    pub refs: refs::VerifyRefs,
+    /// The audit log.
+    pub audit: Audit,
+    /// Request ids.
+    next_id: AtomicU64,
+    /// A per-process prefix for request ids.
+    id_prefix: u32,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("routes", &self.routes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// The end user's IP and id, believed only from trusted peers.
+    pub fn identity(&self, peer: IpAddr, headers: &HeaderMap) -> (Option<IpAddr>, Option<String>) {
+        let peer = canonical(peer);
+        if !self.trusted.peers.iter().any(|n| n.contains(&peer)) {
+            return (None, None);
+        }
+        let ip = self.trusted.ip_header.as_ref().and_then(|h| {
+            // Read a list from the right, skipping trusted proxies: the first untrusted
+            // address is the client.
+            let values: Vec<&str> = headers
+                .get_all(h)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .collect();
+            let parsed: Vec<IpAddr> = values
+                .iter()
+                .rev()
+                .filter_map(|s| parse_ip(s.trim()))
+                .collect();
+            parsed
+                .iter()
+                .copied()
+                .find(|ip| !self.trusted.peers.iter().any(|n| n.contains(ip)))
+                .or_else(|| parsed.last().copied())
+        });
+        let user = self
+            .trusted
+            .user_header
+            .as_ref()
+            .and_then(|h| headers.get(h))
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|u| !u.is_empty() && u.len() <= 256)
+            .map(str::to_owned);
+        (ip, user)
+    }
+
+    /// A new request id.
+    pub fn next_request_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("sf-{:08x}-{n:x}", self.id_prefix)
+    }
+
+    /// Counts a decision in the metrics.
+    pub fn observe_decision(&self, decision: &Decision, recipients: &[Recipient]) {
+        let country_of = |i: Option<usize>| {
+            recipients
+                .get(i.unwrap_or(0))
+                .and_then(|r| r.as_ref().ok())
+                .and_then(Destination::country)
+        };
+        let label = |c: Option<crate::phone::Country>| {
+            c.map_or_else(|| "unknown".to_owned(), |c| c.to_string())
+        };
+        let m = &self.metrics;
+        let (reason, rule, at) = match decision.verdict.hit() {
+            Some(h) => (h.reason.as_str(), &*h.rule, h.recipient),
+            None => ("none", "none", None),
+        };
+        m.decisions
+            .with_label_values(&[
+                decision.verdict.as_str(),
+                reason,
+                rule,
+                &label(country_of(at)),
+                "enforce",
+            ])
+            .inc();
+        for h in &decision.shadow {
+            let would = if h.reason == crate::decide::Reason::RateLimited {
+                "throttle"
+            } else {
+                "block"
+            };
+            m.decisions
+                .with_label_values(&[
+                    would,
+                    h.reason.as_str(),
+                    &h.rule,
+                    &label(country_of(h.recipient)),
+                    "shadow",
+                ])
+                .inc();
+        }
+        for r in recipients {
+            let (country, kind) = match r {
+                Ok(d) => (label(d.country()), d.number_type().as_str()),
+                Err(_) => ("unknown".to_owned(), "invalid"),
+            };
+            m.recipients
+                .with_label_values(&[&country, kind, decision.verdict.as_str()])
+                .inc();
+        }
+        if decision.degraded {
+            let fallback = if matches!(decision.verdict, Verdict::Allow) {
+                "open"
+            } else {
+                "closed"
+            };
+            m.degraded_decisions.with_label_values(&[fallback]).inc();
+        }
+    }
+
+    /// Records a verification outcome for a number: metrics, audit.
+    pub fn record_conversion(&self, dest: &Destination, source: &'static str, verified: bool) {
+        let outcome = if verified { "verified" } else { "failed" };
+        let country = dest
+            .country()
+            .map_or_else(|| "unknown".to_owned(), |c| c.to_string());
+        self.metrics
+            .conversions
+            .with_label_values(&[source, outcome, &country])
+            .inc();
+        if self.audit.enabled() {
+            self.audit.emit(AuditEvent {
+                ts: self.clock.now().to_rfc3339(),
+                event: outcome,
+                provider: "",
+                number: Some(self.audit.number(&dest.e164())),
+                country: Some(country),
+                ..AuditEvent::default()
+            });
+        }
+    }
+}
+
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .map(canonical)
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Why an instance could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The rules have mistakes.
+    #[error("the rules have {} mistake(s):\n{}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Rules(Vec<RuleError>),
+    /// A listener could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The audit log could not be opened.
+    #[error("opening the audit log: {0}")]
+    Audit(std::io::Error),
+}
+
+/// What to start.
+pub struct Options {
+    /// The service config.
+    pub config: Config,
+    /// Where rules come from.
+    pub rules: Source,
+    /// Watch the rules directory for changes.
+    pub watch_rules: bool,
+    /// The clock decisions use.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// A running smsfence.
+pub struct Instance {
+    /// Where the proxy listens.
+    pub proxy_addr: SocketAddr,
+    /// Where the admin endpoints listen.
+    pub admin_addr: SocketAddr,
+    /// The shared state (for tests and the CLI).
+    pub app: Arc<App>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Instance {
+    /// Validates the config, loads the rules, binds both listeners and starts serving.
+    pub async fn start(opts: Options) -> Result<Instance, StartError> {
+        let routes = opts.config.validate()?;
+        let metrics = Arc::new(Metrics::new());
+        let rules = Arc::new(
+            Rules::load(opts.rules.clone(), Arc::clone(&metrics)).map_err(StartError::Rules)?,
+        );
+        let cfg = &opts.config;
+        let store = Arc::new(Store::Memory(MemoryStore::new(cfg.store.max_keys)));
+        let audit = Audit::start(&cfg.audit, Arc::clone(&metrics)).map_err(StartError::Audit)?;
+        let header = |h: &Option<String>| {
+            h.as_ref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+        };
+        let app = Arc::new(App {
+            table: route::RouteTable::new(&routes),
+            routes,
+            rules: Arc::clone(&rules),
+            store: Arc::clone(&store),
+            clock: Arc::clone(&opts.clock),
+            metrics: Arc::clone(&metrics),
+            upstream: upstream::Upstream::new(&cfg.upstream),
+            trusted: Trusted {
+                peers: cfg.trusted.peers.clone(),
+                ip_header: header(&cfg.trusted.ip_header),
+                user_header: header(&cfg.trusted.user_header),
+            },
+            max_body: cfg.server.max_body_bytes,
+            read_timeout: cfg.server.request_read_timeout,
+            refs: refs::VerifyRefs::new(100_000),
+            audit,
+            next_id: AtomicU64::new(1),
+            id_prefix: std::process::id(),
+        });
+
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let proxy_listener = bind(cfg.server.listen).await?;
+        let admin_listener = bind(cfg.admin.listen).await?;
+        let proxy_addr = proxy_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: cfg.server.listen,
+                source,
+            })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: cfg.admin.listen,
+                source,
+            })?;
+
+        let (shutdown, rx) = watch::channel(false);
+        let drain = cfg.server.drain_timeout;
+        let mut tasks = Vec::new();
+        {
+            let app = Arc::clone(&app);
+            let rx = rx.clone();
+            let timeout = cfg.server.request_read_timeout;
+            tasks.push(tokio::spawn(async move {
+                server::serve(
+                    proxy_listener,
+                    rx,
+                    drain,
+                    timeout,
+                    Arc::clone(&app.metrics),
+                    move |peer, req| handler::handle(Arc::clone(&app), peer, req),
+                )
+                .await;
+            }));
+        }
+        {
+            let admin = Arc::new(crate::admin::Admin::new(
+                Arc::clone(&app),
+                cfg.admin.token.clone(),
+            ));
+            let rx = rx.clone();
+            let timeout = cfg.server.request_read_timeout;
+            let metrics = Arc::clone(&metrics);
+            tasks.push(tokio::spawn(async move {
+                server::serve(
+                    admin_listener,
+                    rx,
+                    drain,
+                    timeout,
+                    metrics,
+                    move |_peer, req| crate::admin::handle(Arc::clone(&admin), req),
+                )
+                .await;
+            }));
+        }
+        tasks.push(tokio::spawn(sweeper(
+            Arc::clone(&app),
+            cfg.store.sweep_interval,
+            rx,
+        )));
+
+        let watcher = match (&opts.rules, opts.watch_rules) {
+            (Source::Dir(dir), true) => {
+                match crate::rules::reload::watch(
+                    Arc::clone(&rules),
+                    dir,
+                    Duration::from_millis(300),
+                ) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        tracing::warn!("cannot watch {} for changes ({e}); reload with SIGHUP or POST /v1/reload", dir.display());
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+
+        Ok(Instance {
+            proxy_addr,
+            admin_addr,
+            app,
+            shutdown,
+            tasks,
+            _watcher: watcher,
+        })
+    }
+
+    /// Stops accepting connections; in-flight requests may finish within the drain timeout.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until both listeners have drained and every task has stopped.
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Sweeps idle keys and publishes store gauges until shutdown.
+async fn sweeper(app: Arc<App>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    let kind = app.store.kind();
+    let mut last = app.store.stats();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        app.store.sweep(app.clock.now());
+        let s = app.store.stats();
+        let m = &app.metrics;
+        m.store_keys
+            .with_label_values(&[kind])
+            .set(i64::try_from(s.keys).unwrap_or(i64::MAX));
+        m.store_evictions
+            .with_label_values(&[kind])
+            .inc_by(s.evictions.saturating_sub(last.evictions));
+        m.store_rejected
+            .with_label_values(&[kind])
+            .inc_by(s.rejected.saturating_sub(last.rejected));
+        last = s;
+    }
+}

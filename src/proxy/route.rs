@@ -1,0 +1,219 @@
+//! The route table: method + path → route and operation, with no path prefix needed.
+//!
+//! Built once from the configured routes. Send endpoints are matched first, then API
+//! roots (which pass through undecided), most specific first. Matching compares path
+//! segments and allocates nothing; `{}` segments are captured for the preset.
+
+use hyper::Method;
+
+use crate::config::Route;
+use crate::providers::Op;
+
+/// What a matched request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A send or verify operation: decide it.
+    Op(Op),
+    /// Another request under a provider's API root: forward it undecided.
+    Passthrough,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    route: usize,
+    method: Option<Method>,
+    /// Route prefix segments followed by pattern segments; `None` = capture.
+    segments: Vec<Option<String>>,
+    /// Ends in `/**`: any remainder matches.
+    tail: bool,
+    target: Target,
+}
+
+/// A match: which route, what to do, and where the captures are in the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Match {
+    /// Index into the route list.
+    pub route: usize,
+    /// Decide or pass through.
+    pub target: Target,
+    /// Byte ranges of captured segments in the path.
+    pub captures: Vec<(usize, usize)>,
+}
+
+/// The compiled table.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    entries: Vec<Entry>,
+}
+
+fn split(pattern: &str) -> impl Iterator<Item = &str> {
+    pattern.split('/').filter(|s| !s.is_empty())
+}
+
+impl RouteTable {
+    /// Builds the table for the given routes.
+    pub fn new(routes: &[Route]) -> RouteTable {
+        let mut ops = Vec::new();
+        let mut roots = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            let prefix: Vec<Option<String>> =
+                split(&r.path_prefix).map(|s| Some(s.to_owned())).collect();
+            let compile = |pattern: &str| -> (Vec<Option<String>>, bool) {
+                let mut segs = prefix.clone();
+                let mut tail = false;
+                for s in split(pattern) {
+                    match s {
+                        "**" => tail = true,
+                        "{}" => segs.push(None),
+                        lit => segs.push(Some(lit.to_owned())),
+                    }
+                }
+                (segs, tail)
+            };
+            let endpoints: Vec<(&str, &str, Op)> = match &r.generic {
+                Some(g) => vec![(g.method.as_str(), g.path.as_str(), Op::Generic)],
+                None => r
+                    .preset
+                    .endpoints()
+                    .iter()
+                    .map(|e| (e.method, e.pattern, e.op))
+                    .collect(),
+            };
+            for (method, pattern, op) in endpoints {
+                let (segments, tail) = compile(pattern);
+                ops.push(Entry {
+                    route: i,
+                    method: Method::from_bytes(method.as_bytes()).ok(),
+                    segments,
+                    tail,
+                    target: Target::Op(op),
+                });
+            }
+            let root_patterns: Vec<&str> = match &r.generic {
+                Some(g) => g.roots.iter().map(String::as_str).collect(),
+                None => r.preset.roots().to_vec(),
+            };
+            for root in root_patterns {
+                let (segments, tail) = compile(root);
+                roots.push(Entry {
+                    route: i,
+                    method: None,
+                    segments,
+                    tail,
+                    target: Target::Passthrough,
+                });
+            }
+        }
+        // Most literal segments first, so `/sms/3/**` wins over `/sms/**`.
+        roots.sort_by_key(|e| std::cmp::Reverse(e.segments.iter().filter(|s| s.is_some()).count()));
+        ops.sort_by_key(|e| std::cmp::Reverse(e.segments.iter().filter(|s| s.is_some()).count()));
+        ops.extend(roots);
+        RouteTable { entries: ops }
+    }
+
+    /// Finds the route for a request.
+    pub fn find(&self, method: &Method, path: &str) -> Option<Match> {
+        'entries: for e in &self.entries {
+            if e.method.as_ref().is_some_and(|m| m != method) {
+                continue;
+            }
+            let mut captures = Vec::new();
+            let mut segs = path_segments(path);
+            for want in &e.segments {
+                let Some((start, end)) = segs.next() else {
+                    continue 'entries;
+                };
+                match want {
+                    Some(lit) if lit.as_str() != &path[start..end] => continue 'entries,
+                    Some(_) => {}
+                    None => captures.push((start, end)),
+                }
+            }
+            if !e.tail && segs.next().is_some() {
+                continue;
+            }
+            return Some(Match {
+                route: e.route,
+                target: e.target,
+                captures,
+            });
+        }
+        None
+    }
+}
+
+/// Byte ranges of the non-empty segments of a path.
+fn path_segments(path: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut pos = 0;
+    path.split('/').filter_map(move |s| {
+        let start = pos;
+        pos += s.len() + 1;
+        (!s.is_empty()).then_some((start, start + s.len()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::default_routes;
+    use crate::providers::twilio;
+
+    #[test]
+    fn every_preset_on_one_listener() {
+        let routes = default_routes();
+        let t = RouteTable::new(&routes);
+        let m = t
+            .find(&Method::POST, "/2010-04-01/Accounts/AC123/Messages.json")
+            .unwrap();
+        assert_eq!(m.target, Target::Op(Op::Twilio(twilio::Op::Message)));
+        assert_eq!(routes[m.route].name, "twilio");
+        let path = "/2010-04-01/Accounts/AC123/Messages.json";
+        assert_eq!(&path[m.captures[0].0..m.captures[0].1], "AC123");
+        // A status look-up under the same root passes through.
+        let m = t
+            .find(&Method::GET, "/2010-04-01/Accounts/AC123/Messages/SM1.json")
+            .unwrap();
+        assert_eq!(m.target, Target::Passthrough);
+        // GET on a send path is not a send.
+        assert_eq!(
+            t.find(&Method::GET, "/2010-04-01/Accounts/AC123/Messages.json")
+                .unwrap()
+                .target,
+            Target::Passthrough
+        );
+        assert!(t.find(&Method::POST, "/nothing/here").is_none());
+        for (path, preset) in [
+            ("/sms/json", "vonage"),
+            ("/v2/verify", "vonage"),
+            ("/v2/messages", "telnyx"),
+            ("/v1/Account/MA1/Message/", "plivo"),
+            ("/xms/v1/plan1/batches", "sinch"),
+            ("/sms/3/messages", "infobip"),
+            ("/sms/2/text/advanced", "infobip"),
+            ("/v2/Services/VA1/Verifications", "twilio"),
+        ] {
+            let m = t
+                .find(&Method::POST, path)
+                .unwrap_or_else(|| panic!("{path}"));
+            assert!(matches!(m.target, Target::Op(_)), "{path}");
+            assert_eq!(routes[m.route].name, preset, "{path}");
+        }
+        // An Infobip report look-up goes to Infobip, not to Vonage's /sms/ root.
+        let m = t.find(&Method::GET, "/sms/1/reports").unwrap();
+        assert_eq!(routes[m.route].name, "infobip");
+    }
+
+    #[test]
+    fn path_prefix_is_part_of_the_match() {
+        let mut routes = default_routes();
+        routes.truncate(1);
+        routes[0].path_prefix = "/eu".into();
+        let t = RouteTable::new(&routes);
+        assert!(t
+            .find(&Method::POST, "/eu/2010-04-01/Accounts/A/Messages.json")
+            .is_some());
+        assert!(t
+            .find(&Method::POST, "/2010-04-01/Accounts/A/Messages.json")
+            .is_none());
+    }
+}

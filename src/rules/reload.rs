@@ -1,0 +1,176 @@
+//! Hot reload: one [`Rules`] handle holds the active [`RuleSet`] behind an `ArcSwap`.
+//!
+//! A reload (file change, SIGHUP, or `POST /v1/reload`) reads, validates and compiles the
+//! whole directory off the request path, then swaps the new set in atomically. Each
+//! request takes one snapshot with [`Rules::snapshot`] and is decided against it alone.
+//! A reload that fails changes nothing: the old rules stay, the error is logged with its
+//! location and counted. Limiter state lives in the store keyed by stable rule ids, so
+//! unchanged rules keep their state across reloads.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::Watcher;
+
+use super::{RuleError, RuleSet};
+use crate::metrics::Metrics;
+
+/// Where rules come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A directory of `*.toml` files.
+    Dir(PathBuf),
+    /// The defaults compiled into the binary.
+    Embedded,
+}
+
+impl Source {
+    fn load(&self) -> Result<RuleSet, Vec<RuleError>> {
+        match self {
+            Source::Dir(d) => RuleSet::load_dir(d),
+            Source::Embedded => RuleSet::embedded(),
+        }
+    }
+}
+
+/// The active rules and how to reload them.
+#[derive(Debug)]
+pub struct Rules {
+    /// The active set.
+    current: ArcSwap<RuleSet>,
+    /// Where to reload from.
+    source: Source,
+    /// The last generation handed out.
+    generation: AtomicU64,
+    /// Serializes reloads, so two at once cannot swap out of order.
+    reloading: Mutex<()>,
+    /// Errors of the last failed reload (cleared by a successful one).
+    last_errors: Mutex<Vec<RuleError>>,
+    /// Where reload results are counted.
+    metrics: Arc<Metrics>,
+}
+
+impl Rules {
+    /// Loads the first rule set; fails if it has any mistake.
+    pub fn load(source: Source, metrics: Arc<Metrics>) -> Result<Rules, Vec<RuleError>> {
+        let mut set = source.load()?;
+        set.generation = 1;
+        publish(&metrics, &set);
+        metrics.reloads.with_label_values(&["success"]).inc();
+        Ok(Rules {
+            current: ArcSwap::from_pointee(set),
+            source,
+            generation: AtomicU64::new(1),
+            reloading: Mutex::new(()),
+            last_errors: Mutex::new(Vec::new()),
+            metrics,
+        })
+    }
+
+    /// The rule set to decide one request against.
+    pub fn snapshot(&self) -> Arc<RuleSet> {
+        self.current.load_full()
+    }
+
+    /// Where the rules come from.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// The errors of the last failed reload, if the last reload failed.
+    pub fn last_errors(&self) -> Vec<RuleError> {
+        self.last_errors
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
+    }
+
+    /// Re-reads the source; on success swaps the new set in and returns its generation.
+    /// Blocking (file I/O): call from a blocking thread.
+    pub fn reload(&self) -> Result<u64, Vec<RuleError>> {
+        let _serial = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        match self.source.load() {
+            Ok(mut set) => {
+                let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                set.generation = generation;
+                publish(&self.metrics, &set);
+                self.current.store(Arc::new(set));
+                self.metrics.reloads.with_label_values(&["success"]).inc();
+                if let Ok(mut e) = self.last_errors.lock() {
+                    e.clear();
+                }
+                tracing::info!(generation, "rules reloaded");
+                Ok(generation)
+            }
+            Err(errors) => {
+                self.metrics.reloads.with_label_values(&["failure"]).inc();
+                for e in &errors {
+                    tracing::error!(file = %e.file, line = e.line, rule = %e.rule, "rule reload failed, keeping the active rules: {}", e.message);
+                }
+                if let Ok(mut last) = self.last_errors.lock() {
+                    last.clone_from(&errors);
+                }
+                Err(errors)
+            }
+        }
+    }
+
+    /// Reloads on a blocking thread.
+    pub async fn reload_async(self: &Arc<Self>) -> Result<u64, Vec<RuleError>> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || me.reload())
+            .await
+            .unwrap_or_else(|_| Err(Vec::new()))
+    }
+}
+
+fn publish(metrics: &Metrics, set: &RuleSet) {
+    metrics
+        .rules_generation
+        .set(i64::try_from(set.generation).unwrap_or(i64::MAX));
+    metrics.rules_active.reset();
+    for s in &set.summaries {
+        metrics
+            .rules_active
+            .with_label_values(&[s.kind, s.mode])
+            .inc();
+    }
+}
+
+/// Watches a rules directory and reloads after changes settle for `debounce`.
+///
+/// Editors that save through a rename and Kubernetes ConfigMap updates (a `..data`
+/// symlink swap) both show up as events on the directory itself, which is what is
+/// watched. Returns the watcher; dropping it stops watching.
+pub fn watch(
+    rules: Arc<Rules>,
+    dir: &Path,
+    debounce: Duration,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if !ev.kind.is_access() {
+                let _ = tx.send(());
+            }
+        }
+    })?;
+    watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Debounce: wait until no event has come for `debounce`.
+            loop {
+                match tokio::time::timeout(debounce, rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            let _ = rules.reload_async().await;
+        }
+    });
+    Ok(watcher)
+}

@@ -1,0 +1,288 @@
+//! The in-process store: bounded, striped, exact.
+//!
+//! State is a GCRA theoretical arrival time (8 bytes) under a 64-bit keyed hash of the
+//! key (8 bytes), in 64 mutex-guarded stripes. A request's checks lock the stripes they
+//! touch in ascending order, so all-or-nothing holds under concurrency without deadlock.
+//! A key whose TAT has passed carries no information (see `decide::gcra`), so idle keys
+//! are dropped by [`MemoryStore::sweep`] and on demand when the ceiling is reached. Past
+//! `max_keys`, a new key is left untracked (or refused, per rule) and counted: a flood of
+//! attacker-chosen numbers cannot grow memory, and the coarser keys (prefix, country,
+//! global) still apply to it.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::{GcraCheck, GcraOutcome, StoreStats};
+use crate::clock::{duration_nanos, Timestamp};
+use crate::decide::gcra::{self, Step};
+
+const STRIPES: usize = 64;
+
+/// Keys are already uniformly distributed keyed hashes: hash them as themselves.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Stripe = HashMap<u64, u64, BuildHasherDefault<IdHasher>>;
+
+/// The in-process store.
+#[derive(Debug)]
+pub struct MemoryStore {
+    /// Key hash → TAT (ns since the epoch), split to keep lock contention low.
+    stripes: Box<[Mutex<Stripe>]>,
+    /// Per-process random keys for hashing, so attackers cannot aim for collisions.
+    hasher: RandomState,
+    /// Keys tracked across all stripes.
+    len: AtomicUsize,
+    /// The ceiling on `len`.
+    max_keys: usize,
+    /// Idle keys dropped.
+    evicted: AtomicU64,
+    /// New keys not tracked because of the ceiling.
+    rejected: AtomicU64,
+}
+
+impl MemoryStore {
+    /// A store that tracks at most `max_keys` keys.
+    pub fn new(max_keys: usize) -> Self {
+        MemoryStore {
+            stripes: (0..STRIPES)
+                .map(|_| Mutex::new(Stripe::default()))
+                .collect(),
+            hasher: RandomState::new(),
+            len: AtomicUsize::new(0),
+            max_keys,
+            evicted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self, i: usize) -> MutexGuard<'_, Stripe> {
+        // A poisoned stripe only means another thread panicked mid-update of plain
+        // integers; the data is still usable.
+        self.stripes[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// See [`super::Store::gcra`].
+    pub fn gcra(&self, checks: &[GcraCheck<'_>], now: Timestamp, commit: bool) -> GcraOutcome {
+        let now = now.as_nanos();
+        let hashes: Vec<u64> = checks.iter().map(|c| self.hasher.hash_one(c.key)).collect();
+        let mut order: Vec<usize> = hashes.iter().map(|h| stripe_of(*h)).collect();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards: Vec<(usize, MutexGuard<'_, Stripe>)> =
+            order.iter().map(|&i| (i, self.lock(i))).collect();
+        let stripe = |guards: &mut Vec<(usize, MutexGuard<'_, Stripe>)>, h: u64| -> usize {
+            let i = stripe_of(h);
+            guards.iter().position(|(s, _)| *s == i).unwrap_or(0)
+        };
+
+        let mut steps = Vec::with_capacity(checks.len());
+        let mut refused: Option<(usize, Duration)> = None;
+        for (i, (c, &h)) in checks.iter().zip(&hashes).enumerate() {
+            let g = stripe(&mut guards, h);
+            let tat = guards[g].1.get(&h).copied().unwrap_or(0);
+            match gcra::step(tat, now, duration_nanos(c.interval), c.burst, c.cost) {
+                Step::Pass { new_tat, state } => steps.push((new_tat, state, tat <= now)),
+                Step::Refuse { retry_after } => {
+                    if refused.is_none_or(|(_, r)| retry_after > r) {
+                        refused = Some((i, retry_after));
+                    }
+                }
+            }
+        }
+        if let Some((index, retry_after)) = refused {
+            return GcraOutcome::Refused {
+                index,
+                retry_after,
+                capacity: false,
+            };
+        }
+        if commit {
+            // Room for new keys first, so that a refusal commits nothing.
+            let mut untracked = vec![false; checks.len()];
+            for (i, (c, &h)) in checks.iter().zip(&hashes).enumerate() {
+                let g = stripe(&mut guards, h);
+                let is_new = !guards[g].1.contains_key(&h);
+                if is_new && self.len.load(Ordering::Relaxed) >= self.max_keys {
+                    self.sweep_stripe(&mut guards[g].1, now);
+                    if self.len.load(Ordering::Relaxed) >= self.max_keys {
+                        self.rejected.fetch_add(1, Ordering::Relaxed);
+                        if c.on_overflow_closed {
+                            return GcraOutcome::Refused {
+                                index: i,
+                                retry_after: c.interval,
+                                capacity: true,
+                            };
+                        }
+                        untracked[i] = true;
+                    }
+                }
+            }
+            for (i, &h) in hashes.iter().enumerate() {
+                if untracked[i] {
+                    continue;
+                }
+                let g = stripe(&mut guards, h);
+                if guards[g].1.insert(h, steps[i].0).is_none() {
+                    self.len.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        GcraOutcome::Allowed {
+            states: steps.into_iter().map(|(_, s, _)| s).collect(),
+        }
+    }
+
+    fn sweep_stripe(&self, stripe: &mut Stripe, now: u64) -> usize {
+        let before = stripe.len();
+        stripe.retain(|_, tat| *tat > now);
+        let dropped = before - stripe.len();
+        if dropped > 0 {
+            self.len.fetch_sub(dropped, Ordering::Relaxed);
+            self.evicted.fetch_add(dropped as u64, Ordering::Relaxed);
+        }
+        dropped
+    }
+
+    /// Drops every idle key (one stripe locked at a time); returns how many.
+    pub fn sweep(&self, now: Timestamp) -> usize {
+        (0..STRIPES)
+            .map(|i| {
+                let mut g = self.lock(i);
+                let dropped = self.sweep_stripe(&mut g, now.as_nanos());
+                if g.capacity() > 64 && g.len() < g.capacity() / 4 {
+                    g.shrink_to_fit();
+                }
+                dropped
+            })
+            .sum()
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            keys: self.len.load(Ordering::Relaxed) as u64,
+            evictions: self.evicted.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn stripe_of(hash: u64) -> usize {
+    (hash >> 58) as usize % STRIPES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Entity, LimitKey};
+
+    fn check(n: u64, burst: u32) -> GcraCheck<'static> {
+        GcraCheck {
+            key: LimitKey {
+                rule: 1,
+                entity: Entity::Number(n),
+            },
+            interval: Duration::from_secs(60),
+            burst,
+            cost: 1,
+            on_overflow_closed: false,
+        }
+    }
+
+    #[test]
+    fn all_or_nothing() {
+        let s = MemoryStore::new(100);
+        let now = Timestamp::from_unix_secs(1_000);
+        // Exhaust key 2.
+        assert!(matches!(
+            s.gcra(&[check(2, 1)], now, true),
+            GcraOutcome::Allowed { .. }
+        ));
+        // A request on keys 1 and 2 is refused as a whole: key 1 must stay untouched.
+        let r = s.gcra(&[check(1, 1), check(2, 1)], now, true);
+        assert!(matches!(r, GcraOutcome::Refused { index: 1, .. }), "{r:?}");
+        assert!(matches!(
+            s.gcra(&[check(1, 1)], now, true),
+            GcraOutcome::Allowed { .. }
+        ));
+    }
+
+    #[test]
+    fn dry_run_consumes_nothing() {
+        let s = MemoryStore::new(100);
+        let now = Timestamp::from_unix_secs(1_000);
+        for _ in 0..3 {
+            assert!(matches!(
+                s.gcra(&[check(1, 1)], now, false),
+                GcraOutcome::Allowed { .. }
+            ));
+        }
+        assert_eq!(s.stats().keys, 0);
+    }
+
+    #[test]
+    fn ceiling_holds_and_is_counted() {
+        let s = MemoryStore::new(10);
+        let now = Timestamp::from_unix_secs(1_000);
+        for n in 0..100 {
+            assert!(matches!(
+                s.gcra(&[check(n, 1)], now, true),
+                GcraOutcome::Allowed { .. }
+            ));
+        }
+        assert_eq!(s.stats().keys, 10);
+        assert_eq!(s.stats().rejected, 90);
+        // Once the keys go idle they are swept and new ones are tracked again.
+        let later = Timestamp::from_unix_secs(1_061);
+        assert!(matches!(
+            s.gcra(&[check(500, 1)], later, true),
+            GcraOutcome::Allowed { .. }
+        ));
+        assert!(s.stats().keys <= 10);
+        assert!(s.stats().evictions >= 1);
+    }
+
+    #[test]
+    fn closed_overflow_refuses() {
+        let s = MemoryStore::new(1);
+        let now = Timestamp::from_unix_secs(1_000);
+        assert!(matches!(
+            s.gcra(&[check(1, 1)], now, true),
+            GcraOutcome::Allowed { .. }
+        ));
+        let mut c = check(2, 1);
+        c.on_overflow_closed = true;
+        assert!(matches!(
+            s.gcra(&[c], now, true),
+            GcraOutcome::Refused { capacity: true, .. }
+        ));
+    }
+
+    #[test]
+    fn sweep_drops_only_idle_keys() {
+        let s = MemoryStore::new(100);
+        let now = Timestamp::from_unix_secs(1_000);
+        s.gcra(&[check(1, 1)], now, true);
+        assert_eq!(s.sweep(now), 0);
+        assert_eq!(s.sweep(Timestamp::from_unix_secs(1_060)), 1);
+        assert_eq!(s.stats().keys, 0);
+    }
+}

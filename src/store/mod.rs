@@ -1,0 +1,147 @@
+//! Rate-limit and heuristic state, behind one interface.
+//!
+//! [`Store`] is an enum rather than a trait object so that the in-process store (the
+//! embedded default) costs no allocation or dynamic dispatch on the hot path. Every
+//! operation takes the time from the caller (memory) or the server (Redis), commits
+//! all-or-nothing, and never holds a lock across an `.await`.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::clock::Timestamp;
+use crate::decide::gcra;
+use crate::phone::Country;
+
+pub mod memory;
+
+/// What a limit is counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Entity<'a> {
+    /// One destination number (E.164 digits).
+    Number(u64),
+    /// A destination prefix (E.164 digits without the last N).
+    Prefix(u64),
+    /// A destination country.
+    Country(Country),
+    /// The end user's IP.
+    Ip(IpAddr),
+    /// The end user's subnet.
+    Subnet(IpNet),
+    /// The provider account.
+    Account(&'a str),
+    /// The end user's id.
+    User(&'a str),
+    /// The sender.
+    Sender(&'a str),
+    /// Everything.
+    Global,
+}
+
+/// A key in the store: which rule, and what it counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LimitKey<'a> {
+    /// The rule's stable id (survives reloads while name and key kind stay the same).
+    pub rule: u64,
+    /// The counted entity.
+    pub entity: Entity<'a>,
+}
+
+/// One GCRA check of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcraCheck<'a> {
+    /// The key.
+    pub key: LimitKey<'a>,
+    /// Emission interval: period / rate.
+    pub interval: Duration,
+    /// How many requests may pass at once.
+    pub burst: u32,
+    /// How many tokens this request takes (recipients, for request-wide keys).
+    pub cost: u32,
+    /// Refuse, rather than leave untracked, a new key past the key ceiling.
+    pub on_overflow_closed: bool,
+}
+
+/// The outcome of a set of GCRA checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GcraOutcome {
+    /// Every check passed (and was committed if asked).
+    Allowed {
+        /// Remaining and reset per check, in order.
+        states: Vec<gcra::State>,
+    },
+    /// At least one check failed; nothing was committed.
+    Refused {
+        /// The check that needs the longest wait.
+        index: usize,
+        /// How long until every check would pass.
+        retry_after: Duration,
+        /// Refused because the key ceiling is reached (`on_overflow = "closed"`).
+        capacity: bool,
+    },
+}
+
+/// Why the store could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store did not answer in time.
+    #[error("state store timed out")]
+    Timeout,
+    /// The store is unreachable or answered with an error.
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Counters a store keeps about itself, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Keys tracked now.
+    pub keys: u64,
+    /// Idle keys dropped so far.
+    pub evictions: u64,
+    /// New keys not tracked (or refused) because the ceiling was reached.
+    pub rejected: u64,
+}
+
+/// The state store.
+#[derive(Debug)]
+pub enum Store {
+    /// In-process, bounded.
+    Memory(memory::MemoryStore),
+}
+
+impl Store {
+    /// The label for metrics: `memory` or `redis`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "memory",
+        }
+    }
+
+    /// Runs every check; if all pass, commits them (when `commit`), else commits none.
+    pub async fn gcra(
+        &self,
+        checks: &[GcraCheck<'_>],
+        now: Timestamp,
+        commit: bool,
+    ) -> Result<GcraOutcome, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.gcra(checks, now, commit)),
+        }
+    }
+
+    /// Drops idle keys; returns how many.
+    pub fn sweep(&self, now: Timestamp) -> usize {
+        match self {
+            Store::Memory(m) => m.sweep(now),
+        }
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> StoreStats {
+        match self {
+            Store::Memory(m) => m.stats(),
+        }
+    }
+}
