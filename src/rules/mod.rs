@@ -732,12 +732,14 @@ impl Compiler {
                         Some(k) => {
                             set.insert(k);
                         }
-                        None => return self.err(
-                            &at,
-                            format!(
+                        None => {
+                            return self.err(
+                                &at,
+                                format!(
                                 "unknown kind {k:?}: expected send, verify_start or verify_check"
                             ),
-                        ),
+                            )
+                        }
                     }
                 }
                 if set.is_empty() {

@@ -1,0 +1,290 @@
+//! The proxy core end to end: forwarding, pass-through, errors, the sandbox, the admin
+//! endpoints and graceful shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const NO_RULES: &[(&str, &str)] = &[];
+
+fn twilio_route(upstream: &str, extra: &str) -> String {
+    format!("[[route]]\nname = \"twilio\"\npreset = \"twilio\"\nupstream = \"{upstream}\"\n{extra}")
+}
+
+#[tokio::test]
+async fn forwards_a_twilio_send_byte_for_byte() {
+    let up = MockUpstream::with(|_| {
+        let mut r = Reply::json(201, r#"{"sid":"SM1","status":"queued"}"#);
+        r.headers.push(("x-upstream", "yes".into()));
+        r
+    })
+    .await;
+    let p = Proxy::start(&twilio_route(&up.url(), ""), NO_RULES).await;
+    let body = "To=%2B14155550123&From=%2B15005550006&Body=Your+code+is+123456";
+    let a = send(
+        "POST",
+        &p.url("/2010-04-01/Accounts/ACtest/Messages.json?Foo=bar%20baz"),
+        &[
+            FORM,
+            BASIC,
+            ("x-custom", "kept"),
+            ("connection", "keep-alive"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(a.status, 201);
+    assert_eq!(a.header("x-upstream"), Some("yes"));
+    assert_eq!(a.json()["sid"], "SM1");
+    let got = up.requests();
+    assert_eq!(got.len(), 1, "sent upstream exactly once");
+    let r = &got[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(
+        r.uri,
+        "/2010-04-01/Accounts/ACtest/Messages.json?Foo=bar%20baz"
+    );
+    assert_eq!(r.body, body.as_bytes());
+    assert_eq!(r.headers.get("authorization").unwrap(), BASIC.1);
+    assert_eq!(r.headers.get("x-custom").unwrap(), "kept");
+    assert_eq!(r.headers.get("content-type").unwrap(), FORM.1);
+    assert_eq!(
+        r.headers.get("host").unwrap().to_str().unwrap(),
+        up.addr.to_string()
+    );
+}
+
+#[tokio::test]
+async fn trusted_identity_headers_are_used_and_stripped() {
+    let up = MockUpstream::start().await;
+    let rules = r#"
+[[limit]]
+name = "ip"
+key = "ip"
+rate = "1/hour"
+burst = 1
+"#;
+    let p = Proxy::start(&twilio_route(&up.url(), ""), &[("r.toml", rules)]).await;
+    let ip = ("x-smsfence-end-user-ip", "203.0.113.7");
+    let user = ("x-smsfence-end-user-id", "u-42");
+    assert_eq!(
+        twilio_send(&p, "+14155550123", &[ip, user]).await.status,
+        201
+    );
+    // Same end-user IP, another number: the IP limit refuses.
+    let a = twilio_send(&p, "+14155550124", &[ip, user]).await;
+    assert_eq!(a.status, 429);
+    assert_eq!(a.header("smsfence-rule"), Some("ip"));
+    // Another IP passes.
+    assert_eq!(
+        twilio_send(
+            &p,
+            "+14155550125",
+            &[("x-smsfence-end-user-ip", "203.0.113.8")]
+        )
+        .await
+        .status,
+        201
+    );
+    for r in up.requests() {
+        assert!(r.headers.get("x-smsfence-end-user-ip").is_none());
+        assert!(r.headers.get("x-smsfence-end-user-id").is_none());
+    }
+}
+
+#[tokio::test]
+async fn passthrough_of_non_send_requests() {
+    let up = MockUpstream::with(|_| Reply::json(200, r#"{"messages":[]}"#)).await;
+    let p = Proxy::start(&twilio_route(&up.url(), ""), NO_RULES).await;
+    let a = send(
+        "GET",
+        &p.url("/2010-04-01/Accounts/ACtest/Messages.json?PageSize=5"),
+        &[BASIC],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        up.requests()[0].uri,
+        "/2010-04-01/Accounts/ACtest/Messages.json?PageSize=5"
+    );
+}
+
+#[tokio::test]
+async fn unknown_path_is_a_json_404_naming_smsfence() {
+    let p = Proxy::start("", NO_RULES).await;
+    let a = send("POST", &p.url("/no/such/api"), &[], "x").await;
+    assert_eq!(a.status, 404);
+    assert_eq!(a.json()["error"]["source"], "smsfence");
+    assert_eq!(a.json()["error"]["code"], "no_route");
+}
+
+#[tokio::test]
+async fn oversized_body_is_413_and_not_forwarded() {
+    let up = MockUpstream::start().await;
+    let p = Proxy::start(
+        &format!(
+            "{}\n[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 1024\n",
+            twilio_route(&up.url(), "")
+        ),
+        NO_RULES,
+    )
+    .await;
+    let big = format!("To=%2B14155550123&Body={}", "a".repeat(2000));
+    let a = send(
+        "POST",
+        &p.url("/2010-04-01/Accounts/ACtest/Messages.json"),
+        &[FORM, BASIC],
+        big,
+    )
+    .await;
+    assert_eq!(a.status, 413);
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test]
+async fn refused_upstream_is_a_quick_502() {
+    // Bind then drop a listener: nothing listens on that port any more.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let p = Proxy::start(
+        &twilio_route(&format!("http://127.0.0.1:{port}"), ""),
+        NO_RULES,
+    )
+    .await;
+    let a = twilio_send(&p, "+14155550123", &[]).await;
+    assert_eq!(a.status, 502);
+    assert_eq!(a.json()["error"]["code"], "upstream_unreachable");
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    assert!(
+        m.contains("smsfence_upstream_errors_total{kind=\"refused\",provider=\"twilio\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn slow_upstream_is_a_504() {
+    let up = MockUpstream::with(|_| {
+        let mut r = Reply::json(201, "{}");
+        r.hang = true;
+        r
+    })
+    .await;
+    let cfg = format!(
+        "{}\n[upstream]\ntimeout = \"300ms\"\n",
+        twilio_route(&up.url(), "")
+    );
+    let p = Proxy::start(&cfg, NO_RULES).await;
+    let a = twilio_send(&p, "+14155550123", &[]).await;
+    assert_eq!(a.status, 504);
+    assert_eq!(a.json()["error"]["code"], "upstream_timeout");
+    up.release();
+    assert_eq!(up.requests().len(), 1, "sent once, never retried");
+}
+
+#[tokio::test]
+async fn malformed_http_is_a_400_and_the_proxy_keeps_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = Proxy::start("", NO_RULES).await;
+    let mut s = tokio::net::TcpStream::connect(p.instance.proxy_addr)
+        .await
+        .unwrap();
+    s.write_all(b"THIS IS NOT HTTP\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert_eq!(twilio_send(&p, "+14155550123", &[]).await.status, 201);
+}
+
+#[tokio::test]
+async fn sandbox_answers_with_no_config_at_all() {
+    let p = Proxy::start_default_rules("").await;
+    let a = twilio_send(&p, "+14155550123", &[]).await;
+    assert_eq!(a.status, 201);
+    let j = a.json();
+    assert!(j["sid"].as_str().unwrap().starts_with("SM"));
+    assert_eq!(j["status"], "queued");
+    assert_eq!(j["to"], "+14155550123");
+    // The default per-number cooldown answers the second send natively.
+    let b = twilio_send(&p, "+14155550123", &[]).await;
+    assert_eq!(b.status, 429);
+    assert_eq!(b.json()["code"], 20429);
+    assert_eq!(b.header("retry-after"), Some("60"));
+    // After the cooldown, it passes again.
+    p.advance(Duration::from_secs(60));
+    assert_eq!(twilio_send(&p, "+14155550123", &[]).await.status, 201);
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let p = Proxy::start_default_rules("").await;
+    assert_eq!(send("GET", &p.admin("/healthz"), &[], "").await.status, 200);
+    let r = send("GET", &p.admin("/readyz"), &[], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["rules_generation"], 1);
+    twilio_send(&p, "+14155550123", &[]).await;
+    let m = send("GET", &p.admin("/metrics"), &[], "").await;
+    assert_eq!(m.status, 200);
+    let text = m.text();
+    assert!(
+        text.contains(
+            "smsfence_requests_total{outcome=\"forwarded\",provider=\"twilio\",route=\"twilio\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("smsfence_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(!text.contains("4155550123"), "no phone number in metrics");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_an_in_flight_request() {
+    let up = MockUpstream::with(|_| {
+        let mut r = Reply::json(201, r#"{"sid":"SMslow"}"#);
+        r.hang = true;
+        r
+    })
+    .await;
+    let p = Proxy::start(&twilio_route(&up.url(), ""), NO_RULES).await;
+    let url = p.url("/2010-04-01/Accounts/ACtest/Messages.json");
+    let in_flight = tokio::spawn(async move {
+        send("POST", &url, &[FORM, BASIC], "To=%2B14155550123&Body=x").await
+    });
+    // Wait until the request is at the upstream, then ask for shutdown.
+    tokio::time::timeout(Duration::from_secs(5), up.arrived.notified())
+        .await
+        .unwrap();
+    let addr = p.instance.proxy_addr;
+    p.instance.shutdown();
+    // New connections are refused once the listener is dropped (poll with a bound).
+    let mut refused = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(refused, "listener closed after shutdown");
+    up.release();
+    let a = in_flight.await.unwrap();
+    assert_eq!(a.status, 201);
+    assert_eq!(a.json()["sid"], "SMslow");
+    tokio::time::timeout(Duration::from_secs(5), p.instance.wait())
+        .await
+        .expect("drained");
+}
