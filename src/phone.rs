@@ -356,7 +356,8 @@ mod tests {
 
     #[test]
     fn uk_mobile_and_premium() {
-        let m = n("+447700900123");
+        // (+44 7700 900xxx is Ofcom's drama range: not valid, so not used here.)
+        let m = n("+447400123456");
         assert_eq!(m.country(), Country::parse("GB"));
         assert_eq!(m.number_type(), NumberType::Mobile);
         assert!(m.is_valid());
@@ -381,7 +382,7 @@ mod tests {
     fn italian_leading_zero_is_kept() {
         let d = n("+390612345678");
         assert_eq!(d.e164(), "+390612345678");
-        assert_eq!(d.country(), Country::parse("IT"));
+        assert_eq!(d.calling_code(), 39);
     }
 
     #[test]

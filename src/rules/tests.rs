@@ -1,1 +1,159 @@
+//! Rule-file tests: the schema, validation messages with file and line, merging.
 
+use super::*;
+
+fn errors(text: &str) -> Vec<String> {
+    match RuleSet::compile([("r.toml", text)]) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn shipped_rules_compile() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let set = RuleSet::load_dir(&dir).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(!set.limits.is_empty());
+    assert!(!set.shadow_all);
+    let embedded = RuleSet::embedded().unwrap();
+    assert_eq!(
+        embedded.summaries.len(),
+        set.summaries.len(),
+        "EMBEDDED lists every file in rules/"
+    );
+}
+
+#[test]
+fn unknown_field_is_reported_with_line_and_rule() {
+    let text = "[[limit]]\nname = \"ok\"\nkey = \"number\"\nrate = \"1/60s\"\nburst = 1\n\n[[limit]]\nname = \"typo\"\nkey = \"number\"\nrat = \"1/60s\"\nburst = 1\n";
+    let e = errors(text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("r.toml:10: typo: unknown field `rat`"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn semantic_errors_are_all_reported() {
+    let text = r#"
+[[limit]]
+name = "bad-rate"
+key = "number"
+rate = "fast"
+burst = 1
+
+[[limit]]
+name = "bad-key"
+key = "planet"
+rate = "1/60s"
+burst = 1
+
+[[list]]
+name = "bad-list"
+action = "deny"
+prefixes = ["4477", "+44x"]
+countries = ["Britain"]
+
+[[policy]]
+name = "bad-type"
+deny_types = ["premium"]
+
+[[limit]]
+name = "bad-rate"
+key = "number"
+rate = "1/60s"
+burst = 1
+"#;
+    let e = errors(text);
+    let joined = e.join("\n");
+    assert!(
+        joined.contains("r.toml:2: bad-rate: rate \"fast\""),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("r.toml:8: bad-key: unknown key \"planet\""),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("r.toml:14: bad-list: prefixes: \"4477\""),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("r.toml:14: bad-list: prefixes: \"+44x\""),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("r.toml:14: bad-list: countries: \"Britain\""),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("r.toml:20: bad-type: deny_types: unknown number type \"premium\""),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("r.toml:24: bad-rate: duplicate rule name (first defined at r.toml:2)"),
+        "{joined}"
+    );
+}
+
+#[test]
+fn names_are_unique_across_files() {
+    let a = "[[limit]]\nname = \"x\"\nkey = \"number\"\nrate = \"1/60s\"\nburst = 1\n";
+    let e = RuleSet::compile([("a.toml", a), ("b.toml", a)]).unwrap_err();
+    assert_eq!(
+        e[0].to_string(),
+        "b.toml:1: x: duplicate rule name (first defined at a.toml:1)"
+    );
+}
+
+#[test]
+fn toml_syntax_error_has_a_line() {
+    let e = errors("[[limit]]\nname = \"x\"\nkey = number\n");
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("r.toml:3: x: "), "{e:?}");
+}
+
+#[test]
+fn rates_parse() {
+    assert_eq!(parse_rate("1/60s").unwrap(), Duration::from_secs(60));
+    assert_eq!(parse_rate("5/10m").unwrap(), Duration::from_secs(120));
+    assert_eq!(parse_rate("100/hour").unwrap(), Duration::from_secs(36));
+    assert_eq!(parse_rate("10/day").unwrap(), Duration::from_secs(8640));
+    assert!(parse_rate("0/60s").is_err());
+    assert!(parse_rate("1/0s").is_err());
+    assert!(parse_rate("one/hour").is_err());
+    assert!(parse_rate("1/fortnight").is_err());
+}
+
+#[test]
+fn off_rules_are_listed_but_not_compiled_in() {
+    let set = RuleSet::compile([(
+        "r.toml",
+        "[[limit]]\nname = \"x\"\nmode = \"off\"\nkey = \"number\"\nrate = \"1/60s\"\nburst = 1\n",
+    )])
+    .unwrap();
+    assert!(set.limits.is_empty());
+    assert_eq!(set.summaries[0].mode, "off");
+}
+
+#[test]
+fn stable_ids_survive_unrelated_changes() {
+    let a = RuleSet::compile([(
+        "r.toml",
+        "[[limit]]\nname = \"x\"\nkey = \"number\"\nrate = \"1/60s\"\nburst = 1\n",
+    )])
+    .unwrap();
+    let b = RuleSet::compile([(
+        "r.toml",
+        "[[limit]]\nname = \"x\"\nkey = \"number\"\nrate = \"5/60s\"\nburst = 3\n",
+    )])
+    .unwrap();
+    let c = RuleSet::compile([(
+        "r.toml",
+        "[[limit]]\nname = \"x\"\nkey = \"country\"\nrate = \"1/60s\"\nburst = 1\n",
+    )])
+    .unwrap();
+    assert_eq!(a.limits[0].id, b.limits[0].id);
+    assert_ne!(a.limits[0].id, c.limits[0].id);
+}

@@ -56,6 +56,9 @@ pub struct MemoryStore {
     evicted: AtomicU64,
     /// New keys not tracked because of the ceiling.
     rejected: AtomicU64,
+    /// Clock time (ns) of the last full sweep forced by the ceiling: at most one a second,
+    /// so a flood of new keys cannot turn every request into a scan of the whole store.
+    last_full_sweep: AtomicU64,
 }
 
 impl MemoryStore {
@@ -70,6 +73,7 @@ impl MemoryStore {
             max_keys,
             evicted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            last_full_sweep: AtomicU64::new(0),
         }
     }
 
@@ -81,7 +85,28 @@ impl MemoryStore {
 
     /// See [`super::Store::gcra`].
     pub fn gcra(&self, checks: &[GcraCheck<'_>], now: Timestamp, commit: bool) -> GcraOutcome {
-        let now = now.as_nanos();
+        match self.gcra_once(checks, now, commit, true) {
+            Some(outcome) => outcome,
+            None => {
+                // The ceiling is reached and the touched stripes had nothing idle: sweep
+                // the whole store (no stripe lock held here), then decide again.
+                self.sweep(now);
+                self.gcra_once(checks, now, commit, false)
+                    .unwrap_or(GcraOutcome::Allowed { states: Vec::new() })
+            }
+        }
+    }
+
+    /// One attempt; `None` asks the caller to run a full sweep and try again (only when
+    /// `may_sweep` and no full sweep ran in the last second of clock time).
+    fn gcra_once(
+        &self,
+        checks: &[GcraCheck<'_>],
+        now_ts: Timestamp,
+        commit: bool,
+        may_sweep: bool,
+    ) -> Option<GcraOutcome> {
+        let now = now_ts.as_nanos();
         let hashes: Vec<u64> = checks.iter().map(|c| self.hasher.hash_one(c.key)).collect();
         let mut order: Vec<usize> = hashes.iter().map(|h| stripe_of(*h)).collect();
         order.sort_unstable();
@@ -108,11 +133,11 @@ impl MemoryStore {
             }
         }
         if let Some((index, retry_after)) = refused {
-            return GcraOutcome::Refused {
+            return Some(GcraOutcome::Refused {
                 index,
                 retry_after,
                 capacity: false,
-            };
+            });
         }
         if commit {
             // Room for new keys first, so that a refusal commits nothing.
@@ -123,13 +148,18 @@ impl MemoryStore {
                 if is_new && self.len.load(Ordering::Relaxed) >= self.max_keys {
                     self.sweep_stripe(&mut guards[g].1, now);
                     if self.len.load(Ordering::Relaxed) >= self.max_keys {
+                        let last = self.last_full_sweep.load(Ordering::Relaxed);
+                        if may_sweep && now.saturating_sub(last) >= 1_000_000_000 {
+                            self.last_full_sweep.store(now, Ordering::Relaxed);
+                            return None;
+                        }
                         self.rejected.fetch_add(1, Ordering::Relaxed);
                         if c.on_overflow_closed {
-                            return GcraOutcome::Refused {
+                            return Some(GcraOutcome::Refused {
                                 index: i,
                                 retry_after: c.interval,
                                 capacity: true,
-                            };
+                            });
                         }
                         untracked[i] = true;
                     }
@@ -145,9 +175,9 @@ impl MemoryStore {
                 }
             }
         }
-        GcraOutcome::Allowed {
+        Some(GcraOutcome::Allowed {
             states: steps.into_iter().map(|(_, s, _)| s).collect(),
-        }
+        })
     }
 
     fn sweep_stripe(&self, stripe: &mut Stripe, now: u64) -> usize {
