@@ -27,7 +27,8 @@ impl Timestamp {
         self.0
     }
 
-    /// This instant moved forward by `d` (saturating).
+    /// This instant moved forward by `d` (saturating, which `std::ops::Add` would hide).
+    #[allow(clippy::should_implement_trait)]
     pub fn add(self, d: Duration) -> Self {
         Timestamp(self.0.saturating_add(duration_nanos(d)))
     }

@@ -43,7 +43,8 @@ country_mode = "deny"
 countries = ["JM"]
 "#;
     let p = Proxy::start(&route(&up), &[("a.toml", rules), ("b.toml", LIMIT_1)]).await;
-    let cases: [(&str, &[(&str, &str)], u16, &str, &str); 5] = [
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16, &'a str, &'a str);
+    let cases: [Case; 5] = [
         ("+447400900001", &[], 403, "denied_number", "deny-numbers"),
         (
             "+447400900002",
