@@ -167,10 +167,16 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config, rules, !args.no_watch))
+    let json_logs = matches!(args.log_format, LogFormat::Json);
+    runtime.block_on(serve(config, rules, !args.no_watch, json_logs))
 }
 
-async fn serve(config: Config, rules: Source, watch: bool) -> anyhow::Result<ExitCode> {
+async fn serve(
+    config: Config,
+    rules: Source,
+    watch: bool,
+    json_logs: bool,
+) -> anyhow::Result<ExitCode> {
     let instance = Instance::start(Options {
         config,
         rules: rules.clone(),
@@ -178,7 +184,7 @@ async fn serve(config: Config, rules: Source, watch: bool) -> anyhow::Result<Exi
         clock: Arc::new(SystemClock::new()),
     })
     .await?;
-    banner(&instance, &rules);
+    banner(&instance, &rules, json_logs);
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -200,7 +206,7 @@ async fn serve(config: Config, rules: Source, watch: bool) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-fn banner(instance: &Instance, rules: &Source) {
+fn banner(instance: &Instance, rules: &Source, json_logs: bool) {
     let app = &instance.app;
     let set = app.rules.snapshot();
     let source = match rules {
@@ -228,10 +234,17 @@ fn banner(instance: &Instance, rules: &Source) {
     }
     let p = instance.proxy_addr;
     let a = instance.admin_addr;
+    let send = format!(
+        "curl -i -u ACtest:secret http://{p}/2010-04-01/Accounts/ACtest/Messages.json \\\n    \
+         --data-urlencode To=+14155550123 --data-urlencode From=+15005550006 --data-urlencode 'Body=Your code is 123456'"
+    );
+    if json_logs {
+        // Keep stderr pure JSON lines in this mode.
+        tracing::info!(example = %send, "try it: repeat the send to see the per-number cooldown answer 429");
+        return;
+    }
     eprintln!(
-        "\nTry it (a Twilio-style send; repeat it to see the per-number cooldown answer 429):\n\n  \
-         curl -i -u ACtest:secret http://{p}/2010-04-01/Accounts/ACtest/Messages.json \\\n    \
-         --data-urlencode To=+14155550123 --data-urlencode From=+15005550006 --data-urlencode 'Body=Your code is 123456'\n\n\
+        "\nTry it (a Twilio-style send; repeat it to see the per-number cooldown answer 429):\n\n  {send}\n\n\
          A premium-rate number is refused outright:\n\n  \
          curl -i -u ACtest:secret http://{p}/2010-04-01/Accounts/ACtest/Messages.json \\\n    \
          --data-urlencode To=+449098790123 --data-urlencode From=+15005550006 --data-urlencode 'Body=hi'\n\n\

@@ -1,0 +1,120 @@
+//! The binary itself: starts on its embedded defaults with no config, serves, and exits 0
+//! on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn runs_with_no_config_and_stops_cleanly_on_sigterm() {
+    let empty = tempfile::tempdir().unwrap(); // no ./rules here: the embedded defaults apply
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smsfence"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .current_dir(empty.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut proxy = None;
+    let mut log = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while proxy.is_none() && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["message"] == "smsfence is listening" {
+                    assert_eq!(v["rules"], "embedded defaults");
+                    proxy = v["proxy"].as_str().map(str::to_owned);
+                }
+            }
+            log.push(line);
+        }
+    }
+    let proxy = proxy.unwrap_or_else(|| panic!("no start-up line: {log:#?}"));
+    let mut example = false;
+    while !example && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines only");
+            example = v["example"]
+                .as_str()
+                .is_some_and(|e| e.contains("curl -i -u ACtest:secret"));
+        }
+    }
+    assert!(example, "the start-up log prints a curl example");
+
+    // One request through the sandbox.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(&proxy).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::post("/2010-04-01/Accounts/ACtest/Messages.json")
+            .header("host", &proxy)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                "To=%2B14155550123&Body=hi",
+            )))
+            .unwrap();
+        send.send_request(req).await.unwrap().status()
+    });
+    assert_eq!(status, 201);
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "smsfence did not stop within 15 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(code.success(), "exit status {code:?}");
+}
+
+#[test]
+fn a_broken_config_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("svc.toml");
+    std::fs::write(&cfg, "[server]\nlisten = \"127.0.0.1:0\"\nmax_body = 5\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_smsfence"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("svc.toml") && err.contains("line 3") && err.contains("max_body"),
+        "{err}"
+    );
+}
