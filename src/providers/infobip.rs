@@ -1,8 +1,18 @@
-//! Infobip: TODO(issue 3) extraction, native errors and sandbox answers.
+//! Infobip SMS: `POST /sms/3/messages` (`messages[].destinations[].to`, `sender`,
+//! `content.text`) and the older `POST /sms/2/text/advanced` (`messages[].destinations[].to`,
+//! `from`, `text`).
+//!
+//! Errors: v2 answers `{requestError: {serviceException: {messageId, text}}}`, v3
+//! `{errorCode, description, action}`; the Python SDK raises `ApiException` with the status
+//! and does not retry. The API key (`Authorization: App …`) is a credential and never read.
 
 use hyper::StatusCode;
+use serde_json::json;
 
-use super::{Endpoint, ExtractError, Extracted, NativeResponse, Refusal, RequestView};
+use super::{
+    sandbox_id, segments, Endpoint, ExtractError, Extracted, NativeResponse, Refusal, RefusalKind,
+    RequestView,
+};
 
 /// Infobip operations.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -31,19 +41,146 @@ pub const ENDPOINTS: &[Endpoint] = &[
 pub const ROOTS: &[&str] = &["/sms/1/**", "/sms/2/**", "/sms/3/**"];
 
 /// Reads an Infobip request.
-pub fn extract(_op: Op, _req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
-    Err(ExtractError::Unsupported("not implemented yet"))
+pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
+    if !req.is_json() {
+        return Err(ExtractError::MalformedBody("Infobip takes a JSON body"));
+    }
+    let v = req.json()?;
+    let messages = v
+        .get("messages")
+        .and_then(serde_json::Value::as_array)
+        .ok_or(ExtractError::MissingRecipient(
+            "messages[].destinations[].to",
+        ))?;
+    let mut out = Extracted {
+        number_format: Some(crate::phone::NumberFormat::InternationalDigits),
+        segments: 1,
+        ..Extracted::default()
+    };
+    for m in messages {
+        let destinations = m
+            .get("destinations")
+            .and_then(serde_json::Value::as_array)
+            .ok_or(ExtractError::MissingRecipient(
+                "messages[].destinations[].to",
+            ))?;
+        for d in destinations {
+            let to = super::json_str(d, "to").ok_or(ExtractError::MissingRecipient(
+                "messages[].destinations[].to",
+            ))?;
+            out.recipients.push(to.to_owned());
+        }
+        let (sender, text) = match op {
+            Op::SendV3 => (
+                super::json_str(m, "sender"),
+                m.get("content").and_then(|c| super::json_str(c, "text")),
+            ),
+            Op::SendV2 => (super::json_str(m, "from"), super::json_str(m, "text")),
+        };
+        if out.sender.is_none() {
+            out.sender = sender.map(str::to_owned);
+        }
+        out.segments = out.segments.max(text.map_or(1, segments::count));
+    }
+    if out.recipients.is_empty() {
+        return Err(ExtractError::MissingRecipient(
+            "messages[].destinations[].to",
+        ));
+    }
+    Ok(out)
 }
 
 /// Infobip's native error for a refusal.
-pub fn refusal(refusal: &Refusal<'_>) -> NativeResponse {
-    NativeResponse::json(
-        StatusCode::FORBIDDEN,
-        &serde_json::json!({"error": refusal.message()}),
-    )
+pub fn refusal(op: Op, refusal: &Refusal<'_>) -> NativeResponse {
+    let (status, id) = match refusal.kind {
+        RefusalKind::Throttle { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS"),
+        RefusalKind::Block => (StatusCode::FORBIDDEN, "REJECTED"),
+    };
+    let body = match op {
+        Op::SendV2 => {
+            json!({"requestError": {"serviceException": {"messageId": id, "text": refusal.message()}}})
+        }
+        Op::SendV3 => json!({
+            "errorCode": format!("E{}", status.as_u16()),
+            "description": refusal.message(),
+            "action": if status == StatusCode::TOO_MANY_REQUESTS { "Retry later." } else { "Do not retry: the destination is refused by policy." },
+            "violations": [],
+            "resources": [],
+        }),
+    };
+    NativeResponse::json(status, &body).with_retry_after(refusal)
 }
 
 /// The sandbox's Infobip answer.
-pub fn sandbox(_op: Op, _req: &RequestView<'_>, _ex: &Extracted) -> NativeResponse {
-    NativeResponse::json(StatusCode::OK, &serde_json::json!({}))
+pub fn sandbox(op: Op, _req: &RequestView<'_>, ex: &Extracted) -> NativeResponse {
+    let status = json!({"groupId": 1, "groupName": "PENDING", "id": 26, "name": "PENDING_ACCEPTED", "description": "Message sent to next instance"});
+    let messages: Vec<serde_json::Value> = ex
+        .recipients
+        .iter()
+        .map(|to| match op {
+            Op::SendV3 => {
+                json!({"messageId": sandbox_id("", 20), "status": status, "destination": to})
+            }
+            Op::SendV2 => json!({"messageId": sandbox_id("", 20), "status": status, "to": to}),
+        })
+        .collect();
+    NativeResponse::json(
+        StatusCode::OK,
+        &json!({"bulkId": sandbox_id("", 20), "messages": messages}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::Reason;
+    use crate::providers::tests::{json_headers, view};
+
+    #[test]
+    fn v3_and_v2_destinations() {
+        let h = json_headers();
+        let v3 = br#"{"messages":[{"sender":"ACME","destinations":[{"to":"447400123456"},{"to":"447400123457"}],"content":{"text":"hi"}}]}"#;
+        let ex = extract(Op::SendV3, &view(&h, &[], v3)).unwrap();
+        assert_eq!(ex.recipients, vec!["447400123456", "447400123457"]);
+        assert_eq!(ex.sender.as_deref(), Some("ACME"));
+        let v2 =
+            br#"{"messages":[{"from":"ACME","destinations":[{"to":"447400123456"}],"text":"hi"}]}"#;
+        assert_eq!(
+            extract(Op::SendV2, &view(&h, &[], v2)).unwrap().recipients,
+            vec!["447400123456"]
+        );
+        assert!(matches!(
+            extract(Op::SendV3, &view(&h, &[], br#"{"messages":[{}]}"#)),
+            Err(ExtractError::MissingRecipient(_))
+        ));
+    }
+
+    #[test]
+    fn error_shapes() {
+        let t = Refusal {
+            kind: RefusalKind::Throttle {
+                retry_after: std::time::Duration::from_secs(1),
+            },
+            reason: Reason::RateLimited,
+            rule: "r",
+            recipient: None,
+            recipients: 1,
+        };
+        let r = refusal(Op::SendV2, &t);
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            v["requestError"]["serviceException"]["messageId"],
+            "TOO_MANY_REQUESTS"
+        );
+        let r = refusal(
+            Op::SendV3,
+            &Refusal {
+                kind: RefusalKind::Block,
+                ..t
+            },
+        );
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["errorCode"], "E403");
+    }
 }

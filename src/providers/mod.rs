@@ -496,7 +496,7 @@ pub fn refusal(
         Op::Telnyx(_) => telnyx::refusal(refusal),
         Op::Plivo(_) => plivo::refusal(refusal),
         Op::Sinch(_) => sinch::refusal(refusal),
-        Op::Infobip(_) => infobip::refusal(refusal),
+        Op::Infobip(op) => infobip::refusal(op, refusal),
         Op::Generic => generic::refusal(generic, refusal),
     };
     resp.with_header("smsfence-reason", refusal.reason.as_str())
@@ -571,8 +571,44 @@ pub fn phone_part(raw: &str) -> Option<Cow<'_, str>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A POST view for preset unit tests.
+    pub(crate) fn view<'a>(
+        headers: &'a HeaderMap,
+        params: &'a [&'a str],
+        body: &'a [u8],
+    ) -> RequestView<'a> {
+        RequestView {
+            method: &Method::POST,
+            path: "/",
+            params,
+            query: None,
+            headers,
+            body,
+        }
+    }
+
+    /// `Content-Type: application/x-www-form-urlencoded`.
+    pub(crate) fn form_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        h
+    }
+
+    /// `Content-Type: application/json`.
+    pub(crate) fn json_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        h
+    }
 
     #[test]
     fn basic_user_never_the_password() {

@@ -1,8 +1,16 @@
-//! Plivo: TODO(issue 3) extraction, native errors and sandbox answers.
+//! Plivo: `POST /v1/Account/{auth_id}/Message/`, JSON `dst` (several numbers joined by
+//! `<`), `src` or `powerpack_uuid`, `text`.
+//!
+//! Errors are `{api_id, error}`; the SDKs surface `error` in their exception
+//! (`PlivoRestError`, `ValidationError` for 400). A block is a 400, a throttle a 429.
 
 use hyper::StatusCode;
+use serde_json::json;
 
-use super::{Endpoint, ExtractError, Extracted, NativeResponse, Refusal, RequestView};
+use super::{
+    sandbox_id, segments, Endpoint, ExtractError, Extracted, NativeResponse, Refusal, RefusalKind,
+    RequestView,
+};
 
 /// Plivo operations.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -22,19 +30,107 @@ pub const ENDPOINTS: &[Endpoint] = &[Endpoint {
 pub const ROOTS: &[&str] = &["/v1/Account/**"];
 
 /// Reads a Plivo request.
-pub fn extract(_op: Op, _req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
-    Err(ExtractError::Unsupported("not implemented yet"))
+pub fn extract(_op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
+    if !req.is_json() {
+        return Err(ExtractError::MalformedBody("Plivo takes a JSON body"));
+    }
+    let v = req.json()?;
+    let dst = super::json_str(&v, "dst").ok_or(ExtractError::MissingRecipient("dst"))?;
+    let recipients: Vec<String> = dst
+        .split('<')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if recipients.is_empty() {
+        return Err(ExtractError::MissingRecipient("dst"));
+    }
+    Ok(Extracted {
+        recipients,
+        number_format: Some(crate::phone::NumberFormat::InternationalDigits),
+        sender: super::json_str(&v, "src")
+            .or_else(|| super::json_str(&v, "powerpack_uuid"))
+            .map(str::to_owned),
+        account: req.param(0),
+        segments: super::json_str(&v, "text").map_or(1, segments::count),
+        ..Extracted::default()
+    })
 }
 
 /// Plivo's native error for a refusal.
 pub fn refusal(refusal: &Refusal<'_>) -> NativeResponse {
+    let status = match refusal.kind {
+        RefusalKind::Throttle { .. } => StatusCode::TOO_MANY_REQUESTS,
+        RefusalKind::Block => StatusCode::BAD_REQUEST,
+    };
     NativeResponse::json(
-        StatusCode::FORBIDDEN,
-        &serde_json::json!({"error": refusal.message()}),
+        status,
+        &json!({"api_id": uuid(), "error": refusal.message()}),
+    )
+    .with_retry_after(refusal)
+}
+
+fn uuid() -> String {
+    let h = sandbox_id("", 32);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
     )
 }
 
 /// The sandbox's Plivo answer.
-pub fn sandbox(_req: &RequestView<'_>, _ex: &Extracted) -> NativeResponse {
-    NativeResponse::json(StatusCode::OK, &serde_json::json!({}))
+pub fn sandbox(_req: &RequestView<'_>, ex: &Extracted) -> NativeResponse {
+    NativeResponse::json(
+        StatusCode::ACCEPTED,
+        &json!({
+            "api_id": uuid(),
+            "message": "message(s) queued",
+            "message_uuid": ex.recipients.iter().map(|_| uuid()).collect::<Vec<_>>(),
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::Reason;
+    use crate::providers::tests::{json_headers, view};
+
+    #[test]
+    fn several_recipients_joined_by_lt() {
+        let h = json_headers();
+        let ex = extract(
+            Op::Send,
+            &view(
+                &h,
+                &["MA1"],
+                br#"{"src":"+15005550006","dst":"+447400123456<447400123457","text":"hi"}"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(ex.recipients, vec!["+447400123456", "447400123457"]);
+        assert_eq!(ex.account.as_deref(), Some("MA1"));
+        assert_eq!(
+            extract(Op::Send, &view(&h, &["MA1"], br#"{"dst":"<"}"#)),
+            Err(ExtractError::MissingRecipient("dst"))
+        );
+    }
+
+    #[test]
+    fn block_is_400_with_error_text() {
+        let r = refusal(&Refusal {
+            kind: RefusalKind::Block,
+            reason: Reason::DeniedPrefix,
+            rule: "r",
+            recipient: Some(1),
+            recipients: 2,
+        });
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("recipient 2 of 2"));
+    }
 }

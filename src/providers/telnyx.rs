@@ -1,8 +1,18 @@
-//! Telnyx: TODO(issue 3) extraction, native errors and sandbox answers.
+//! Telnyx Messaging v2: `POST /v2/messages`, JSON `to` (one number), `from` or
+//! `messaging_profile_id`, `text`.
+//!
+//! Errors are `{errors: [{code, title, detail}]}`. Both official SDKs retry a 429 (and
+//! 5xx) up to three times unless the response says `x-should-retry: false`, so every
+//! refusal carries that header, and a block is a 403/422, never a 429.
 
 use hyper::StatusCode;
+use serde_json::json;
 
-use super::{Endpoint, ExtractError, Extracted, NativeResponse, Refusal, RequestView};
+use super::{
+    sandbox_id, segments, Endpoint, ExtractError, Extracted, NativeResponse, Refusal, RefusalKind,
+    RequestView,
+};
+use crate::decide::Reason;
 
 /// Telnyx operations.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -19,22 +29,138 @@ pub const ENDPOINTS: &[Endpoint] = &[Endpoint {
 }];
 
 /// Telnyx API roots that pass through.
-pub const ROOTS: &[&str] = &["/v2/**"];
+pub const ROOTS: &[&str] = &[
+    "/v2/messages/**",
+    "/v2/messaging_profiles/**",
+    "/v2/number_lookup/**",
+];
 
 /// Reads a Telnyx request.
-pub fn extract(_op: Op, _req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
-    Err(ExtractError::Unsupported("not implemented yet"))
+pub fn extract(_op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
+    if !req.is_json() {
+        return Err(ExtractError::MalformedBody("Telnyx takes a JSON body"));
+    }
+    let v = req.json()?;
+    let to = match v.get("to") {
+        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(serde_json::Value::Array(_)) => {
+            return Err(ExtractError::Unsupported("Telnyx `to` as a list"))
+        }
+        _ => return Err(ExtractError::MissingRecipient("to")),
+    };
+    Ok(Extracted {
+        recipients: vec![to],
+        sender: super::json_str(&v, "from")
+            .or_else(|| super::json_str(&v, "messaging_profile_id"))
+            .map(str::to_owned),
+        segments: super::json_str(&v, "text").map_or(1, segments::count),
+        ..Extracted::default()
+    })
 }
 
 /// Telnyx's native error for a refusal.
 pub fn refusal(refusal: &Refusal<'_>) -> NativeResponse {
+    let (status, code, title) = match (refusal.kind, refusal.reason) {
+        (RefusalKind::Throttle { .. }, _) => {
+            (StatusCode::TOO_MANY_REQUESTS, "10011", "Too many requests")
+        }
+        (_, Reason::InvalidNumber) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "40310",
+            "Invalid 'to' address",
+        ),
+        (_, Reason::UnsupportedRequest) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "10015", "Invalid request")
+        }
+        _ => (StatusCode::FORBIDDEN, "40300", "Message blocked"),
+    };
     NativeResponse::json(
-        StatusCode::FORBIDDEN,
-        &serde_json::json!({"error": refusal.message()}),
+        status,
+        &json!({"errors": [{"code": code, "title": title, "detail": refusal.message()}]}),
     )
+    .with_retry_after(refusal)
+    .with_header("x-should-retry", "false")
 }
 
 /// The sandbox's Telnyx answer.
-pub fn sandbox(_req: &RequestView<'_>, _ex: &Extracted) -> NativeResponse {
-    NativeResponse::json(StatusCode::OK, &serde_json::json!({}))
+pub fn sandbox(req: &RequestView<'_>, ex: &Extracted) -> NativeResponse {
+    let v = req.json().unwrap_or_default();
+    let id = sandbox_id("", 32);
+    NativeResponse::json(
+        StatusCode::OK,
+        &json!({"data": {
+            "record_type": "message",
+            "direction": "outbound",
+            "id": format!("{}-{}-{}-{}-{}", &id[..8], &id[8..12], &id[12..16], &id[16..20], &id[20..]),
+            "type": "SMS",
+            "from": {"phone_number": super::json_str(&v, "from"), "carrier": "", "line_type": ""},
+            "to": ex.recipients.iter().map(|t| json!({"phone_number": t, "status": "queued", "carrier": "", "line_type": ""})).collect::<Vec<_>>(),
+            "text": super::json_str(&v, "text"),
+            "messaging_profile_id": super::json_str(&v, "messaging_profile_id"),
+            "parts": ex.segments,
+            "encoding": "GSM-7",
+            "errors": [],
+        }}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::tests::{form_headers, json_headers, view};
+
+    #[test]
+    fn reads_to_from_and_text() {
+        let h = json_headers();
+        let ex = extract(
+            Op::Send,
+            &view(
+                &h,
+                &[],
+                br#"{"from":"+15005550006","to":"+447400123456","text":"hi"}"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(ex.recipients, vec!["+447400123456"]);
+        assert_eq!(ex.sender.as_deref(), Some("+15005550006"));
+        assert_eq!(
+            extract(Op::Send, &view(&h, &[], br#"{"text":"x"}"#)),
+            Err(ExtractError::MissingRecipient("to"))
+        );
+        assert!(matches!(
+            extract(Op::Send, &view(&h, &[], b"\xff\xfe")),
+            Err(ExtractError::MalformedBody(_))
+        ));
+        let f = form_headers();
+        assert!(matches!(
+            extract(Op::Send, &view(&f, &[], b"to=1")),
+            Err(ExtractError::MalformedBody(_))
+        ));
+    }
+
+    #[test]
+    fn refusals_never_invite_a_retry() {
+        for kind in [
+            RefusalKind::Block,
+            RefusalKind::Throttle {
+                retry_after: std::time::Duration::from_secs(3),
+            },
+        ] {
+            let r = refusal(&Refusal {
+                kind,
+                reason: Reason::RateLimited,
+                rule: "r",
+                recipient: None,
+                recipients: 1,
+            });
+            assert!(r
+                .headers
+                .iter()
+                .any(|(n, v)| n == "x-should-retry" && v == "false"));
+            assert_eq!(
+                r.status == StatusCode::TOO_MANY_REQUESTS,
+                kind != RefusalKind::Block
+            );
+        }
+    }
 }
