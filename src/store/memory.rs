@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{GcraCheck, GcraOutcome, StoreStats};
+use super::window::{Reading, Window};
+use super::{Flag, GcraCheck, GcraOutcome, LimitKey, StoreStats, WindowOp};
 use crate::clock::{duration_nanos, Timestamp};
 use crate::decide::gcra::{self, Step};
 
@@ -59,6 +60,12 @@ pub struct MemoryStore {
     /// Clock time (ns) of the last full sweep forced by the ceiling: at most one a second,
     /// so a flood of new keys cannot turn every request into a scan of the whole store.
     last_full_sweep: AtomicU64,
+    /// Heuristic windows by key hash (bounded by `max_keys` too).
+    windows: Box<[Mutex<HashMap<u64, Window, BuildHasherDefault<IdHasher>>>]>,
+    /// Flags (auto-blocks, verified numbers) by key hash.
+    flags: Mutex<HashMap<u64, Flag, BuildHasherDefault<IdHasher>>>,
+    /// Tracked windows.
+    windows_len: AtomicUsize,
 }
 
 impl MemoryStore {
@@ -74,7 +81,79 @@ impl MemoryStore {
             evicted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             last_full_sweep: AtomicU64::new(0),
+            windows: (0..STRIPES).map(|_| Mutex::new(HashMap::default())).collect(),
+            flags: Mutex::new(HashMap::default()),
+            windows_len: AtomicUsize::new(0),
         }
+    }
+
+    /// See [`super::Store::windows`]. Past the key ceiling a new window is read as empty
+    /// and not stored (counted as rejected).
+    pub fn windows(&self, ops: &[WindowOp<'_>], now: Timestamp, commit: bool) -> Vec<Reading> {
+        let now = now.as_nanos();
+        ops.iter()
+            .map(|op| {
+                let h = self.hasher.hash_one(op.key);
+                let mut stripe = self.windows[stripe_of(h)].lock().unwrap_or_else(|p| p.into_inner());
+                let window_ns = duration_nanos(op.window);
+                let cap = usize::from(op.cap);
+                if let Some(w) = stripe.get_mut(&h) {
+                    return w.apply(now, op.amount, op.member, cap, op.near, commit);
+                }
+                let mut w = Window::new(window_ns);
+                let reading = w.apply(now, op.amount, op.member, cap, op.near, commit);
+                if commit {
+                    if self.windows_len.load(Ordering::Relaxed) >= self.max_keys {
+                        self.rejected.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        stripe.insert(h, w);
+                        self.windows_len.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                reading
+            })
+            .collect()
+    }
+
+    fn flags_lock(&self) -> MutexGuard<'_, HashMap<u64, Flag, BuildHasherDefault<IdHasher>>> {
+        self.flags.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// See [`super::Store::flags`].
+    pub fn flags(&self, keys: &[LimitKey<'_>], now: Timestamp) -> Vec<Option<Flag>> {
+        let flags = self.flags_lock();
+        keys.iter()
+            .map(|k| flags.get(&self.hasher.hash_one(k)).filter(|f| f.until > now).cloned())
+            .collect()
+    }
+
+    /// See [`super::Store::set_flag`]. Flags are few (one per offending key), but bounded
+    /// all the same: past the ceiling, expired ones are dropped first.
+    pub fn set_flag(&self, key: LimitKey<'_>, flag: Flag, now: Timestamp) {
+        let mut flags = self.flags_lock();
+        if flags.len() >= self.max_keys {
+            flags.retain(|_, f| f.until > now);
+            if flags.len() >= self.max_keys {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        flags.insert(self.hasher.hash_one(key), flag);
+    }
+
+    /// See [`super::Store::list_flags`].
+    pub fn list_flags(&self, now: Timestamp) -> Vec<Flag> {
+        let mut v: Vec<Flag> = self.flags_lock().values().filter(|f| f.until > now).cloned().collect();
+        v.sort_by(|a, b| a.label.cmp(&b.label));
+        v
+    }
+
+    /// See [`super::Store::remove_flags`].
+    pub fn remove_flags(&self, label: &str) -> usize {
+        let mut flags = self.flags_lock();
+        let before = flags.len();
+        flags.retain(|_, f| f.label != label);
+        before - flags.len()
     }
 
     fn lock(&self, i: usize) -> MutexGuard<'_, Stripe> {
@@ -191,9 +270,19 @@ impl MemoryStore {
         dropped
     }
 
-    /// Drops every idle key (one stripe locked at a time); returns how many.
+    /// Drops every idle key, window and flag (one lock at a time); returns how many.
     pub fn sweep(&self, now: Timestamp) -> usize {
-        (0..STRIPES)
+        let mut windows = 0;
+        for stripe in self.windows.iter() {
+            let mut g = stripe.lock().unwrap_or_else(|p| p.into_inner());
+            let before = g.len();
+            g.retain(|_, w| !w.idle(now.as_nanos()));
+            windows += before - g.len();
+        }
+        self.windows_len.fetch_sub(windows, Ordering::Relaxed);
+        self.evicted.fetch_add(windows as u64, Ordering::Relaxed);
+        self.flags_lock().retain(|_, f| f.until > now);
+        windows + (0..STRIPES)
             .map(|i| {
                 let mut g = self.lock(i);
                 let dropped = self.sweep_stripe(&mut g, now.as_nanos());
@@ -202,13 +291,13 @@ impl MemoryStore {
                 }
                 dropped
             })
-            .sum()
+            .sum::<usize>()
     }
 
     /// Counters for metrics.
     pub fn stats(&self) -> StoreStats {
         StoreStats {
-            keys: self.len.load(Ordering::Relaxed) as u64,
+            keys: (self.len.load(Ordering::Relaxed) + self.windows_len.load(Ordering::Relaxed)) as u64,
             evictions: self.evicted.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
         }

@@ -15,6 +15,9 @@ use crate::decide::gcra;
 use crate::phone::Country;
 
 pub mod memory;
+pub mod window;
+
+pub use window::Reading;
 
 /// What a limit is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,6 +85,34 @@ pub enum GcraOutcome {
     },
 }
 
+/// One sliding-window operation of a heuristic (see [`window::Window::apply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowOp<'a> {
+    /// The key (rule id + entity).
+    pub key: LimitKey<'a>,
+    /// The window length.
+    pub window: Duration,
+    /// What this request adds to the sum (1 for a count, micro-units for money).
+    pub amount: u64,
+    /// A member for the distinct count (a number's digits, a country code …).
+    pub member: Option<u64>,
+    /// Most distinct members kept (memory bound); `distinct` saturates just above it.
+    pub cap: u16,
+    /// Count other members within this distance of `member`.
+    pub near: Option<u64>,
+}
+
+/// A temporary mark on a key: an auto-block, or "this number verified recently".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flag {
+    /// When it stops applying.
+    pub until: Timestamp,
+    /// Offences so far (auto-blocks double their period with each).
+    pub level: u32,
+    /// What it is about, for `GET /v1/blocks` (e.g. `prefix-velocity prefix +4474001`).
+    pub label: String,
+}
+
 /// Why the store could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -128,6 +159,45 @@ impl Store {
     ) -> Result<GcraOutcome, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.gcra(checks, now, commit)),
+        }
+    }
+
+    /// Applies window operations (each on its own; no all-or-nothing): reads every window
+    /// as if this request were added and, when `commit`, adds it.
+    pub async fn windows(&self, ops: &[WindowOp<'_>], now: Timestamp, commit: bool) -> Result<Vec<Reading>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.windows(ops, now, commit)),
+        }
+    }
+
+    /// The live flags of these keys (`None` where there is none or it expired).
+    pub async fn flags(&self, keys: &[LimitKey<'_>], now: Timestamp) -> Result<Vec<Option<Flag>>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.flags(keys, now)),
+        }
+    }
+
+    /// Sets (or replaces) a flag; it expires by itself at `flag.until`.
+    pub async fn set_flag(&self, key: LimitKey<'_>, flag: Flag, now: Timestamp) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.set_flag(key, flag, now);
+                Ok(())
+            }
+        }
+    }
+
+    /// Every live flag, sorted by label.
+    pub async fn list_flags(&self, now: Timestamp) -> Result<Vec<Flag>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.list_flags(now)),
+        }
+    }
+
+    /// Removes the flags with this label; returns how many.
+    pub async fn remove_flags(&self, label: &str) -> Result<usize, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.remove_flags(label)),
         }
     }
 
