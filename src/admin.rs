@@ -102,7 +102,7 @@ pub async fn handle(
             Err(r) => r,
         },
         (&Method::POST, "/v1/feedback") => match read_json::<FeedbackRequest>(req).await {
-            Ok(f) => feedback(app, f),
+            Ok(f) => feedback(app, f).await,
             Err(r) => r,
         },
         (&Method::POST, "/v1/reload") => match app.rules.reload_async().await {
@@ -278,10 +278,11 @@ enum FeedbackOutcome {
     Failed,
 }
 
-fn feedback(app: &App, f: FeedbackRequest) -> Response<Body> {
+async fn feedback(app: &App, f: FeedbackRequest) -> Response<Body> {
     match phone::normalize(&f.number, NumberFormat::E164, None) {
         Ok(d) if d.is_valid() => {
-            app.record_conversion(&d, "feedback", f.outcome == FeedbackOutcome::Verified);
+            app.record_conversion(&d, "feedback", f.outcome == FeedbackOutcome::Verified)
+                .await;
             let mut r = Response::new(Either::Left(Full::new(Bytes::new())));
             *r.status_mut() = StatusCode::NO_CONTENT;
             r

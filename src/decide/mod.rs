@@ -17,6 +17,7 @@ use crate::rules::{KeyKind, LimitRule, ListRule, Mode, RuleSet, Skip};
 use crate::store::{Entity, GcraCheck, GcraOutcome, LimitKey, Store};
 
 pub mod gcra;
+pub mod heuristics;
 
 /// A stable, snake_case reason code for a refusal.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -237,7 +238,7 @@ pub struct RateLimitInfo {
 }
 
 /// Everything a decision produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     /// The verdict.
     pub verdict: Verdict,
@@ -247,6 +248,8 @@ pub struct Decision {
     pub degraded: bool,
     /// RateLimit header data of the most restrictive opted-in limit.
     pub rate_limit: Option<RateLimitInfo>,
+    /// Estimated cost of the request (price table currency), when prices are configured.
+    pub cost: Option<f64>,
 }
 
 /// Whether a decision may change state.
@@ -432,6 +435,31 @@ pub async fn decide(
             }
         }
     }
+    if out.allowed() && !rules.heuristics.is_empty() {
+        match heuristics::evaluate(
+            rules,
+            store,
+            facts,
+            &skips,
+            now,
+            commit == Commit::Yes,
+            &mut out,
+        )
+        .await
+        {
+            Ok(pending) => {
+                if commit == Commit::Yes
+                    && out.allowed()
+                    && heuristics::commit_allowed(store, &pending, now)
+                        .await
+                        .is_err()
+                {
+                    degraded = true;
+                }
+            }
+            Err(_) => degraded = true,
+        }
+    }
     // Shadow limits (and every limit under global shadow) are evaluated one rule at a time,
     // consuming only when the request goes through.
     let consume_shadow = commit == Commit::Yes && out.allowed();
@@ -464,6 +492,7 @@ pub async fn decide(
     }
 
     Decision {
+        cost: heuristics::cost(rules, facts),
         verdict: out.verdict,
         shadow: out.shadow,
         degraded,

@@ -198,6 +198,7 @@ async fn handle_inner<'a>(
                 shadow: Vec::new(),
                 degraded: false,
                 rate_limit: None,
+                cost: None,
             };
             app.observe_decision(&decision, &[]);
             ctx.outcome = Outcome::Blocked;
@@ -270,6 +271,7 @@ async fn handle_inner<'a>(
     event.account = extracted.account.clone();
     event.segments = Some(extracted.segments);
     event.degraded = decision.degraded;
+    event.cost = decision.cost;
     event.shadow = decision.shadow.iter().map(|h| h.rule.to_string()).collect();
     if app.audit.enabled() {
         let mut numbers = recipients
@@ -427,7 +429,7 @@ async fn forward<'a>(
             let native = providers::sandbox(op, view, extracted);
             ctx.upstream_status = Some(native.status.as_u16());
             let signal = providers::conversion(op, view, extracted, native.status, &native.body);
-            app.apply_signal(signal, recipients);
+            app.apply_signal(signal, recipients).await;
             return (
                 native_response(native),
                 Some(ctx.upstream_status.unwrap_or(200)),
@@ -555,7 +557,8 @@ async fn forward<'a>(
             app.apply_signal(
                 providers::conversion(op, view, extracted, status, &bytes),
                 recipients,
-            );
+            )
+            .await;
             head.headers.remove(header::CONTENT_LENGTH);
             (
                 Response::from_parts(head, Either::Left(Full::new(bytes))),
@@ -677,7 +680,7 @@ pub fn redact_path(path: &str) -> String {
 
 impl App {
     /// Records what a verification outcome says: the reference map and conversions.
-    fn apply_signal(&self, signal: ConversionSignal, recipients: &[Recipient]) {
+    async fn apply_signal(&self, signal: ConversionSignal, recipients: &[Recipient]) {
         let now = self.clock.now();
         let first: Option<Destination> = recipients.iter().find_map(|r| r.as_ref().ok().copied());
         match signal {
@@ -696,7 +699,7 @@ impl App {
                     })
                     .or_else(|| reference.and_then(|r| self.refs.get(&r, now)));
                 if let Some(d) = dest {
-                    self.record_conversion(&d, "verify_check", true);
+                    self.record_conversion(&d, "verify_check", true).await;
                 }
             }
         }

@@ -177,6 +177,16 @@ impl App {
                 .with_label_values(&[&country, kind, decision.verdict.as_str()])
                 .inc();
         }
+        if let Some(cost) = decision.cost {
+            let outcome = if matches!(decision.verdict, Verdict::Allow) {
+                "allowed"
+            } else {
+                "refused"
+            };
+            m.estimated_cost
+                .with_label_values(&[&label(country_of(None)), outcome])
+                .inc_by(cost);
+        }
         if decision.degraded {
             let fallback = if matches!(decision.verdict, Verdict::Allow) {
                 "open"
@@ -187,9 +197,32 @@ impl App {
         }
     }
 
-    /// Records a verification outcome for a number: metrics, audit.
-    pub fn record_conversion(&self, dest: &Destination, source: &'static str, verified: bool) {
+    /// Records a verification outcome for a number: the heuristics' state (conversion
+    /// rates, country baselines, trust), metrics and the audit log.
+    pub async fn record_conversion(
+        &self,
+        dest: &Destination,
+        source: &'static str,
+        verified: bool,
+    ) {
         let outcome = if verified { "verified" } else { "failed" };
+        if verified {
+            let rules = self.rules.snapshot();
+            if let Err(e) = crate::decide::heuristics::record_verified(
+                &rules,
+                &self.store,
+                dest,
+                self.clock.now(),
+            )
+            .await
+            {
+                self.metrics
+                    .store_errors
+                    .with_label_values(&[self.store.kind(), "conversion"])
+                    .inc();
+                tracing::warn!("could not record a conversion: {e}");
+            }
+        }
         let country = dest
             .country()
             .map_or_else(|| "unknown".to_owned(), |c| c.to_string());

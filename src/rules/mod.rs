@@ -26,7 +26,10 @@ use crate::phone::{Country, Destination, DigitPrefix, NumberType};
 use crate::providers::RequestKind;
 use crate::store::Entity;
 
+pub mod heuristic;
 pub mod reload;
+
+pub use heuristic::{Check, HeuristicRule, Prices};
 
 /// The default rule files, compiled into the binary for when no rules directory exists.
 pub const EMBEDDED: &[(&str, &str)] = &[
@@ -356,7 +359,7 @@ impl PolicyRule {
 pub struct RuleSummary {
     /// The name.
     pub name: String,
-    /// `limit`, `allow`, `deny` or `policy`.
+    /// `limit`, `allow`, `deny`, `policy` or `heuristic`.
     pub kind: &'static str,
     /// `enforce`, `shadow` or `off`.
     pub mode: &'static str,
@@ -383,6 +386,12 @@ pub struct RuleSet {
     pub policies: Vec<PolicyRule>,
     /// Rate limits.
     pub limits: Vec<LimitRule>,
+    /// Pumping heuristics.
+    pub heuristics: Vec<HeuristicRule>,
+    /// Price per segment, for cost estimates and spend budgets.
+    pub prices: Option<Prices>,
+    /// Numbers verified within this long skip the heuristics.
+    pub trust_verified: Option<Duration>,
     /// Every rule, for listings.
     pub summaries: Vec<RuleSummary>,
     /// Where the rules came from.
@@ -483,6 +492,10 @@ struct RuleFile {
     list: Vec<Spanned<ListDef>>,
     #[serde(default)]
     policy: Vec<Spanned<PolicyDef>>,
+    #[serde(default)]
+    heuristic: Vec<Spanned<HeuristicDef>>,
+    #[serde(default)]
+    prices: Option<Spanned<PricesDef>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -490,6 +503,58 @@ struct RuleFile {
 struct Settings {
     #[serde(default)]
     shadow: bool,
+    #[serde(default)]
+    trust_verified: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PricesDef {
+    #[serde(default = "default_currency")]
+    currency: String,
+    default: f64,
+    #[serde(default)]
+    countries: HashMap<String, f64>,
+}
+
+fn default_currency() -> String {
+    "USD".into()
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HeuristicDef {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    mode: Mode,
+    kind: String,
+    #[serde(default)]
+    kinds: Option<Vec<String>>,
+    window: Option<String>,
+    drop_digits: Option<Vec<u32>>,
+    key: Option<String>,
+    max_requests: Option<u64>,
+    max_distinct: Option<u64>,
+    distance: Option<u64>,
+    max_near: Option<u64>,
+    min_sends: Option<u64>,
+    min_rate: Option<f64>,
+    baseline_window: Option<String>,
+    floor: Option<u64>,
+    multiplier: Option<f64>,
+    max: Option<u64>,
+    hourly: Option<f64>,
+    daily: Option<f64>,
+    country_hourly: Option<f64>,
+    country_daily: Option<f64>,
+    max_countries: Option<u64>,
+    max_numbers: Option<u64>,
+    ipv4_prefix: Option<u8>,
+    ipv6_prefix: Option<u8>,
+    block_for: Option<String>,
+    max_block: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -620,7 +685,31 @@ impl Compiler {
             }
         };
         if let Some(s) = parsed.settings {
-            self.set.shadow_all |= s.get_ref().shadow;
+            let line = line_of(text, s.span().start);
+            let s = s.into_inner();
+            self.set.shadow_all |= s.shadow;
+            if let Some(t) = &s.trust_verified {
+                let at = At {
+                    file,
+                    line,
+                    rule: "settings",
+                };
+                match parse_duration(t) {
+                    Some(d) => self.set.trust_verified = Some(d).filter(|d| !d.is_zero()),
+                    None => self.err(
+                        &at,
+                        format!("trust_verified: {t:?} is not a duration such as \"30d\""),
+                    ),
+                }
+            }
+        }
+        if let Some(p) = parsed.prices {
+            let line = line_of(text, p.span().start);
+            self.prices(file, line, p.into_inner());
+        }
+        for h in parsed.heuristic {
+            let line = line_of(text, h.span().start);
+            self.heuristic(file, line, h.into_inner());
         }
         for l in parsed.limit {
             let line = line_of(text, l.span().start);

@@ -81,7 +81,9 @@ impl MemoryStore {
             evicted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             last_full_sweep: AtomicU64::new(0),
-            windows: (0..STRIPES).map(|_| Mutex::new(HashMap::default())).collect(),
+            windows: (0..STRIPES)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
             flags: Mutex::new(HashMap::default()),
             windows_len: AtomicUsize::new(0),
         }
@@ -94,7 +96,9 @@ impl MemoryStore {
         ops.iter()
             .map(|op| {
                 let h = self.hasher.hash_one(op.key);
-                let mut stripe = self.windows[stripe_of(h)].lock().unwrap_or_else(|p| p.into_inner());
+                let mut stripe = self.windows[stripe_of(h)]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 let window_ns = duration_nanos(op.window);
                 let cap = usize::from(op.cap);
                 if let Some(w) = stripe.get_mut(&h) {
@@ -123,7 +127,12 @@ impl MemoryStore {
     pub fn flags(&self, keys: &[LimitKey<'_>], now: Timestamp) -> Vec<Option<Flag>> {
         let flags = self.flags_lock();
         keys.iter()
-            .map(|k| flags.get(&self.hasher.hash_one(k)).filter(|f| f.until > now).cloned())
+            .map(|k| {
+                flags
+                    .get(&self.hasher.hash_one(k))
+                    .filter(|f| f.until > now)
+                    .cloned()
+            })
             .collect()
     }
 
@@ -143,7 +152,12 @@ impl MemoryStore {
 
     /// See [`super::Store::list_flags`].
     pub fn list_flags(&self, now: Timestamp) -> Vec<Flag> {
-        let mut v: Vec<Flag> = self.flags_lock().values().filter(|f| f.until > now).cloned().collect();
+        let mut v: Vec<Flag> = self
+            .flags_lock()
+            .values()
+            .filter(|f| f.until > now)
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.label.cmp(&b.label));
         v
     }
@@ -282,22 +296,24 @@ impl MemoryStore {
         self.windows_len.fetch_sub(windows, Ordering::Relaxed);
         self.evicted.fetch_add(windows as u64, Ordering::Relaxed);
         self.flags_lock().retain(|_, f| f.until > now);
-        windows + (0..STRIPES)
-            .map(|i| {
-                let mut g = self.lock(i);
-                let dropped = self.sweep_stripe(&mut g, now.as_nanos());
-                if g.capacity() > 64 && g.len() < g.capacity() / 4 {
-                    g.shrink_to_fit();
-                }
-                dropped
-            })
-            .sum::<usize>()
+        windows
+            + (0..STRIPES)
+                .map(|i| {
+                    let mut g = self.lock(i);
+                    let dropped = self.sweep_stripe(&mut g, now.as_nanos());
+                    if g.capacity() > 64 && g.len() < g.capacity() / 4 {
+                        g.shrink_to_fit();
+                    }
+                    dropped
+                })
+                .sum::<usize>()
     }
 
     /// Counters for metrics.
     pub fn stats(&self) -> StoreStats {
         StoreStats {
-            keys: (self.len.load(Ordering::Relaxed) + self.windows_len.load(Ordering::Relaxed)) as u64,
+            keys: (self.len.load(Ordering::Relaxed) + self.windows_len.load(Ordering::Relaxed))
+                as u64,
             evictions: self.evicted.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
         }

@@ -164,21 +164,35 @@ impl Store {
 
     /// Applies window operations (each on its own; no all-or-nothing): reads every window
     /// as if this request were added and, when `commit`, adds it.
-    pub async fn windows(&self, ops: &[WindowOp<'_>], now: Timestamp, commit: bool) -> Result<Vec<Reading>, StoreError> {
+    pub async fn windows(
+        &self,
+        ops: &[WindowOp<'_>],
+        now: Timestamp,
+        commit: bool,
+    ) -> Result<Vec<Reading>, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.windows(ops, now, commit)),
         }
     }
 
     /// The live flags of these keys (`None` where there is none or it expired).
-    pub async fn flags(&self, keys: &[LimitKey<'_>], now: Timestamp) -> Result<Vec<Option<Flag>>, StoreError> {
+    pub async fn flags(
+        &self,
+        keys: &[LimitKey<'_>],
+        now: Timestamp,
+    ) -> Result<Vec<Option<Flag>>, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.flags(keys, now)),
         }
     }
 
     /// Sets (or replaces) a flag; it expires by itself at `flag.until`.
-    pub async fn set_flag(&self, key: LimitKey<'_>, flag: Flag, now: Timestamp) -> Result<(), StoreError> {
+    pub async fn set_flag(
+        &self,
+        key: LimitKey<'_>,
+        flag: Flag,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         match self {
             Store::Memory(m) => {
                 m.set_flag(key, flag, now);

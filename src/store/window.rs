@@ -62,7 +62,15 @@ impl Window {
 
     /// Reads the window as if `amount` and `member` were added at `now`; stores them when
     /// `commit`. `near` counts other members within that distance of `member`.
-    pub fn apply(&mut self, now: u64, amount: u64, member: Option<u64>, cap: usize, near: Option<u64>, commit: bool) -> Reading {
+    pub fn apply(
+        &mut self,
+        now: u64,
+        amount: u64,
+        member: Option<u64>,
+        cap: usize,
+        near: Option<u64>,
+        commit: bool,
+    ) -> Reading {
         self.advance(now);
         // Replay input may go back in time a little: older than the window, it is ignored.
         let in_window = self.last - now / self.slot_ns < SLOTS;
@@ -70,7 +78,11 @@ impl Window {
         let known = member.is_some_and(|m| self.members.iter().any(|&(x, _)| x == m));
         let distinct = self.members.len() as u64 + u64::from(member.is_some() && !known);
         let near = match (member, near) {
-            (Some(m), Some(d)) => self.members.iter().filter(|&&(x, _)| x != m && x.abs_diff(m) <= d).count() as u64,
+            (Some(m), Some(d)) => self
+                .members
+                .iter()
+                .filter(|&&(x, _)| x != m && x.abs_diff(m) <= d)
+                .count() as u64,
             _ => 0,
         };
         if commit {
@@ -85,7 +97,13 @@ impl Window {
                     None => {
                         if self.members.len() >= cap.max(1) {
                             // Drop the oldest: the cap bounds memory per key.
-                            if let Some(oldest) = self.members.iter().enumerate().min_by_key(|(_, e)| e.1).map(|(i, _)| i) {
+                            if let Some(oldest) = self
+                                .members
+                                .iter()
+                                .enumerate()
+                                .min_by_key(|(_, e)| e.1)
+                                .map(|(i, _)| i)
+                            {
                                 self.members.swap_remove(oldest);
                             }
                         }
