@@ -203,10 +203,14 @@ pub(super) async fn evaluate<'f>(
             }
         }
     }
+    // A heuristic whose key is blocked already answers with the block and is not
+    // evaluated again (which would extend the block with every refused attempt).
+    let mut blocked = std::collections::HashSet::new();
     if !block_keys.is_empty() {
         let keys: Vec<LimitKey<'f>> = block_keys.iter().map(|(_, _, k)| *k).collect();
         for ((hi, at, _), flag) in block_keys.iter().zip(store.flags(&keys, now).await?) {
             if flag.is_some() {
+                blocked.insert(*hi);
                 let h = &rules.heuristics[*hi];
                 out.fire(
                     h.mode,
@@ -225,7 +229,7 @@ pub(super) async fn evaluate<'f>(
         now: Vec::new(),
         on_allow: Vec::new(),
     };
-    for &hi in &active {
+    for &hi in active.iter().filter(|hi| !blocked.contains(*hi)) {
         let h = &rules.heuristics[hi];
         match &h.check {
             Check::PrefixVelocity {
@@ -445,7 +449,7 @@ pub(super) async fn evaluate<'f>(
     };
 
     let mut fired: Vec<(usize, Option<usize>, Reason)> = Vec::new();
-    for (idx, ((hi, at, op), r)) in plan.now.iter().zip(&now_reads).enumerate() {
+    for ((hi, at, op), r) in plan.now.iter().zip(&now_reads) {
         let h = &rules.heuristics[*hi];
         let reason = match &h.check {
             Check::PrefixVelocity {
@@ -475,7 +479,6 @@ pub(super) async fn evaluate<'f>(
             }
             _ => None,
         };
-        let _ = idx;
         if let Some(reason) = reason {
             fired.push((*hi, *at, reason));
         }
@@ -491,7 +494,8 @@ pub(super) async fn evaluate<'f>(
                 min_rate,
                 ..
             } => {
-                let (sends, verified) = (later_reads[i].total + 1, later_reads[i + 1].total);
+                // The reading already includes this request.
+                let (sends, verified) = (later_reads[i].total, later_reads[i + 1].total);
                 if sends >= *min_sends && (verified as f64) < min_rate * sends as f64 {
                     fired.push((hi, at, Reason::LowConversion));
                 }
@@ -504,7 +508,7 @@ pub(super) async fn evaluate<'f>(
                 multiplier,
                 max,
             } => {
-                let (sends, verified) = (later_reads[i].total + 1, later_reads[i + 1].total);
+                let (sends, verified) = (later_reads[i].total, later_reads[i + 1].total);
                 let scaled = verified as f64 * multiplier * window.as_secs_f64()
                     / baseline_window.as_secs_f64();
                 let mut cap = (*floor).max(scaled.ceil() as u64);
@@ -536,6 +540,7 @@ pub(super) async fn evaluate<'f>(
         }
     }
 
+    let mut newly_blocked = Vec::new();
     for (hi, at, reason) in fired {
         let h = &rules.heuristics[hi];
         let enforced = h.mode == Mode::Enforce && !out.shadow_all;
@@ -551,7 +556,11 @@ pub(super) async fn evaluate<'f>(
         if let (true, true, Some(base)) = (enforced, commit, h.block_for) {
             let d = at.and_then(|i| dests[i]);
             if let Some(e) = block_entity(h, d, facts) {
-                auto_block(store, h, e, base, now).await?;
+                // One offence per key per request, however many recipients tripped it.
+                if !newly_blocked.contains(&(hi, e)) {
+                    newly_blocked.push((hi, e));
+                    auto_block(store, h, e, base, now).await?;
+                }
             }
         }
     }
@@ -684,3 +693,7 @@ pub async fn record_verified(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "heuristics_tests.rs"]
+mod tests;
