@@ -13,6 +13,7 @@
 //! | state (limits, windows) | [`store`] |
 //! | observe | [`metrics`], [`audit`] |
 //! | operate | [`admin`], [`config`] |
+//! | replay recorded traffic offline | [`replay`] |
 //!
 //! Errors: modules expose `thiserror` enums; only `main.rs` uses `anyhow`. The request
 //! path never panics on input and never logs a phone number, message text or credential.
@@ -29,5 +30,6 @@ pub mod metrics;
 pub mod phone;
 pub mod providers;
 pub mod proxy;
+pub mod replay;
 pub mod rules;
 pub mod store;

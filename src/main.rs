@@ -37,6 +37,23 @@ enum Command {
         #[arg(default_value = "rules", env = "SMSFENCE_RULES")]
         dir: PathBuf,
     },
+    /// Run recorded traffic (JSON lines, e.g. the audit log) through a rule set, offline.
+    Replay {
+        /// The rules directory to evaluate.
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// The recorded traffic: one JSON event per line.
+        file: PathBuf,
+        /// A second rules directory: print the sends it decides differently.
+        #[arg(long)]
+        compare: Option<PathBuf>,
+        /// Write one {"line","decision","reasons"} line per send here.
+        #[arg(long)]
+        decisions: Option<PathBuf>,
+        /// Print refusal shares per `label` (the simulator labels its traffic).
+        #[arg(long)]
+        by_label: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -77,6 +94,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::CheckRules { dir }) => check_rules(&dir),
         Some(Command::Run(args)) => run(args),
+        Some(Command::Replay {
+            rules,
+            file,
+            compare,
+            decisions,
+            by_label,
+        }) => replay(&rules, &file, compare.as_deref(), decisions.as_deref(), by_label),
         None => run(cli.run),
     };
     match result {
@@ -121,6 +145,66 @@ fn check_rules(dir: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn load_rules(dir: &Path) -> anyhow::Result<RuleSet> {
+    RuleSet::load_dir(dir).map_err(|errors| {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("{} has {} mistake(s):\n{}", dir.display(), errors.len(), list.join("\n"))
+    })
+}
+
+fn replay(
+    rules_dir: &Path,
+    file: &Path,
+    compare: Option<&Path>,
+    decisions: Option<&Path>,
+    by_label: bool,
+) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let rules = load_rules(rules_dir)?;
+    let other = compare.map(load_rules).transpose()?;
+    let size = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?.len();
+    let show_progress = std::io::stderr().is_terminal() && size > 1 << 20;
+    let runtime = tokio::runtime::Builder::new_current_thread().build().context("starting the runtime")?;
+    let run = |rules: &RuleSet, name: &str| -> anyhow::Result<smsfence::replay::Summary> {
+        let input = std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?);
+        let summary = runtime.block_on(smsfence::replay::replay(rules, input, |read| {
+            if show_progress {
+                eprint!("\r{name}: {:>3}%", read * 100 / size.max(1));
+            }
+        }))?;
+        if show_progress {
+            eprintln!("\r{name}: done");
+        }
+        Ok(summary)
+    };
+    let a = run(&rules, &rules_dir.display().to_string())?;
+    let currency = rules.prices.as_ref().map_or("USD", |p| p.currency.as_str());
+    println!("== {} against {}", file.display(), rules_dir.display());
+    print!("{}", a.report(currency, by_label));
+    if let Some(out) = decisions {
+        let f = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+        smsfence::replay::write_decisions(&a, std::io::BufWriter::new(f))?;
+    }
+    if let (Some(other), Some(dir)) = (other, compare) {
+        let b = run(&other, &dir.display().to_string())?;
+        println!("== {} against {}", file.display(), dir.display());
+        print!("{}", b.report(currency, by_label));
+        let diff = smsfence::replay::compare(&a, &b);
+        println!("== {} sends decided differently ({} → {})", diff.len(), rules_dir.display(), dir.display());
+        for (x, y) in diff.iter().take(1000) {
+            println!(
+                "line {}: {} [{}] → {} [{}]",
+                x.line,
+                x.decision,
+                x.reasons.join(","),
+                y.decision,
+                y.reasons.join(",")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logging(format: LogFormat) {

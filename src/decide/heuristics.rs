@@ -1,9 +1,9 @@
 //! SMS-pumping heuristics: the shape of the traffic rather than its rate.
 //!
 //! Run after the rate limits, on requests still allowed. Velocity observations (prefix,
-//! adjacency, IP spread) record every attempt that reaches them; sends counted for
-//! conversion rates, country budgets and spend are recorded only when the request is
-//! finally allowed ([`commit_allowed`]). Numbers that verified recently skip the
+//! adjacency, IP spread) and conversion-rate sends record every attempt that reaches
+//! them; sends counted for country budgets and spend are recorded only when the request
+//! is finally allowed ([`commit_allowed`]). Numbers that verified recently skip the
 //! heuristics. An enforced heuristic with `block_for` also blocks its key (prefix,
 //! country, IP) for a period that doubles with each repeat offence.
 
@@ -447,6 +447,23 @@ pub(super) async fn evaluate<'f>(
     } else {
         store.windows(&later_ops, now, false).await?
     };
+    // Conversion rates count every attempt: a refused code request is an unverified one
+    // too, so a pumping run cannot slip back under the minimum volume by being refused.
+    let attempts: Vec<WindowOp<'f>> = plan
+        .on_allow
+        .iter()
+        .filter(|(hi, _, op)| matches!(rules.heuristics[*hi].check, Check::ConversionRate { .. }) && op.amount > 0)
+        .map(|(_, _, op)| *op)
+        .collect();
+    if commit && !attempts.is_empty() {
+        store.windows(&attempts, now, true).await?;
+    }
+    let allowed_only: Vec<WindowOp<'f>> = plan
+        .on_allow
+        .iter()
+        .filter(|(hi, _, _)| !matches!(rules.heuristics[*hi].check, Check::ConversionRate { .. }))
+        .map(|(_, _, op)| *op)
+        .collect();
 
     let mut fired: Vec<(usize, Option<usize>, Reason)> = Vec::new();
     for ((hi, at, op), r) in plan.now.iter().zip(&now_reads) {
@@ -564,7 +581,7 @@ pub(super) async fn evaluate<'f>(
             }
         }
     }
-    Ok(later_ops)
+    Ok(allowed_only)
 }
 
 /// Blocks `entity` for `base × 2^(offences)`, capped at the rule's `max_block`.
