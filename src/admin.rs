@@ -1,5 +1,5 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the `/v1` API
-//! (`check`, `feedback`, `reload`, `rules`).
+//! (`check`, `feedback`, `reload`, `rules`, `blocks`).
 //!
 //! It binds to loopback by default; when a token is configured, every `/v1` endpoint
 //! needs `Authorization: Bearer <token>` (the probes and `/metrics` stay open for
@@ -132,10 +132,14 @@ pub async fn handle(
                 }),
             )
         }
+        (&Method::GET, "/v1/blocks") => list_blocks(app).await,
+        (&Method::DELETE, p) if p.starts_with("/v1/blocks/") => {
+            lift_block(app, &p["/v1/blocks/".len()..]).await
+        }
         (
             _,
             "/healthz" | "/readyz" | "/metrics" | "/v1/check" | "/v1/feedback" | "/v1/reload"
-            | "/v1/rules",
+            | "/v1/rules" | "/v1/blocks",
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             &format!("{method} is not allowed on {path}"),
@@ -261,6 +265,54 @@ async fn check(app: &App, c: CheckRequest) -> Response<Body> {
             "rules_generation": rules.generation,
         }),
     )
+}
+
+/// `GET /v1/blocks`: active auto-blocks.
+async fn list_blocks(app: &App) -> Response<Body> {
+    let now = app.clock.now();
+    match app.store.list_flags(now).await {
+        Ok(flags) => {
+            let blocks: Vec<serde_json::Value> = flags
+                .iter()
+                .filter(|f| f.label != "verified" && !f.label.ends_with("(offences)"))
+                .map(|f| {
+                    json!({"block": f.label, "offences": f.level + 1, "remaining_secs": f.until.since(now).as_secs()})
+                })
+                .collect();
+            json_response(StatusCode::OK, &json!({"blocks": blocks}))
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+/// `DELETE /v1/blocks/{rule}/{kind}/{value}`: lifts the block `GET /v1/blocks` lists as
+/// `"{rule} {kind} {value}"` (and forgets its offences).
+async fn lift_block(app: &App, rest: &str) -> Response<Body> {
+    let rest = percent_encoding::percent_decode_str(rest)
+        .decode_utf8_lossy()
+        .into_owned();
+    let mut parts = rest.splitn(3, '/');
+    let (Some(rule), Some(kind), Some(value)) = (parts.next(), parts.next(), parts.next()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "use DELETE /v1/blocks/{rule}/{kind}/{value}, as listed by GET /v1/blocks",
+        );
+    };
+    let value = if kind == "prefix" && !value.starts_with('+') {
+        format!("+{value}")
+    } else {
+        value.to_owned()
+    };
+    let label = format!("{rule} {kind} {value}");
+    match app.store.remove_flags(&label).await {
+        Ok(0) => error(StatusCode::NOT_FOUND, "no such block"),
+        Ok(_) => {
+            let _ = app.store.remove_flags(&format!("{label} (offences)")).await;
+            tracing::info!(block = %label, "auto-block lifted by the admin API");
+            json_response(StatusCode::OK, &json!({"lifted": label}))
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
 }
 
 /// `POST /v1/feedback`.

@@ -100,7 +100,13 @@ fn main() -> ExitCode {
             compare,
             decisions,
             by_label,
-        }) => replay(&rules, &file, compare.as_deref(), decisions.as_deref(), by_label),
+        }) => replay(
+            &rules,
+            &file,
+            compare.as_deref(),
+            decisions.as_deref(),
+            by_label,
+        ),
         None => run(cli.run),
     };
     match result {
@@ -118,9 +124,10 @@ fn check_rules(dir: &Path) -> anyhow::Result<ExitCode> {
             let count = |k: &str| set.summaries.iter().filter(|s| s.kind == k).count();
             let shadow = set.summaries.iter().filter(|s| s.mode == "shadow").count();
             println!(
-                "{}: ok — {} limits, {} allow lists, {} deny lists, {} policies ({} in shadow){}",
+                "{}: ok — {} limits, {} heuristics, {} allow lists, {} deny lists, {} policies ({} in shadow){}",
                 dir.display(),
                 count("limit"),
+                count("heuristic"),
                 count("allow"),
                 count("deny"),
                 count("policy"),
@@ -150,7 +157,12 @@ fn check_rules(dir: &Path) -> anyhow::Result<ExitCode> {
 fn load_rules(dir: &Path) -> anyhow::Result<RuleSet> {
     RuleSet::load_dir(dir).map_err(|errors| {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("{} has {} mistake(s):\n{}", dir.display(), errors.len(), list.join("\n"))
+        anyhow::anyhow!(
+            "{} has {} mistake(s):\n{}",
+            dir.display(),
+            errors.len(),
+            list.join("\n")
+        )
     })
 }
 
@@ -164,11 +176,17 @@ fn replay(
     use std::io::IsTerminal;
     let rules = load_rules(rules_dir)?;
     let other = compare.map(load_rules).transpose()?;
-    let size = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?.len();
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .len();
     let show_progress = std::io::stderr().is_terminal() && size > 1 << 20;
-    let runtime = tokio::runtime::Builder::new_current_thread().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .context("starting the runtime")?;
     let run = |rules: &RuleSet, name: &str| -> anyhow::Result<smsfence::replay::Summary> {
-        let input = std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?);
+        let input = std::io::BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
+        );
         let summary = runtime.block_on(smsfence::replay::replay(rules, input, |read| {
             if show_progress {
                 eprint!("\r{name}: {:>3}%", read * 100 / size.max(1));
@@ -184,7 +202,8 @@ fn replay(
     println!("== {} against {}", file.display(), rules_dir.display());
     print!("{}", a.report(currency, by_label));
     if let Some(out) = decisions {
-        let f = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+        let f =
+            std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
         smsfence::replay::write_decisions(&a, std::io::BufWriter::new(f))?;
     }
     if let (Some(other), Some(dir)) = (other, compare) {
@@ -192,7 +211,12 @@ fn replay(
         println!("== {} against {}", file.display(), dir.display());
         print!("{}", b.report(currency, by_label));
         let diff = smsfence::replay::compare(&a, &b);
-        println!("== {} sends decided differently ({} → {})", diff.len(), rules_dir.display(), dir.display());
+        println!(
+            "== {} sends decided differently ({} → {})",
+            diff.len(),
+            rules_dir.display(),
+            dir.display()
+        );
         for (x, y) in diff.iter().take(1000) {
             println!(
                 "line {}: {} [{}] → {} [{}]",

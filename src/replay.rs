@@ -92,13 +92,23 @@ impl Summary {
     pub fn report(&self, currency: &str, by_label: bool) -> String {
         let mut out = String::new();
         let sends = self.decisions.len();
-        let pct = |n: usize| if sends == 0 { 0.0 } else { 100.0 * n as f64 / sends as f64 };
+        let pct = |n: usize| {
+            if sends == 0 {
+                0.0
+            } else {
+                100.0 * n as f64 / sends as f64
+            }
+        };
         out.push_str(&format!(
             "{} lines: {} sends, {} verification outcomes, {} malformed\n",
             self.lines, sends, self.outcomes, self.malformed_count
         ));
         for d in ["allow", "throttle", "block"] {
-            out.push_str(&format!("  {d:<9} {:>8}  {:5.1}%\n", self.count(d), pct(self.count(d))));
+            out.push_str(&format!(
+                "  {d:<9} {:>8}  {:5.1}%\n",
+                self.count(d),
+                pct(self.count(d))
+            ));
         }
         let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
         let mut by_rule: BTreeMap<&str, usize> = BTreeMap::new();
@@ -156,16 +166,24 @@ impl Summary {
             e[0] += 1;
             e[1] += usize::from(d.decision != "allow");
         }
-        let mut out = String::from("by label:\n  label                     sends   refused   share\n");
+        let mut out =
+            String::from("by label:\n  label                     sends   refused   share\n");
         for (label, [n, r]) in by {
-            out.push_str(&format!("  {label:<22} {n:>8} {r:>9} {:>6.2}%\n", 100.0 * r as f64 / n.max(1) as f64));
+            out.push_str(&format!(
+                "  {label:<22} {n:>8} {r:>9} {:>6.2}%\n",
+                100.0 * r as f64 / n.max(1) as f64
+            ));
         }
         out
     }
 }
 
 /// Runs `input` through `rules`. Optional progress callback gets bytes read so far.
-pub async fn replay(rules: &RuleSet, input: impl BufRead, mut progress: impl FnMut(u64)) -> std::io::Result<Summary> {
+pub async fn replay(
+    rules: &RuleSet,
+    input: impl BufRead,
+    mut progress: impl FnMut(u64),
+) -> std::io::Result<Summary> {
     let store = Store::Memory(MemoryStore::new(50_000_000));
     let mut summary = Summary::default();
     let mut read = 0u64;
@@ -198,13 +216,25 @@ pub async fn replay(rules: &RuleSet, input: impl BufRead, mut progress: impl FnM
             continue;
         };
         let region = parsed.country_hint.as_deref().and_then(Country::parse);
-        let format = if region.is_some() { NumberFormat::National } else { NumberFormat::E164 };
-        let raw: Vec<&str> = parsed.number.iter().chain(parsed.numbers.iter()).map(String::as_str).collect();
+        let format = if region.is_some() {
+            NumberFormat::National
+        } else {
+            NumberFormat::E164
+        };
+        let raw: Vec<&str> = parsed
+            .number
+            .iter()
+            .chain(parsed.numbers.iter())
+            .map(String::as_str)
+            .collect();
         if raw.is_empty() {
             bad("no number".into());
             continue;
         }
-        let recipients: Vec<Recipient> = raw.iter().map(|r| phone::normalize(r, format, region)).collect();
+        let recipients: Vec<Recipient> = raw
+            .iter()
+            .map(|r| phone::normalize(r, format, region))
+            .collect();
         match parsed.event.as_str() {
             "verified" | "failed" => {
                 summary.outcomes += 1;
@@ -220,7 +250,10 @@ pub async fn replay(rules: &RuleSet, input: impl BufRead, mut progress: impl FnM
                 let kind = match parsed.kind.as_deref().map(RequestKind::parse) {
                     Some(Some(k)) => k,
                     Some(None) => {
-                        bad(format!("unknown kind {:?}", parsed.kind.unwrap_or_default()));
+                        bad(format!(
+                            "unknown kind {:?}",
+                            parsed.kind.unwrap_or_default()
+                        ));
                         continue;
                     }
                     None => RequestKind::Send,
@@ -252,7 +285,9 @@ pub async fn replay(rules: &RuleSet, input: impl BufRead, mut progress: impl FnM
                     label: parsed.label,
                     cost: d.cost.unwrap_or(0.0),
                     country: match recipients.first() {
-                        Some(Ok(dest)) => dest.country().map_or_else(|| "unknown".into(), |c| c.to_string()),
+                        Some(Ok(dest)) => dest
+                            .country()
+                            .map_or_else(|| "unknown".into(), |c| c.to_string()),
                         _ => "invalid".into(),
                     },
                 });
@@ -269,7 +304,10 @@ pub async fn replay(rules: &RuleSet, input: impl BufRead, mut progress: impl FnM
 /// Writes one `{"line", "decision", "reasons"}` object per send.
 pub fn write_decisions(summary: &Summary, mut out: impl Write) -> std::io::Result<()> {
     for d in &summary.decisions {
-        serde_json::to_writer(&mut out, &serde_json::json!({"line": d.line, "decision": d.decision, "reasons": d.reasons}))?;
+        serde_json::to_writer(
+            &mut out,
+            &serde_json::json!({"line": d.line, "decision": d.decision, "reasons": d.reasons}),
+        )?;
         out.write_all(b"\n")?;
     }
     out.flush()

@@ -203,8 +203,9 @@ pub(super) async fn evaluate<'f>(
             }
         }
     }
-    // A heuristic whose key is blocked already answers with the block and is not
-    // evaluated again (which would extend the block with every refused attempt).
+    // A heuristic whose key is blocked already answers with the block; its windows still
+    // record the attempt (an attack that goes on stays visible), but it does not fire
+    // again, which would extend the block with every refused attempt.
     let mut blocked = std::collections::HashSet::new();
     if !block_keys.is_empty() {
         let keys: Vec<LimitKey<'f>> = block_keys.iter().map(|(_, _, k)| *k).collect();
@@ -229,7 +230,7 @@ pub(super) async fn evaluate<'f>(
         now: Vec::new(),
         on_allow: Vec::new(),
     };
-    for &hi in active.iter().filter(|hi| !blocked.contains(*hi)) {
+    for &hi in &active {
         let h = &rules.heuristics[hi];
         match &h.check {
             Check::PrefixVelocity {
@@ -452,7 +453,9 @@ pub(super) async fn evaluate<'f>(
     let attempts: Vec<WindowOp<'f>> = plan
         .on_allow
         .iter()
-        .filter(|(hi, _, op)| matches!(rules.heuristics[*hi].check, Check::ConversionRate { .. }) && op.amount > 0)
+        .filter(|(hi, _, op)| {
+            matches!(rules.heuristics[*hi].check, Check::ConversionRate { .. }) && op.amount > 0
+        })
         .map(|(_, _, op)| *op)
         .collect();
     if commit && !attempts.is_empty() {
@@ -558,7 +561,7 @@ pub(super) async fn evaluate<'f>(
     }
 
     let mut newly_blocked = Vec::new();
-    for (hi, at, reason) in fired {
+    for (hi, at, reason) in fired.into_iter().filter(|(hi, _, _)| !blocked.contains(hi)) {
         let h = &rules.heuristics[hi];
         let enforced = h.mode == Mode::Enforce && !out.shadow_all;
         out.fire(

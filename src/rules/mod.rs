@@ -43,6 +43,11 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../rules/20-policies.toml"),
     ),
     ("30-limits.toml", include_str!("../../rules/30-limits.toml")),
+    (
+        "40-heuristics.toml",
+        include_str!("../../rules/40-heuristics.toml"),
+    ),
+    ("prices.toml", include_str!("../../rules/prices.toml")),
 ];
 
 /// One mistake in a rule file.

@@ -41,6 +41,8 @@ impl Hasher for IdHasher {
 }
 
 type Stripe = HashMap<u64, u64, BuildHasherDefault<IdHasher>>;
+/// A map keyed by already-hashed keys.
+type HashedMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// The in-process store.
 #[derive(Debug)]
@@ -61,9 +63,9 @@ pub struct MemoryStore {
     /// so a flood of new keys cannot turn every request into a scan of the whole store.
     last_full_sweep: AtomicU64,
     /// Heuristic windows by key hash (bounded by `max_keys` too).
-    windows: Box<[Mutex<HashMap<u64, Window, BuildHasherDefault<IdHasher>>>]>,
+    windows: Box<[Mutex<HashedMap<Window>>]>,
     /// Flags (auto-blocks, verified numbers) by key hash.
-    flags: Mutex<HashMap<u64, Flag, BuildHasherDefault<IdHasher>>>,
+    flags: Mutex<HashedMap<Flag>>,
     /// Tracked windows.
     windows_len: AtomicUsize,
 }
@@ -119,7 +121,7 @@ impl MemoryStore {
             .collect()
     }
 
-    fn flags_lock(&self) -> MutexGuard<'_, HashMap<u64, Flag, BuildHasherDefault<IdHasher>>> {
+    fn flags_lock(&self) -> MutexGuard<'_, HashedMap<Flag>> {
         self.flags.lock().unwrap_or_else(|p| p.into_inner())
     }
 

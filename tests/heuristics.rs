@@ -1,0 +1,165 @@
+//! The pumping defence through the proxy: feedback changes decisions, auto-blocks are
+//! listed and lifted on the admin API, and the audit log replays.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const CONVERSION: &str = "\
+[settings]\ntrust_verified = \"30d\"\n\
+[[heuristic]]\nname = \"conv\"\nkind = \"conversion_rate\"\nkey = \"country\"\nwindow = \"1h\"\nmin_sends = 3\nmin_rate = 0.5\n";
+
+#[tokio::test]
+async fn feedback_changes_decisions() {
+    let p = Proxy::start("", &[("h.toml", CONVERSION)]).await;
+    for n in ["+18765550121", "+18765550122"] {
+        assert_eq!(twilio_send(&p, n, &[]).await.status, 201);
+    }
+    let third = twilio_send(&p, "+18765550123", &[]).await;
+    assert_eq!(third.status, 403, "{}", third.text());
+    assert_eq!(third.header("smsfence-reason"), Some("low_conversion"));
+    // Two of them verify: the rate climbs to 2/3.
+    for n in ["+18765550121", "+18765550122"] {
+        let a = send(
+            "POST",
+            &p.admin("/v1/feedback"),
+            &[JSON],
+            format!(r#"{{"number":"{n}","outcome":"verified"}}"#),
+        )
+        .await;
+        assert_eq!(a.status, 204);
+    }
+    assert_eq!(twilio_send(&p, "+18765550124", &[]).await.status, 201);
+    let bad = send(
+        "POST",
+        &p.admin("/v1/feedback"),
+        &[JSON],
+        r#"{"number":"+1","outcome":"verified"}"#,
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    let bad = send(
+        "POST",
+        &p.admin("/v1/feedback"),
+        &[JSON],
+        r#"{"number":"+18765550121","outcome":"maybe"}"#,
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    assert!(
+        m.contains(
+            r#"smsfence_conversions_total{country="JM",outcome="verified",source="feedback"} 2"#
+        ),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn auto_blocks_are_listed_and_lifted() {
+    let rules = "[[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [3]\nwindow = \"10m\"\nmax_distinct = 2\nblock_for = \"30m\"\n";
+    let p = Proxy::start("", &[("h.toml", rules)]).await;
+    assert_eq!(twilio_send(&p, "+447400123001", &[]).await.status, 201);
+    assert_eq!(twilio_send(&p, "+447400123002", &[]).await.status, 201);
+    assert_eq!(
+        twilio_send(&p, "+447400123003", &[])
+            .await
+            .header("smsfence-reason"),
+        Some("prefix_velocity")
+    );
+    p.advance(Duration::from_secs(900)); // the window has slid; the block has not
+    let a = twilio_send(&p, "+447400123004", &[]).await;
+    assert_eq!(a.header("smsfence-reason"), Some("auto_blocked"));
+    let blocks = send("GET", &p.admin("/v1/blocks"), &[], "").await.json();
+    assert_eq!(blocks["blocks"][0]["block"], "pv prefix +447400123");
+    assert_eq!(blocks["blocks"][0]["remaining_secs"], 900);
+    let lifted = send(
+        "DELETE",
+        &p.admin("/v1/blocks/pv/prefix/447400123"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(lifted.status, 200, "{}", lifted.text());
+    assert_eq!(
+        send("GET", &p.admin("/v1/blocks"), &[], "").await.json()["blocks"],
+        serde_json::json!([])
+    );
+    assert_eq!(twilio_send(&p, "+447400123004", &[]).await.status, 201);
+    assert_eq!(
+        send(
+            "DELETE",
+            &p.admin("/v1/blocks/pv/prefix/447400123"),
+            &[],
+            ""
+        )
+        .await
+        .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn the_audit_log_is_replay_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let cfg = format!("[audit]\noutput = \"{}\"\n", audit.display());
+    let p = Proxy::start_default_rules(&cfg).await;
+    assert_eq!(twilio_send(&p, "+447400123456", &[]).await.status, 201);
+    assert_eq!(twilio_send(&p, "+447400123456", &[]).await.status, 429);
+    assert_eq!(twilio_send(&p, "+449098790123", &[]).await.status, 400);
+    let a = send(
+        "POST",
+        &p.url("/v2/Services/VA1/VerificationCheck"),
+        &[FORM, BASIC],
+        "To=%2B447400123456&Code=987654",
+    )
+    .await;
+    assert_eq!(a.json()["status"], "approved");
+    // The writer is a background thread: poll the file with a bound.
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = std::fs::read_to_string(&audit).unwrap_or_default();
+        if text.lines().count() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 5, "{text}");
+    assert_eq!(events[0]["decision"], "allow");
+    assert_eq!(events[0]["number"], "+447400123456");
+    assert_eq!(events[0]["country"], "GB");
+    assert_eq!(events[0]["upstream_status"], 201);
+    assert_eq!(events[1]["reasons"][0], "rate_limited");
+    assert_eq!(events[2]["rule"], "deny-non-personal-types");
+    assert!(events.iter().any(|e| e["event"] == "verified"));
+    assert!(
+        !text.contains("Your code") && !text.contains("987654"),
+        "no message text or code: {text}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smsfence"))
+        .args([
+            "replay",
+            "--rules",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/rules"),
+        ])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("4 sends, 1 verification outcomes, 0 malformed"),
+        "{stdout}"
+    );
+}
