@@ -263,3 +263,46 @@ pub fn status_class(status: u16) -> &'static str {
         _ => "5xx",
     }
 }
+
+/// The request counter and latency histogram of one (provider, route, outcome), resolved
+/// from their families once and then reused: `with_label_values` hashes the labels and
+/// takes a lock on every call, which the request path need not pay.
+#[derive(Debug, Default)]
+pub struct RouteSeries {
+    slots: Vec<std::sync::OnceLock<(IntCounter, Histogram)>>,
+}
+
+impl RouteSeries {
+    /// Room for `outcomes` outcomes; each series is created at its first use, exactly as
+    /// `with_label_values` would (so `/metrics` shows the same series).
+    pub fn new(outcomes: usize) -> RouteSeries {
+        RouteSeries {
+            slots: (0..outcomes).map(|_| std::sync::OnceLock::new()).collect(),
+        }
+    }
+
+    /// Counts one request and observes its latency (seconds).
+    pub fn observe(&self, m: &Metrics, labels: (&str, &str, &str), outcome: usize, seconds: f64) {
+        let (provider, route, outcome_label) = labels;
+        let resolve = || {
+            (
+                m.requests
+                    .with_label_values(&[provider, route, outcome_label]),
+                m.request_duration
+                    .with_label_values(&[provider, outcome_label]),
+            )
+        };
+        match self.slots.get(outcome) {
+            Some(slot) => {
+                let (c, h) = slot.get_or_init(resolve);
+                c.inc();
+                h.observe(seconds);
+            }
+            None => {
+                let (c, h) = resolve();
+                c.inc();
+                h.observe(seconds);
+            }
+        }
+    }
+}

@@ -279,7 +279,51 @@ pub enum PhoneError {
 ///
 /// `Err` means the string could not be read as a number; `Ok` with `is_valid() == false`
 /// means it parsed but matches no numbering plan. Both are refused as `invalid_number`.
+///
+/// International digits (`+` and ASCII digits, or bare digits read as international) go
+/// through [`fast`], a table built once from the same metadata; anything it is not sure
+/// about, and every other shape, goes through the full `phonenumber` parse
+/// ([`normalize_full`]). Both give the same answer (`tests/phone_differential.rs`).
 pub fn normalize(
+    raw: &str,
+    format: NumberFormat,
+    default_region: Option<Country>,
+) -> Result<Destination, PhoneError> {
+    let trimmed = raw.trim();
+    if let Some(digits) = international_digits(trimmed, format, default_region) {
+        if let Some(d) = fast::normalize(digits) {
+            return Ok(d);
+        }
+    }
+    normalize_full(raw, format, default_region)
+}
+
+/// The ASCII digits after the calling code's `+`, when `raw` (trimmed) is read as an
+/// international number by [`normalize_full`] and is nothing but digits.
+fn international_digits(
+    raw: &str,
+    format: NumberFormat,
+    default_region: Option<Country>,
+) -> Option<&str> {
+    if raw.is_empty() || raw.len() > 64 {
+        return None;
+    }
+    let digits = if let Some(d) = raw.strip_prefix('+') {
+        d
+    } else if format == NumberFormat::InternationalDigits
+        || (format == NumberFormat::E164 && default_region.is_none())
+    {
+        raw.strip_prefix("00").unwrap_or(raw)
+    } else {
+        return None;
+    };
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(digits)
+}
+
+/// The reference path: every recipient through the full `phonenumber` parse, validity and
+/// type. [`normalize`] gives the same result faster; this is public for the differential
+/// test and the benches.
+pub fn normalize_full(
     raw: &str,
     format: NumberFormat,
     default_region: Option<Country>,
@@ -330,6 +374,8 @@ pub fn normalize(
         valid,
     })
 }
+
+pub mod fast;
 
 #[cfg(test)]
 mod tests {

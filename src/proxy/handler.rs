@@ -60,6 +60,25 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in a stable order ([`Outcome::index`]).
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Forwarded,
+        Outcome::Passthrough,
+        Outcome::Throttled,
+        Outcome::Blocked,
+        Outcome::NotFound,
+        Outcome::BodyTooLarge,
+        Outcome::ReadTimeout,
+        Outcome::BadRequest,
+        Outcome::UpstreamError,
+        Outcome::UpstreamTimeout,
+    ];
+
+    /// The position in [`Outcome::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -81,6 +100,8 @@ impl Outcome {
 struct Ctx<'a> {
     provider: &'static str,
     route: &'a str,
+    /// Index of the matched route, for its cached metric series.
+    route_index: Option<usize>,
     outcome: Outcome,
     upstream_time: Duration,
     upstream_status: Option<u16>,
@@ -96,6 +117,7 @@ pub async fn handle(
     let mut ctx = Ctx {
         provider: "none",
         route: "none",
+        route_index: None,
         outcome: Outcome::NotFound,
         upstream_time: Duration::ZERO,
         upstream_status: None,
@@ -103,12 +125,19 @@ pub async fn handle(
     let resp = handle_inner(&app, peer, req, &mut ctx, started).await;
     let elapsed = started.elapsed();
     let m = &app.metrics;
-    m.requests
-        .with_label_values(&[ctx.provider, ctx.route, ctx.outcome.as_str()])
-        .inc();
-    m.request_duration
-        .with_label_values(&[ctx.provider, ctx.outcome.as_str()])
-        .observe(elapsed.as_secs_f64());
+    let labels = (ctx.provider, ctx.route, ctx.outcome.as_str());
+    let seconds = elapsed.as_secs_f64();
+    match ctx.route_index.and_then(|i| app.route_series.get(i)) {
+        Some(series) => series.observe(m, labels, ctx.outcome.index(), seconds),
+        None => {
+            m.requests
+                .with_label_values(&[labels.0, labels.1, labels.2])
+                .inc();
+            m.request_duration
+                .with_label_values(&[labels.0, labels.2])
+                .observe(seconds);
+        }
+    }
     m.overhead
         .observe(elapsed.saturating_sub(ctx.upstream_time).as_secs_f64());
     Ok(resp)
@@ -137,6 +166,7 @@ async fn handle_inner<'a>(
     let route = &app.routes[m.route];
     ctx.provider = route.preset.as_str();
     ctx.route = &route.name;
+    ctx.route_index = Some(m.route);
 
     let body = match read_body(app, &parts.headers, body).await {
         Ok(b) => b,
@@ -172,15 +202,20 @@ async fn handle_inner<'a>(
     let kind = providers::kind(op);
     let now = app.clock.now();
     let request_id = app.next_request_id();
-    let mut event = AuditEvent {
-        event: "send",
-        request_id: request_id.clone(),
-        provider: ctx.provider,
-        route: route.name.clone(),
-        kind: Some(kind.as_str()),
-        ip: ip.map(|i| i.to_string()),
-        user: user.clone(),
-        ..AuditEvent::default()
+    // Events are only built when the audit log is on (finish_event drops them otherwise).
+    let mut event = if app.audit.enabled() {
+        AuditEvent {
+            event: "send",
+            request_id: request_id.clone(),
+            provider: ctx.provider,
+            route: route.name.clone(),
+            kind: Some(kind.as_str()),
+            ip: ip.map(|i| i.to_string()),
+            user: user.clone(),
+            ..AuditEvent::default()
+        }
+    } else {
+        AuditEvent::default()
     };
 
     let extracted = match providers::extract(op, &view, route.generic.as_ref()) {
@@ -266,14 +301,15 @@ async fn handle_inner<'a>(
     let decision = decide::decide(&rules, &app.store, &facts, now, Commit::Yes).await;
     app.observe_decision(&decision, &recipients);
 
-    event.ts = now.to_rfc3339();
     event.decision = Some(decision.verdict.as_str());
-    event.account = extracted.account.clone();
     event.segments = Some(extracted.segments);
     event.degraded = decision.degraded;
     event.cost = decision.cost;
-    event.shadow = decision.shadow.iter().map(|h| h.rule.to_string()).collect();
     if app.audit.enabled() {
+        // Formatting and copies only when an event will be written.
+        event.ts = now.to_rfc3339();
+        event.account = extracted.account.clone();
+        event.shadow = decision.shadow.iter().map(|h| h.rule.to_string()).collect();
         let mut numbers = recipients
             .iter()
             .filter_map(|r| r.as_ref().ok())

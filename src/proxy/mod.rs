@@ -68,6 +68,8 @@ pub struct App {
     pub refs: refs::VerifyRefs,
     /// The audit log.
     pub audit: Audit,
+    /// Per route (same index as `routes`): request metric series, resolved once.
+    pub route_series: Vec<crate::metrics::RouteSeries>,
     /// Request ids.
     next_id: AtomicU64,
     /// A per-process prefix for request ids.
@@ -135,20 +137,22 @@ impl App {
                 .and_then(|r| r.as_ref().ok())
                 .and_then(Destination::country)
         };
-        let label = |c: Option<crate::phone::Country>| {
-            c.map_or_else(|| "unknown".to_owned(), |c| c.to_string())
-        };
+        // Borrowed labels: no String per request.
+        fn label(c: &Option<crate::phone::Country>) -> &str {
+            c.as_ref().map_or("unknown", |c| c.as_str())
+        }
         let m = &self.metrics;
         let (reason, rule, at) = match decision.verdict.hit() {
             Some(h) => (h.reason.as_str(), &*h.rule, h.recipient),
             None => ("none", "none", None),
         };
+        let country = country_of(at);
         m.decisions
             .with_label_values(&[
                 decision.verdict.as_str(),
                 reason,
                 rule,
-                &label(country_of(at)),
+                label(&country),
                 "enforce",
             ])
             .inc();
@@ -158,23 +162,18 @@ impl App {
             } else {
                 "block"
             };
+            let country = country_of(h.recipient);
             m.decisions
-                .with_label_values(&[
-                    would,
-                    h.reason.as_str(),
-                    &h.rule,
-                    &label(country_of(h.recipient)),
-                    "shadow",
-                ])
+                .with_label_values(&[would, h.reason.as_str(), &h.rule, label(&country), "shadow"])
                 .inc();
         }
         for r in recipients {
             let (country, kind) = match r {
-                Ok(d) => (label(d.country()), d.number_type().as_str()),
-                Err(_) => ("unknown".to_owned(), "invalid"),
+                Ok(d) => (d.country(), d.number_type().as_str()),
+                Err(_) => (None, "invalid"),
             };
             m.recipients
-                .with_label_values(&[&country, kind, decision.verdict.as_str()])
+                .with_label_values(&[label(&country), kind, decision.verdict.as_str()])
                 .inc();
         }
         if let Some(cost) = decision.cost {
@@ -184,7 +183,7 @@ impl App {
                 "refused"
             };
             m.estimated_cost
-                .with_label_values(&[&label(country_of(None)), outcome])
+                .with_label_values(&[&label(&country_of(None)), outcome])
                 .inc_by(cost);
         }
         if decision.degraded {
@@ -320,8 +319,13 @@ impl Instance {
             h.as_ref()
                 .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
         };
+        let route_series = routes
+            .iter()
+            .map(|_| crate::metrics::RouteSeries::new(handler::Outcome::ALL.len()))
+            .collect();
         let app = Arc::new(App {
             table: route::RouteTable::new(&routes),
+            route_series,
             routes,
             rules: Arc::clone(&rules),
             store: Arc::clone(&store),
