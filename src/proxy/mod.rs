@@ -183,7 +183,7 @@ impl App {
                 "refused"
             };
             m.estimated_cost
-                .with_label_values(&[&label(&country_of(None)), outcome])
+                .with_label_values(&[label(&country_of(None)), outcome])
                 .inc_by(cost);
         }
         if decision.degraded {
