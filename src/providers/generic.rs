@@ -1,8 +1,74 @@
-//! The generic extractor: TODO(issue 3).
+//! The generic extractor: any other HTTP SMS API, described in the route's config.
+//!
+//! ```toml
+//! [[route]]
+//! name = "mocean"
+//! preset = "generic"
+//! upstream = "https://rest.moceanapi.com"
+//! [route.generic]
+//! method = "POST"
+//! path = "/rest/2/sms"                     # `{}` matches one path segment
+//! recipients = { form = "mocean-to", split = "," }
+//! number_format = "international_digits"
+//! text = { form = "mocean-text" }           # read only to count segments
+//! ```
+//!
+//! A locator names exactly one place: `form` (a field of a URL-encoded body), `json` (a
+//! JSON pointer where `*` matches every array element or object member), `query` (a
+//! query parameter), `path_segment` (the index of a `{}` capture) or `header`; `split`
+//! cuts a list (`,` `<` `;`). Refusals are rendered from `block` / `throttle` templates
+//! with the placeholders `{reason}`, `{rule}`, `{message}` and `{retry_after}` (JSON-
+//! escaped when the body is JSON). Values are never logged.
 
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::StatusCode;
 use serde::Deserialize;
 
-use super::{ExtractError, Extracted, NativeResponse, Refusal, RequestView};
+use super::{
+    segments, ExtractError, Extracted, NativeResponse, Refusal, RefusalKind, RequestKind,
+    RequestView,
+};
+use crate::phone::NumberFormat;
+
+/// Where a value is in a request.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LocatorDef {
+    /// A form field.
+    #[serde(default)]
+    pub form: Option<String>,
+    /// A JSON pointer with `*` wildcards.
+    #[serde(default)]
+    pub json: Option<String>,
+    /// A query parameter.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// The index of a `{}` capture in `path`.
+    #[serde(default)]
+    pub path_segment: Option<usize>,
+    /// A header.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// A list separator.
+    #[serde(default)]
+    pub split: Option<String>,
+}
+
+/// A response template.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateDef {
+    /// The HTTP status.
+    pub status: u16,
+    /// Extra headers; `content-type` defaults to `application/json`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The body, with placeholders.
+    pub body: String,
+}
 
 /// `[route.generic]`: how to read any other HTTP SMS API.
 #[derive(Debug, Clone, Deserialize)]
@@ -10,8 +76,70 @@ use super::{ExtractError, Extracted, NativeResponse, Refusal, RequestView};
 pub struct GenericConfig {
     /// The method of the send request.
     pub method: String,
-    /// The path pattern of the send request.
+    /// The path pattern of the send request (`{}` matches one segment).
     pub path: String,
+    /// API roots (ending in `/**`) whose other requests pass through.
+    #[serde(default)]
+    pub roots: Vec<String>,
+    /// `send` (default), `verify_start` or `verify_check`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Where the recipients are.
+    pub recipients: LocatorDef,
+    /// How the numbers are written.
+    #[serde(default)]
+    pub number_format: Option<NumberFormat>,
+    /// Where the sender is.
+    #[serde(default)]
+    pub sender: Option<LocatorDef>,
+    /// Where the text is (only to count segments).
+    #[serde(default)]
+    pub text: Option<LocatorDef>,
+    /// Where the account id is.
+    #[serde(default)]
+    pub account: Option<LocatorDef>,
+    /// The refusal answer for blocks.
+    #[serde(default)]
+    pub block: Option<TemplateDef>,
+    /// The refusal answer for throttles.
+    #[serde(default)]
+    pub throttle: Option<TemplateDef>,
+    /// The sandbox's success answer.
+    #[serde(default)]
+    pub sandbox: Option<TemplateDef>,
+}
+
+/// Where a value is, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A form field.
+    Form(String),
+    /// A JSON pointer, split into segments (`*` = every element).
+    Json(Vec<String>),
+    /// A query parameter.
+    Query(String),
+    /// A `{}` capture.
+    PathSegment(usize),
+    /// A header.
+    Header(HeaderName),
+}
+
+/// A compiled locator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Locator {
+    /// Where.
+    pub source: Source,
+    /// List separator.
+    pub split: Option<char>,
+}
+
+/// A compiled template.
+#[derive(Debug, Clone)]
+pub struct Template {
+    status: StatusCode,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    json: bool,
+    body: String,
 }
 
 /// A compiled generic extractor.
@@ -21,32 +149,445 @@ pub struct Generic {
     pub method: String,
     /// The path pattern.
     pub path: String,
-    /// API roots that pass through.
+    /// Pass-through roots.
     pub roots: Vec<String>,
+    /// The request kind.
+    pub kind: RequestKind,
+    recipients: Locator,
+    number_format: Option<NumberFormat>,
+    sender: Option<Locator>,
+    text: Option<Locator>,
+    account: Option<Locator>,
+    block: Option<Template>,
+    throttle: Option<Template>,
+    sandbox: Option<Template>,
+}
+
+fn compile_locator(key: &str, d: &LocatorDef) -> Result<Locator, String> {
+    let mut sources = Vec::new();
+    if let Some(f) = &d.form {
+        sources.push(Source::Form(f.clone()));
+    }
+    if let Some(j) = &d.json {
+        let Some(rest) = j.strip_prefix('/') else {
+            return Err(format!(
+                "{key}.json: a JSON pointer starts with '/', e.g. \"/messages/*/to\""
+            ));
+        };
+        sources.push(Source::Json(
+            rest.split('/')
+                .map(|s| s.replace("~1", "/").replace("~0", "~"))
+                .collect(),
+        ));
+    }
+    if let Some(q) = &d.query {
+        sources.push(Source::Query(q.clone()));
+    }
+    if let Some(i) = d.path_segment {
+        sources.push(Source::PathSegment(i));
+    }
+    if let Some(h) = &d.header {
+        let name = HeaderName::from_bytes(h.as_bytes())
+            .map_err(|_| format!("{key}.header: {h:?} is not a header name"))?;
+        sources.push(Source::Header(name));
+    }
+    if sources.len() != 1 {
+        return Err(format!(
+            "{key}: give exactly one of form, json, query, path_segment, header"
+        ));
+    }
+    let split = match d.split.as_deref() {
+        None => None,
+        Some(s) if s.chars().count() == 1 => s.chars().next(),
+        Some(s) => {
+            return Err(format!(
+                "{key}.split: {s:?} must be one character such as \",\""
+            ))
+        }
+    };
+    Ok(Locator {
+        source: sources.remove(0),
+        split,
+    })
+}
+
+fn compile_template(key: &str, t: &TemplateDef) -> Result<Template, String> {
+    let status = StatusCode::from_u16(t.status)
+        .map_err(|_| format!("{key}.status: {} is not an HTTP status", t.status))?;
+    let mut headers = Vec::new();
+    let mut json = true;
+    for (k, v) in &t.headers {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("{key}.headers: {k:?} is not a header name"))?;
+        let value = HeaderValue::from_str(v)
+            .map_err(|_| format!("{key}.headers.{k}: not a valid header value"))?;
+        if name == hyper::header::CONTENT_TYPE {
+            json = v.contains("json");
+        }
+        headers.push((name, value));
+    }
+    Ok(Template {
+        status,
+        headers,
+        json,
+        body: t.body.clone(),
+    })
 }
 
 impl GenericConfig {
-    /// Checks and compiles the extractor.
+    /// Checks and compiles the extractor; errors name the key.
     pub fn compile(&self) -> Result<Generic, String> {
+        if hyper::Method::from_bytes(self.method.as_bytes()).is_err() {
+            return Err(format!("method: {:?} is not an HTTP method", self.method));
+        }
+        if !self.path.starts_with('/') {
+            return Err("path: must start with '/'".into());
+        }
+        let captures = self.path.split('/').filter(|s| *s == "{}").count();
+        let kind = match self.kind.as_deref() {
+            None => RequestKind::Send,
+            Some(k) => RequestKind::parse(k)
+                .ok_or_else(|| format!("kind: {k:?} is not send, verify_start or verify_check"))?,
+        };
+        let check_capture = |key: &str, l: &Locator| {
+            match l.source {
+            Source::PathSegment(i) if i >= captures => {
+                Err(format!("{key}.path_segment: {i} but path has {captures} `{{}}` capture(s) (counted from 0)"))
+            }
+            _ => Ok(()),
+        }
+        };
+        let recipients = compile_locator("recipients", &self.recipients)?;
+        check_capture("recipients", &recipients)?;
+        let opt = |key: &str, d: &Option<LocatorDef>| -> Result<Option<Locator>, String> {
+            d.as_ref().map(|d| compile_locator(key, d)).transpose()
+        };
+        let sender = opt("sender", &self.sender)?;
+        let text = opt("text", &self.text)?;
+        let account = opt("account", &self.account)?;
+        for (k, l) in [("sender", &sender), ("text", &text), ("account", &account)] {
+            if let Some(l) = l {
+                check_capture(k, l)?;
+            }
+        }
+        for r in &self.roots {
+            if !r.starts_with('/') || !r.ends_with("/**") {
+                return Err(format!("roots: {r:?} must look like \"/api/**\""));
+            }
+        }
+        let tpl = |key: &str, t: &Option<TemplateDef>| {
+            t.as_ref().map(|t| compile_template(key, t)).transpose()
+        };
         Ok(Generic {
             method: self.method.clone(),
             path: self.path.clone(),
-            roots: Vec::new(),
+            roots: self.roots.clone(),
+            kind,
+            recipients,
+            number_format: self.number_format,
+            sender,
+            text,
+            account,
+            block: tpl("block", &self.block)?,
+            throttle: tpl("throttle", &self.throttle)?,
+            sandbox: tpl("sandbox", &self.sandbox)?,
         })
     }
 }
 
-impl Generic {
-    /// Reads a request.
-    pub fn extract(&self, _req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
-        Err(ExtractError::Unsupported("not implemented yet"))
+/// Every value at a JSON pointer with `*` wildcards.
+fn json_values<'v>(
+    v: &'v serde_json::Value,
+    path: &[String],
+    out: &mut Vec<&'v serde_json::Value>,
+) {
+    let Some((head, rest)) = path.split_first() else {
+        out.push(v);
+        return;
+    };
+    match (head.as_str(), v) {
+        ("*", serde_json::Value::Array(a)) => a.iter().for_each(|x| json_values(x, rest, out)),
+        ("*", serde_json::Value::Object(o)) => o.values().for_each(|x| json_values(x, rest, out)),
+        (k, serde_json::Value::Object(o)) => {
+            if let Some(x) = o.get(k) {
+                json_values(x, rest, out);
+            }
+        }
+        (k, serde_json::Value::Array(a)) => {
+            if let Some(x) = k.parse::<usize>().ok().and_then(|i| a.get(i)) {
+                json_values(x, rest, out);
+            }
+        }
+        _ => {}
     }
 }
 
-/// The configured refusal response.
-pub fn refusal(_g: Option<&Generic>, refusal: &Refusal<'_>) -> NativeResponse {
-    NativeResponse::json(
-        hyper::StatusCode::FORBIDDEN,
-        &serde_json::json!({"error": refusal.message()}),
-    )
+impl Generic {
+    /// Every value a locator finds.
+    fn find(
+        &self,
+        l: &Locator,
+        req: &RequestView<'_>,
+        json: &mut Option<serde_json::Value>,
+    ) -> Result<Vec<String>, ExtractError> {
+        let raw: Vec<String> = match &l.source {
+            Source::Form(f) => req.form_values(f),
+            Source::Query(q) => form_urlencoded::parse(req.query.unwrap_or("").as_bytes())
+                .filter(|(k, _)| k == q)
+                .map(|(_, v)| v.into_owned())
+                .collect(),
+            Source::PathSegment(i) => req.param(*i).into_iter().collect(),
+            Source::Header(h) => req
+                .headers
+                .get_all(h)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .collect(),
+            Source::Json(path) => {
+                if json.is_none() {
+                    *json = Some(req.json()?);
+                }
+                let mut found = Vec::new();
+                if let Some(v) = json.as_ref() {
+                    json_values(v, path, &mut found);
+                }
+                let mut out = Vec::new();
+                for v in found {
+                    match v {
+                        serde_json::Value::String(s) => out.push(s.clone()),
+                        serde_json::Value::Number(n) => out.push(n.to_string()),
+                        serde_json::Value::Array(a) => {
+                            for x in a {
+                                match x {
+                                    serde_json::Value::String(s) => out.push(s.clone()),
+                                    serde_json::Value::Number(n) => out.push(n.to_string()),
+                                    _ => {
+                                        return Err(ExtractError::Unsupported(
+                                            "a recipient that is not a string or number",
+                                        ))
+                                    }
+                                }
+                            }
+                        }
+                        serde_json::Value::Null => {}
+                        _ => {
+                            return Err(ExtractError::Unsupported(
+                                "a value that is not a string or number",
+                            ))
+                        }
+                    }
+                }
+                out
+            }
+        };
+        Ok(match l.split {
+            Some(c) => raw
+                .iter()
+                .flat_map(|v| v.split(c))
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            None => raw
+                .into_iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        })
+    }
+
+    /// Reads a request.
+    pub fn extract(&self, req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
+        let mut json = None;
+        let recipients = self.find(&self.recipients, req, &mut json)?;
+        if recipients.is_empty() {
+            return Err(ExtractError::MissingRecipient(
+                "the configured recipients locator",
+            ));
+        }
+        let first = |l: &Option<Locator>,
+                     json: &mut Option<serde_json::Value>|
+         -> Result<Option<String>, ExtractError> {
+            Ok(match l {
+                Some(l) => self.find(l, req, json)?.into_iter().next(),
+                None => None,
+            })
+        };
+        let sender = first(&self.sender, &mut json)?;
+        let account = first(&self.account, &mut json)?;
+        let text = first(&self.text, &mut json)?;
+        Ok(Extracted {
+            recipients,
+            number_format: self.number_format,
+            sender,
+            account,
+            segments: text.map_or(1, |t| segments::count(&t)),
+            ..Extracted::default()
+        })
+    }
+}
+
+fn render(t: &Template, refusal: Option<&Refusal<'_>>) -> NativeResponse {
+    let mut body = t.body.clone();
+    if let Some(r) = refusal {
+        let retry = r
+            .retry_after_secs()
+            .map_or_else(String::new, |s| s.to_string());
+        let esc = |s: &str| {
+            if t.json {
+                let q = serde_json::to_string(s).unwrap_or_default();
+                q[1..q.len().saturating_sub(1)].to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
+        body = body
+            .replace("{reason}", &esc(r.reason.as_str()))
+            .replace("{rule}", &esc(r.rule))
+            .replace("{message}", &esc(&r.message()))
+            .replace("{retry_after}", &retry);
+    }
+    let mut n = NativeResponse {
+        status: t.status,
+        headers: Vec::new(),
+        content_type: "application/json",
+        body: Bytes::from(body),
+    };
+    for (k, v) in &t.headers {
+        if k == hyper::header::CONTENT_TYPE {
+            n.content_type = if t.json {
+                "application/json"
+            } else {
+                "text/plain; charset=utf-8"
+            };
+            if !t.json && v.to_str().is_ok_and(|s| s.starts_with("text/html")) {
+                n.content_type = "text/html; charset=utf-8";
+            }
+        } else {
+            n.headers.push((k.clone(), v.clone()));
+        }
+    }
+    if let Some(r) = refusal {
+        n = n.with_retry_after(r);
+    }
+    n
+}
+
+/// The configured refusal response (a JSON default when no template is set).
+pub fn refusal(g: Option<&Generic>, refusal: &Refusal<'_>) -> NativeResponse {
+    let template = g.and_then(|g| match refusal.kind {
+        RefusalKind::Throttle { .. } => g.throttle.as_ref(),
+        RefusalKind::Block => g.block.as_ref(),
+    });
+    match template {
+        Some(t) => render(t, Some(refusal)),
+        None => {
+            let status = match refusal.kind {
+                RefusalKind::Throttle { .. } => StatusCode::TOO_MANY_REQUESTS,
+                RefusalKind::Block => StatusCode::FORBIDDEN,
+            };
+            NativeResponse::json(
+                status,
+                &serde_json::json!({"error": {"code": refusal.reason.as_str(), "rule": refusal.rule, "message": refusal.message()}}),
+            )
+            .with_retry_after(refusal)
+        }
+    }
+}
+
+/// The sandbox's answer for a generic route.
+pub fn sandbox(g: Option<&Generic>) -> NativeResponse {
+    match g.and_then(|g| g.sandbox.as_ref()) {
+        Some(t) => render(t, None),
+        None => NativeResponse::json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "accepted", "sandbox": true}),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::Reason;
+    use crate::providers::tests::{form_headers, json_headers, view};
+
+    fn generic(toml_text: &str) -> Generic {
+        let c: GenericConfig = toml::from_str(toml_text).unwrap();
+        c.compile().unwrap()
+    }
+
+    #[test]
+    fn form_list_with_split() {
+        let g = generic("method = \"POST\"\npath = \"/rest/2/sms\"\nrecipients = { form = \"mocean-to\", split = \",\" }\ntext = { form = \"mocean-text\" }\n");
+        let h = form_headers();
+        let ex = g
+            .extract(&view(
+                &h,
+                &[],
+                b"mocean-to=447400123456%2C447400123457&mocean-text=hi+there",
+            ))
+            .unwrap();
+        assert_eq!(ex.recipients, vec!["447400123456", "447400123457"]);
+        assert_eq!(ex.segments, 1);
+        assert!(matches!(
+            g.extract(&view(&h, &[], b"mocean-text=x")),
+            Err(ExtractError::MissingRecipient(_))
+        ));
+    }
+
+    #[test]
+    fn json_pointer_wildcards() {
+        let g = generic("method = \"POST\"\npath = \"/v3/send\"\nrecipients = { json = \"/messages/*/to/*\" }\naccount = { json = \"/account\" }\n");
+        let h = json_headers();
+        let body = br#"{"account":"a1","messages":[{"to":["+447400123456","+447400123457"]},{"to":["+447400123458"]}]}"#;
+        let ex = g.extract(&view(&h, &[], body)).unwrap();
+        assert_eq!(ex.recipients.len(), 3);
+        assert_eq!(ex.account.as_deref(), Some("a1"));
+        assert!(matches!(
+            g.extract(&view(&h, &[], b"{oops")),
+            Err(ExtractError::MalformedBody(_))
+        ));
+    }
+
+    #[test]
+    fn path_query_and_header() {
+        let g = generic("method = \"GET\"\npath = \"/API/V1/{}/SMS/{}/AUTOGEN\"\nrecipients = { path_segment = 1 }\n");
+        let h = form_headers();
+        let ex = g
+            .extract(&view(&h, &["key123", "+919812345678"], b""))
+            .unwrap();
+        assert_eq!(ex.recipients, vec!["+919812345678"]);
+        let bad: GenericConfig = toml::from_str(
+            "method = \"GET\"\npath = \"/x/{}\"\nrecipients = { path_segment = 1 }\n",
+        )
+        .unwrap();
+        assert!(bad.compile().unwrap_err().contains("path_segment: 1"));
+        let two: GenericConfig = toml::from_str(
+            "method = \"GET\"\npath = \"/\"\nrecipients = { query = \"to\", form = \"to\" }\n",
+        )
+        .unwrap();
+        assert!(two.compile().unwrap_err().contains("exactly one"));
+    }
+
+    #[test]
+    fn templates_escape_json() {
+        let g = generic(
+            "method = \"POST\"\npath = \"/s\"\nrecipients = { form = \"to\" }\n[block]\nstatus = 200\nbody = '{\"status\":5,\"err_msg\":\"{message}\",\"code\":\"{reason}\"}'\n",
+        );
+        let r = Refusal {
+            kind: RefusalKind::Block,
+            reason: Reason::DeniedPrefix,
+            rule: "r\"q",
+            recipient: None,
+            recipients: 1,
+        };
+        let n = refusal(Some(&g), &r);
+        assert_eq!(n.status, StatusCode::OK);
+        let v: serde_json::Value =
+            serde_json::from_slice(&n.body).expect("valid JSON after substitution");
+        assert_eq!(v["code"], "denied_prefix");
+        assert!(v["err_msg"].as_str().unwrap().contains("rule=r\"q"));
+    }
 }

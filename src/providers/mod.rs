@@ -504,7 +504,12 @@ pub fn refusal(
 }
 
 /// The sandbox's success answer to an allowed request.
-pub fn sandbox(op: Op, req: &RequestView<'_>, extracted: &Extracted) -> NativeResponse {
+pub fn sandbox(
+    op: Op,
+    req: &RequestView<'_>,
+    extracted: &Extracted,
+    generic: Option<&generic::Generic>,
+) -> NativeResponse {
     match op {
         Op::Twilio(op) => twilio::sandbox(op, req, extracted),
         Op::Vonage(op) => vonage::sandbox(op, req, extracted),
@@ -512,10 +517,7 @@ pub fn sandbox(op: Op, req: &RequestView<'_>, extracted: &Extracted) -> NativeRe
         Op::Plivo(_) => plivo::sandbox(req, extracted),
         Op::Sinch(_) => sinch::sandbox(req, extracted),
         Op::Infobip(op) => infobip::sandbox(op, req, extracted),
-        Op::Generic => NativeResponse::json(
-            StatusCode::OK,
-            &serde_json::json!({"status": "accepted", "sandbox": true}),
-        ),
+        Op::Generic => generic::sandbox(generic),
     }
 }
 

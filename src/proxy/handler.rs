@@ -199,7 +199,10 @@ async fn handle_inner<'a>(
         headers: &parts.headers,
         body: &body,
     };
-    let kind = providers::kind(op);
+    let kind = match (&route.generic, op) {
+        (Some(g), Op::Generic) => g.kind,
+        _ => providers::kind(op),
+    };
     let now = app.clock.now();
     let request_id = app.next_request_id();
     // Events are only built when the audit log is on (finish_event drops them otherwise).
@@ -462,7 +465,7 @@ async fn forward<'a>(
                     None,
                 );
             };
-            let native = providers::sandbox(op, view, extracted);
+            let native = providers::sandbox(op, view, extracted, route.generic.as_ref());
             ctx.upstream_status = Some(native.status.as_u16());
             let signal = providers::conversion(op, view, extracted, native.status, &native.body);
             app.apply_signal(signal, recipients).await;
