@@ -148,7 +148,12 @@ fn main() {
     let raised = raised_rules();
     let mut ok = true;
     ok &= flood("default rules", &shipped, 1_000_000, 1_000_000);
-    ok &= flood("default rules, limits raised", &raised, 1_000_000, 1_000_000);
+    ok &= flood(
+        "default rules, limits raised",
+        &raised,
+        1_000_000,
+        1_000_000,
+    );
     ok &= flood("default rules, limits raised", &raised, 100_000, 1_000_000);
     if !ok {
         eprintln!("the key ceiling was exceeded");

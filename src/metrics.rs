@@ -282,13 +282,7 @@ impl RouteSeries {
     }
 
     /// Counts one request and observes its latency (seconds).
-    pub fn observe(
-        &self,
-        m: &Metrics,
-        labels: (&str, &str, &str),
-        outcome: usize,
-        seconds: f64,
-    ) {
+    pub fn observe(&self, m: &Metrics, labels: (&str, &str, &str), outcome: usize, seconds: f64) {
         let (provider, route, outcome_label) = labels;
         let resolve = || {
             (

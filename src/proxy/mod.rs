@@ -164,13 +164,7 @@ impl App {
             };
             let country = country_of(h.recipient);
             m.decisions
-                .with_label_values(&[
-                    would,
-                    h.reason.as_str(),
-                    &h.rule,
-                    label(&country),
-                    "shadow",
-                ])
+                .with_label_values(&[would, h.reason.as_str(), &h.rule, label(&country), "shadow"])
                 .inc();
         }
         for r in recipients {
