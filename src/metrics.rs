@@ -214,6 +214,33 @@ impl Metrics {
             .expect("unique metric name");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
+        // Series that only move on trouble exist from the start at 0, so that dashboards
+        // and alerts (increase, rate) see a value rather than nothing.
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
+        for p in crate::providers::Preset::BUILT_IN
+            .iter()
+            .map(|p| p.as_str())
+            .chain(["generic"])
+        {
+            for kind in ["refused", "timeout", "reset", "other"] {
+                upstream_errors.with_label_values(&[p, kind]);
+            }
+        }
+        for kind in ["timeout", "unavailable", "conversion"] {
+            store_errors.with_label_values(&["memory", kind]);
+        }
+        for fallback in ["open", "closed", "local"] {
+            degraded_decisions.with_label_values(&[fallback]);
+        }
+        for kind in ["malformed", "timeout", "incomplete", "io", "accept"] {
+            connection_errors.with_label_values(&[kind]);
+        }
+        store_keys.with_label_values(&["memory"]);
+        store_evictions.with_label_values(&["memory"]);
+        store_rejected.with_label_values(&["memory"]);
+
         Metrics {
             registry,
             requests,

@@ -1,0 +1,302 @@
+//! The real tools: `promtool check metrics` on a live scrape, `promtool check/test rules`
+//! on the alert rules, and a real Prometheus on loopback scraping a running smsfence
+//! under traffic, through which every PromQL expression of the dashboard and the alert
+//! rules must parse and return data. Installs Debian's prometheus when it is missing.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn ensure_prometheus() {
+    let have = |b: &str| {
+        Command::new(b)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if have("promtool") && have("prometheus") {
+        return;
+    }
+    let status = Command::new("bash")
+        .arg(repo().join("scripts/install-prometheus.sh"))
+        .status()
+        .expect("run the installer");
+    assert!(
+        status.success() && have("promtool"),
+        "scripts/install-prometheus.sh could not install prometheus"
+    );
+}
+
+/// Kills the child on drop, also when the test fails.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn alert_rules_check_and_unit_tests() {
+    ensure_prometheus();
+    let dir = repo().join("grafana");
+    let check = Command::new("promtool")
+        .args(["check", "rules", "alerts.yml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let test = Command::new("promtool")
+        .args(["test", "rules", "alerts_test.yml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        test.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+    // Every alert has a unit test.
+    let alerts = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
+    let tests = std::fs::read_to_string(dir.join("alerts_test.yml")).unwrap();
+    for line in alerts
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        assert!(
+            tests.contains(&format!("alertname: {line}")),
+            "{line} has no promtool test"
+        );
+    }
+}
+
+/// Every PromQL expression: the dashboard's, and each alert's left-hand side (the
+/// comparison removed, so that "returns data" means the series exist).
+fn expressions() -> Vec<(String, String)> {
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("grafana/smsfence-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let e = t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", "5m");
+            out.push((format!("panel {:?}", p["title"].as_str().unwrap()), e));
+        }
+    }
+    let alerts = std::fs::read_to_string(repo().join("grafana/alerts.yml")).unwrap();
+    let mut name = String::new();
+    for l in alerts.lines() {
+        if let Some(n) = l.trim().strip_prefix("- alert: ") {
+            name = n.to_owned();
+        }
+        if let Some(e) = l.trim().strip_prefix("expr: ") {
+            out.push((format!("alert {name}"), e.to_owned()));
+            let first = e
+                .split(" and ")
+                .next()
+                .unwrap()
+                .split(" or ")
+                .next()
+                .unwrap();
+            let lhs = first
+                .rsplit_once(" > ")
+                .or_else(|| first.rsplit_once(" < "))
+                .map_or(first, |(l, _)| l);
+            out.push((format!("alert {name} (left-hand side)"), lhs.to_owned()));
+        }
+    }
+    out
+}
+
+async fn query(prom: &str, expr: &str) -> serde_json::Value {
+    let q: String = form_urlencoded::byte_serialize(expr.as_bytes()).collect();
+    send("GET", &format!("{prom}/api/v1/query?query={q}"), &[], "")
+        .await
+        .json()
+}
+
+fn rules_dir_with_shadow() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(repo().join("rules")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("90-shadow.toml"),
+        "[[limit]]\nname = \"shadow-global\"\nmode = \"shadow\"\nkey = \"global\"\nrate = \"1/hour\"\nburst = 1\n",
+    )
+    .unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_scrape_passes_promtool_and_every_query_returns_data() {
+    ensure_prometheus();
+    let up = MockUpstream::with(|r| {
+        if r.uri.contains("VerificationCheck") {
+            Reply::json(200, r#"{"status":"approved","valid":true}"#)
+        } else {
+            Reply::json(201, r#"{"sid":"SM1","status":"queued"}"#)
+        }
+    })
+    .await;
+    let dir = rules_dir_with_shadow();
+    let route = "[[route]]\nname = \"twilio\"\npreset = \"twilio\"\nupstream = \"UP\"\n"
+        .replace("UP", &up.url());
+    let p = Proxy::start_with(
+        &route,
+        smsfence::rules::reload::Source::Dir(dir.path().to_owned()),
+        Some(dir),
+        false,
+    )
+    .await;
+    let p = Arc::new(p);
+
+    // Traffic in the background: allowed sends, premium-rate blocks, repeats (throttles),
+    // pumping-like bursts in one block, and approved Verify checks.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (p, stop) = (p.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i: u64 = 0;
+            while !stop.load(Ordering::Relaxed) && i < 3_000 {
+                let n = format!("+4474{:08}", (i * 7_919) % 100_000_000);
+                twilio_send(&p, &n, &[]).await;
+                if i % 3 == 0 {
+                    twilio_send(&p, &n, &[]).await;
+                    twilio_send(&p, "+449098790123", &[]).await;
+                    twilio_send(&p, &format!("+44740012{:04}", i % 10_000), &[]).await;
+                    let body = format!("To=%2B{}&Code=123456", n.trim_start_matches('+'));
+                    send(
+                        "POST",
+                        &p.url("/v2/Services/VA1/VerificationCheck"),
+                        &[FORM, BASIC],
+                        body,
+                    )
+                    .await;
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    // promtool check metrics on a live scrape.
+    let scrape = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(check.stdin.as_mut().unwrap(), scrape.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A real Prometheus scraping the admin port every second.
+    let work = tempfile::tempdir().unwrap();
+    let cfg = work.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: smsfence\n    static_configs:\n      - targets: ['{}']\n",
+            p.instance.admin_addr
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let _prom = Guard(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                work.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+    let prom = format!("http://127.0.0.1:{port}");
+    // Wait (bounded) until Prometheus holds several scrapes of smsfence.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not scrape smsfence within 90 s"
+        );
+        let ready = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok();
+        if ready {
+            let v = query(&prom, "count_over_time(smsfence_build_info[1m])").await;
+            let n = v["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|s| s.parse::<u32>().ok())
+                .unwrap_or(0);
+            if n >= 6 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let mut empty = Vec::new();
+    for (what, expr) in expressions() {
+        let v = query(&prom, &expr).await;
+        assert_eq!(v["status"], "success", "{what}: {expr} does not parse: {v}");
+        let result = &v["data"]["result"];
+        if result.as_array().is_none_or(|r| r.is_empty()) {
+            empty.push(format!("{what}: {expr}"));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.unwrap();
+    // Alert expressions with their threshold may legitimately be empty (nothing alarming);
+    // their left-hand sides and every dashboard query must have data.
+    empty.retain(|e| !(e.starts_with("alert ") && !e.contains("(left-hand side)")));
+    assert!(
+        empty.is_empty(),
+        "queries without data after traffic:\n{}",
+        empty.join("\n")
+    );
+}
