@@ -29,12 +29,18 @@ use crate::proxy::App;
 pub struct Admin {
     app: Arc<App>,
     token: Option<String>,
+    /// `store.require_store`: readiness fails while the shared store is down.
+    require_store: bool,
 }
 
 impl Admin {
     /// Admin endpoints over the proxy's state.
-    pub fn new(app: Arc<App>, token: Option<String>) -> Admin {
-        Admin { app, token }
+    pub fn new(app: Arc<App>, token: Option<String>, require_store: bool) -> Admin {
+        Admin {
+            app,
+            token,
+            require_store,
+        }
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {
@@ -83,10 +89,19 @@ pub async fn handle(
     let resp = match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
+            // A shared store that is down degrades decisions (per rule: open, closed or
+            // local) but does not stop the proxy, so readiness fails only when the
+            // operator said the store is required.
             let rules = app.rules.snapshot();
+            let healthy = app.store.healthy();
+            let (code, status) = match (healthy, admin.require_store) {
+                (true, _) => (StatusCode::OK, "ready"),
+                (false, false) => (StatusCode::OK, "degraded"),
+                (false, true) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            };
             json_response(
-                StatusCode::OK,
-                &json!({"status": "ready", "rules_generation": rules.generation, "store": app.store.kind()}),
+                code,
+                &json!({"status": status, "rules_generation": rules.generation, "store": app.store.kind(), "store_healthy": healthy}),
             )
         }
         (&Method::GET, "/metrics") => {

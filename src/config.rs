@@ -208,6 +208,16 @@ pub struct StoreConfig {
     /// Per-call timeout against Redis.
     #[serde(with = "serde_duration")]
     pub timeout: Duration,
+    /// Timeout for connecting to Redis.
+    #[serde(with = "serde_duration")]
+    pub connect_timeout: Duration,
+    /// Multiplexed connections to a single node (a Cluster uses one per node).
+    pub pool_size: usize,
+    /// Consecutive failed calls that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker fails calls at once before trying Redis again.
+    #[serde(with = "serde_duration")]
+    pub breaker_cooldown: Duration,
     /// Refuse to start when the store cannot be reached.
     pub require_store: bool,
 }
@@ -221,6 +231,10 @@ impl Default for StoreConfig {
             urls: Vec::new(),
             cluster: false,
             timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_secs(1),
+            pool_size: 2,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_millis(500),
             require_store: false,
         }
     }

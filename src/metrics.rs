@@ -46,6 +46,8 @@ pub struct Metrics {
     pub store_evictions: IntCounterVec,
     /// New keys not tracked because of the ceiling, per store.
     pub store_rejected: IntCounterVec,
+    /// Refusals answered from the shared store's local cache of refused keys.
+    pub store_cache_hits: IntCounterVec,
     /// Store errors by store and kind.
     pub store_errors: IntCounterVec,
     /// Decisions made without the store (degraded).
@@ -165,6 +167,11 @@ impl Metrics {
             "New keys not tracked (or refused) because the key ceiling was reached.",
             &["store"],
         );
+        let store_cache_hits = counter(
+            "smsfence_store_refused_cache_hits_total",
+            "Refusals answered from the local cache of refused keys, without a shared-store round trip.",
+            &["store"],
+        );
         let store_errors = counter(
             "smsfence_store_errors_total",
             "State store errors by kind.",
@@ -256,6 +263,7 @@ impl Metrics {
             store_keys,
             store_evictions,
             store_rejected,
+            store_cache_hits,
             store_errors,
             degraded_decisions,
             conversions,

@@ -2,9 +2,11 @@
 //!
 //! Run after the rate limits, on requests still allowed. Velocity observations (prefix,
 //! adjacency, IP spread) and conversion-rate sends record every attempt that reaches
-//! them; sends counted for country budgets and spend are recorded only when the request
-//! is finally allowed ([`commit_allowed`]). Numbers that verified recently skip the
-//! heuristics. An enforced heuristic with `block_for` also blocks its key (prefix,
+//! them. Sends counted for country budgets and spend are *reserved*: added and read in
+//! one atomic store operation, and given back ([`give_back`]) when the request is
+//! finally refused — so concurrent requests on several instances can never overrun a
+//! budget (each sees every reservation made before it). Numbers that verified recently
+//! skip the heuristics. An enforced heuristic with `block_for` also blocks its key (prefix,
 //! country, IP) for a period that doubles with each repeat offence.
 
 use std::time::Duration;
@@ -13,7 +15,7 @@ use super::{Facts, Hit, Outcome, Reason};
 use crate::clock::Timestamp;
 use crate::phone::Destination;
 use crate::rules::{subnet_of, Check, HeuristicRule, KeyKind, Mode, RuleSet, Skip};
-use crate::store::{Entity, Flag, LimitKey, Store, StoreError, WindowOp};
+use crate::store::{Entity, Flag, LimitKey, Reading, Store, StoreError, WindowOp};
 
 /// Key namespaces, mixed into rule ids so that one rule's several kinds of state never
 /// share a key.
@@ -118,12 +120,13 @@ fn label(h: &HeuristicRule, e: &Entity<'_>) -> String {
 struct Plan<'f> {
     /// (heuristic index, recipient, op): read now, committed now when `commit`.
     now: Vec<(usize, Option<usize>, WindowOp<'f>)>,
-    /// Read now without committing; committed by [`commit_allowed`].
+    /// Read as if added; sends (amount > 0) are added at once when committing — conversion
+    /// attempts for good, budget sends as reservations that a refusal gives back.
     on_allow: Vec<(usize, Option<usize>, WindowOp<'f>)>,
 }
 
-/// Evaluates every heuristic; fires hits into `out`; returns the ops to commit if the
-/// request is finally allowed.
+/// Evaluates every heuristic; fires hits into `out`; returns the budget reservations to
+/// give back if the request is finally refused.
 pub(super) async fn evaluate<'f>(
     rules: &RuleSet,
     store: &Store,
@@ -443,29 +446,31 @@ pub(super) async fn evaluate<'f>(
     } else {
         store.windows(&now_ops, now, commit).await?
     };
-    let later_reads = if later_ops.is_empty() {
-        Vec::new()
-    } else {
-        store.windows(&later_ops, now, false).await?
-    };
-    // Conversion rates count every attempt: a refused code request is an unverified one
-    // too, so a pumping run cannot slip back under the minimum volume by being refused.
-    let attempts: Vec<WindowOp<'f>> = plan
-        .on_allow
-        .iter()
-        .filter(|(hi, _, op)| {
-            matches!(rules.heuristics[*hi].check, Check::ConversionRate { .. }) && op.amount > 0
-        })
-        .map(|(_, _, op)| *op)
-        .collect();
-    if commit && !attempts.is_empty() {
-        store.windows(&attempts, now, true).await?;
+    // Sends are added as they are read (one atomic operation per window): conversion
+    // rates count every attempt — a refused code request is an unverified one too, so a
+    // pumping run cannot slip back under the minimum volume by being refused — and budget
+    // sends are reservations, given back if the request is refused after all.
+    let (added, read_only): (Vec<usize>, Vec<usize>) =
+        (0..later_ops.len()).partition(|&k| commit && later_ops[k].amount > 0);
+    let mut later_reads = vec![Reading::default(); later_ops.len()];
+    for (idx, add) in [(&added, true), (&read_only, false)] {
+        if idx.is_empty() {
+            continue;
+        }
+        let ops: Vec<WindowOp<'f>> = idx.iter().map(|&k| later_ops[k]).collect();
+        for (&k, r) in idx.iter().zip(store.windows(&ops, now, add).await?) {
+            later_reads[k] = r;
+        }
     }
-    let allowed_only: Vec<WindowOp<'f>> = plan
-        .on_allow
+    let reserved: Vec<WindowOp<'f>> = added
         .iter()
-        .filter(|(hi, _, _)| !matches!(rules.heuristics[*hi].check, Check::ConversionRate { .. }))
-        .map(|(_, _, op)| *op)
+        .filter(|&&k| {
+            !matches!(
+                rules.heuristics[plan.on_allow[k].0].check,
+                Check::ConversionRate { .. }
+            )
+        })
+        .map(|&k| later_ops[k])
         .collect();
 
     let mut fired: Vec<(usize, Option<usize>, Reason)> = Vec::new();
@@ -584,7 +589,7 @@ pub(super) async fn evaluate<'f>(
             }
         }
     }
-    Ok(allowed_only)
+    Ok(reserved)
 }
 
 /// Blocks `entity` for `base × 2^(offences)`, capped at the rule's `max_block`.
@@ -633,17 +638,16 @@ async fn auto_block(
     store.set_flag(strike_key, strike, now).await
 }
 
-/// Records the sends of an allowed request (conversion, country budget, spend).
-pub(super) async fn commit_allowed(
+/// Gives back the budget sends a refused request reserved (see the module docs).
+pub(super) async fn give_back(
     store: &Store,
-    ops: &[WindowOp<'_>],
+    reserved: &[WindowOp<'_>],
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    let sends: Vec<WindowOp<'_>> = ops.iter().copied().filter(|op| op.amount > 0).collect();
-    if !sends.is_empty() {
-        store.windows(&sends, now, true).await?;
+    if reserved.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    store.give_back(reserved, now).await
 }
 
 /// Records that `dest` verified: conversion and baseline windows, and trust.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::clock::Timestamp;
 use crate::phone::{Destination, PhoneError};
 use crate::providers::RequestKind;
-use crate::rules::{KeyKind, LimitRule, ListRule, Mode, RuleSet, Skip};
+use crate::rules::{KeyKind, LimitRule, ListRule, Mode, OnStoreError, RuleSet, Skip};
 use crate::store::{Entity, GcraCheck, GcraOutcome, LimitKey, Store};
 
 pub mod gcra;
@@ -246,6 +246,9 @@ pub struct Decision {
     pub shadow: Vec<Hit>,
     /// Whether any rule was decided without its store (fail open / closed / local).
     pub degraded: bool,
+    /// Whether some limit was decided by the in-process fallback (`on_store_error =
+    /// "local"`) because the shared store failed.
+    pub local: bool,
     /// RateLimit header data of the most restrictive opted-in limit.
     pub rate_limit: Option<RateLimitInfo>,
     /// Estimated cost of the request (price table currency), when prices are configured.
@@ -385,6 +388,7 @@ pub async fn decide(
     }
 
     let mut degraded = false;
+    let mut used_local = false;
     let mut rate_limit = None;
     if out.allowed() {
         let (checks, owners) = limit_checks(rules, facts, &skips, Mode::Enforce, out.shadow_all);
@@ -417,6 +421,16 @@ pub async fn decide(
                 }
                 Err(_) => {
                     degraded = true;
+                    let local = store.fallback().map(|m| {
+                        // The limits that fall back to the in-process limiter.
+                        let at: Vec<usize> = (0..checks.len())
+                            .filter(|&i| {
+                                rules.limits[owners[i].0].on_store_error == OnStoreError::Local
+                            })
+                            .collect();
+                        let sub: Vec<GcraCheck<'_>> = at.iter().map(|&i| checks[i]).collect();
+                        (at, m.gcra(&sub, now, commit == Commit::Yes))
+                    });
                     if let Some((rule, recipient)) =
                         owners.iter().find(|(r, _)| rules.limits[*r].fails_closed())
                     {
@@ -430,6 +444,29 @@ pub async fn decide(
                             },
                             Some(limit.interval),
                         );
+                    } else if let Some((at, outcome)) = local {
+                        used_local = !at.is_empty();
+                        if let GcraOutcome::Refused {
+                            index,
+                            retry_after,
+                            capacity,
+                        } = outcome
+                        {
+                            let (rule, recipient) = owners[at[index]];
+                            out.fire(
+                                Mode::Enforce,
+                                Hit {
+                                    reason: if capacity {
+                                        Reason::Capacity
+                                    } else {
+                                        Reason::RateLimited
+                                    },
+                                    rule: rules.limits[rule].name.clone(),
+                                    recipient,
+                                },
+                                Some(retry_after),
+                            );
+                        }
                     }
                 }
             }
@@ -447,12 +484,10 @@ pub async fn decide(
         )
         .await
         {
-            Ok(pending) => {
+            Ok(reserved) => {
                 if commit == Commit::Yes
-                    && out.allowed()
-                    && heuristics::commit_allowed(store, &pending, now)
-                        .await
-                        .is_err()
+                    && !out.allowed()
+                    && heuristics::give_back(store, &reserved, now).await.is_err()
                 {
                     degraded = true;
                 }
@@ -496,6 +531,7 @@ pub async fn decide(
         verdict: out.verdict,
         shadow: out.shadow,
         degraded,
+        local: used_local,
         rate_limit,
     }
 }

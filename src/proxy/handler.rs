@@ -235,6 +235,7 @@ async fn handle_inner<'a>(
                 verdict: Verdict::Block(hit),
                 shadow: Vec::new(),
                 degraded: false,
+                local: false,
                 rate_limit: None,
                 cost: None,
             };

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::audit::{Audit, AuditEvent};
 use crate::clock::Clock;
-use crate::config::{Config, ConfigError, Route};
+use crate::config::{Config, ConfigError, Route, StoreKind};
 use crate::decide::{Decision, Recipient, Verdict};
 use crate::metrics::Metrics;
 use crate::phone::Destination;
@@ -187,7 +187,9 @@ impl App {
                 .inc_by(cost);
         }
         if decision.degraded {
-            let fallback = if matches!(decision.verdict, Verdict::Allow) {
+            let fallback = if decision.local {
+                "local"
+            } else if matches!(decision.verdict, Verdict::Allow) {
                 "open"
             } else {
                 "closed"
@@ -277,6 +279,9 @@ pub enum StartError {
     /// The audit log could not be opened.
     #[error("opening the audit log: {0}")]
     Audit(std::io::Error),
+    /// The shared store is unreachable and `store.require_store` is set.
+    #[error("connecting to the state store (store.require_store = true): {0}")]
+    Store(crate::store::StoreError),
 }
 
 /// What to start.
@@ -313,7 +318,14 @@ impl Instance {
             Rules::load(opts.rules.clone(), Arc::clone(&metrics)).map_err(StartError::Rules)?,
         );
         let cfg = &opts.config;
-        let store = Arc::new(Store::Memory(MemoryStore::new(cfg.store.max_keys)));
+        let store = Arc::new(match cfg.store.kind {
+            StoreKind::Memory => Store::Memory(MemoryStore::new(cfg.store.max_keys)),
+            StoreKind::Redis => Store::Redis(
+                crate::store::redis::RedisStore::connect(&cfg.store)
+                    .await
+                    .map_err(StartError::Store)?,
+            ),
+        });
         let audit = Audit::start(&cfg.audit, Arc::clone(&metrics)).map_err(StartError::Audit)?;
         let header = |h: &Option<String>| {
             h.as_ref()
@@ -388,6 +400,7 @@ impl Instance {
             let admin = Arc::new(crate::admin::Admin::new(
                 Arc::clone(&app),
                 cfg.admin.token.clone(),
+                cfg.store.require_store,
             ));
             let rx = rx.clone();
             let timeout = cfg.server.request_read_timeout;
@@ -461,6 +474,7 @@ async fn sweeper(app: Arc<App>, every: Duration, mut stop: watch::Receiver<bool>
             _ = stop.changed() => return,
         }
         app.store.sweep(app.clock.now());
+        app.store.refresh().await;
         let s = app.store.stats();
         let m = &app.metrics;
         m.store_keys
@@ -472,6 +486,15 @@ async fn sweeper(app: Arc<App>, every: Duration, mut stop: watch::Receiver<bool>
         m.store_rejected
             .with_label_values(&[kind])
             .inc_by(s.rejected.saturating_sub(last.rejected));
+        m.store_errors
+            .with_label_values(&[kind, "timeout"])
+            .inc_by(s.timeouts.saturating_sub(last.timeouts));
+        m.store_errors
+            .with_label_values(&[kind, "unavailable"])
+            .inc_by(s.failures.saturating_sub(last.failures));
+        m.store_cache_hits
+            .with_label_values(&[kind])
+            .inc_by(s.cache_hits.saturating_sub(last.cache_hits));
         last = s;
     }
 }

@@ -121,6 +121,19 @@ impl MemoryStore {
             .collect()
     }
 
+    /// See [`super::Store::give_back`].
+    pub fn give_back(&self, ops: &[WindowOp<'_>], now: Timestamp) {
+        for op in ops {
+            let h = self.hasher.hash_one(op.key);
+            let mut stripe = self.windows[stripe_of(h)]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(w) = stripe.get_mut(&h) {
+                w.take_back(now.as_nanos(), op.amount);
+            }
+        }
+    }
+
     fn flags_lock(&self) -> MutexGuard<'_, HashedMap<Flag>> {
         self.flags.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -318,6 +331,7 @@ impl MemoryStore {
                 as u64,
             evictions: self.evicted.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
+            ..StoreStats::default()
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::decide::gcra;
 use crate::phone::Country;
 
 pub mod memory;
+pub mod redis;
 pub mod window;
 
 pub use window::Reading;
@@ -133,6 +134,12 @@ pub struct StoreStats {
     pub evictions: u64,
     /// New keys not tracked (or refused) because the ceiling was reached.
     pub rejected: u64,
+    /// Calls to a shared store that timed out.
+    pub timeouts: u64,
+    /// Calls to a shared store that failed otherwise (unreachable, error reply).
+    pub failures: u64,
+    /// Refusals answered from the local cache of refused keys, without a round trip.
+    pub cache_hits: u64,
 }
 
 /// The state store.
@@ -140,6 +147,8 @@ pub struct StoreStats {
 pub enum Store {
     /// In-process, bounded.
     Memory(memory::MemoryStore),
+    /// Redis or Valkey, shared by several instances.
+    Redis(std::sync::Arc<redis::RedisStore>),
 }
 
 impl Store {
@@ -147,6 +156,25 @@ impl Store {
     pub fn kind(&self) -> &'static str {
         match self {
             Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
+        }
+    }
+
+    /// Whether the store can answer now (always, in memory; connected and the circuit
+    /// breaker closed, for Redis).
+    pub fn healthy(&self) -> bool {
+        match self {
+            Store::Memory(_) => true,
+            Store::Redis(r) => r.healthy(),
+        }
+    }
+
+    /// The in-process limiter that rules with `on_store_error = "local"` fall back to
+    /// when a shared store fails (`None` for the memory store, which cannot fail).
+    pub fn fallback(&self) -> Option<&memory::MemoryStore> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(r) => Some(r.local()),
         }
     }
 
@@ -159,6 +187,7 @@ impl Store {
     ) -> Result<GcraOutcome, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.gcra(checks, now, commit)),
+            Store::Redis(r) => r.gcra(checks, now, commit).await,
         }
     }
 
@@ -172,6 +201,19 @@ impl Store {
     ) -> Result<Vec<Reading>, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.windows(ops, now, commit)),
+            // Redis windows run on the server's clock, shared by every instance.
+            Store::Redis(r) => r.windows(ops, commit).await,
+        }
+    }
+
+    /// Takes `amount` back off each window (a refused request's budget reservation).
+    pub async fn give_back(&self, ops: &[WindowOp<'_>], now: Timestamp) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.give_back(ops, now);
+                Ok(())
+            }
+            Store::Redis(r) => r.give_back(ops).await,
         }
     }
 
@@ -183,6 +225,7 @@ impl Store {
     ) -> Result<Vec<Option<Flag>>, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.flags(keys, now)),
+            Store::Redis(r) => r.flags(keys, now).await,
         }
     }
 
@@ -198,6 +241,7 @@ impl Store {
                 m.set_flag(key, flag, now);
                 Ok(())
             }
+            Store::Redis(r) => r.set_flag(key, flag, now).await,
         }
     }
 
@@ -205,6 +249,7 @@ impl Store {
     pub async fn list_flags(&self, now: Timestamp) -> Result<Vec<Flag>, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.list_flags(now)),
+            Store::Redis(r) => r.list_flags(now).await,
         }
     }
 
@@ -212,6 +257,7 @@ impl Store {
     pub async fn remove_flags(&self, label: &str) -> Result<usize, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.remove_flags(label)),
+            Store::Redis(r) => r.remove_flags(label).await,
         }
     }
 
@@ -219,6 +265,14 @@ impl Store {
     pub fn sweep(&self, now: Timestamp) -> usize {
         match self {
             Store::Memory(m) => m.sweep(now),
+            Store::Redis(r) => r.sweep(now),
+        }
+    }
+
+    /// Refreshes what [`Store::stats`] reports that needs a round trip (Redis' key count).
+    pub async fn refresh(&self) {
+        if let Store::Redis(r) = self {
+            r.refresh().await;
         }
     }
 
@@ -226,6 +280,7 @@ impl Store {
     pub fn stats(&self) -> StoreStats {
         match self {
             Store::Memory(m) => m.stats(),
+            Store::Redis(r) => r.stats(),
         }
     }
 }

@@ -119,6 +119,25 @@ impl Window {
         }
     }
 
+    /// Takes `amount` back off the sum (what [`Window::apply`] added at about `now`):
+    /// from the slot of `now`, then from older slots if that one holds less.
+    pub fn take_back(&mut self, now: u64, amount: u64) {
+        self.advance(now);
+        let mut left = amount;
+        for back in 0..SLOTS {
+            let Some(idx) = self.last.checked_sub(back) else {
+                break;
+            };
+            let slot = &mut self.counts[(idx % SLOTS) as usize];
+            let take = left.min(*slot);
+            *slot -= take;
+            left -= take;
+            if left == 0 {
+                break;
+            }
+        }
+    }
+
     /// Whether nothing in the window is recent any more.
     pub fn idle(&self, now: u64) -> bool {
         self.newest.saturating_add(self.window_ns()) <= now
@@ -143,6 +162,19 @@ mod tests {
         assert_eq!(w.apply(t0 + 100 * S, 0, None, 0, None, false).total, 9);
         assert_eq!(w.apply(t0 + 500 * S, 0, None, 0, None, false).total, 0);
         assert!(w.idle(t0 + 500 * S));
+    }
+
+    #[test]
+    fn take_back_undoes_a_reservation() {
+        let mut w = Window::new(100 * S);
+        let t = 1_000 * S;
+        w.apply(t, 5, None, 0, None, true);
+        w.apply(t + 20 * S, 3, None, 0, None, true);
+        // Given back a little later, in the next slot: taken from the older slots.
+        w.take_back(t + 21 * S, 4);
+        assert_eq!(w.apply(t + 21 * S, 0, None, 0, None, false).total, 4);
+        w.take_back(t + 21 * S, 100);
+        assert_eq!(w.apply(t + 21 * S, 0, None, 0, None, false).total, 0);
     }
 
     #[test]

@@ -1,0 +1,567 @@
+//! The shared store against a real Redis that the tests start themselves (Debian's
+//! `redis-server`, installed by `scripts/install-redis.sh` when missing) on ephemeral
+//! loopback ports, and stop afterwards:
+//! - two instances sharing one Redis enforce a per-number limit, a distinct-numbers
+//!   heuristic and a spend budget exactly;
+//! - all-or-nothing holds across Cluster slots (a refused request consumes nothing);
+//! - Redis killed mid-traffic: `on_store_error` open / closed / local each behave as
+//!   configured, nothing hangs past the store timeout, and service recovers by itself;
+//! - a three-master Redis Cluster;
+//! - `INFO commandstats` shows one round trip per request for the limits.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn ensure_redis() {
+    let have = |b: &str| {
+        Command::new(b)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if have("redis-server") && have("redis-cli") {
+        return;
+    }
+    let status = Command::new("bash")
+        .arg(repo().join("scripts/install-redis.sh"))
+        .status()
+        .expect("run the installer");
+    assert!(
+        status.success() && have("redis-server"),
+        "scripts/install-redis.sh could not install redis"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `redis-server` on loopback, killed on drop (also when the test fails).
+struct Redis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start(cluster: bool) -> Redis {
+        ensure_redis();
+        let mut r = Redis {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        r.spawn(cluster);
+        r
+    }
+
+    fn spawn(&mut self, cluster: bool) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(self.dir.path().join("nodes.conf"));
+        }
+        self.child = Some(cmd.spawn().expect("start redis-server"));
+        wait_until(Duration::from_secs(10), || {
+            self.cli(&["PING"]).is_some_and(|o| o.trim() == "PONG")
+        });
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Calls of one command since the last `CONFIG RESETSTAT`.
+    fn calls(&self, command: &str) -> u64 {
+        let stats = self.cli(&["INFO", "commandstats"]).unwrap_or_default();
+        let prefix = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `ok` until it holds, at most `limit` (short pauses between tries; fails loudly).
+fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn store_config(urls: &[String], cluster: bool, extra: &str) -> String {
+    let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
+    format!(
+        "[store]\nkind = \"redis\"\nurls = [{}]\ncluster = {cluster}\ntimeout = \"200ms\"\nsweep_interval = \"1h\"\n{extra}\n",
+        urls.join(", ")
+    )
+}
+
+async fn two_instances(
+    redis_urls: &[String],
+    cluster: bool,
+    up: &MockUpstream,
+    rules: &str,
+) -> (Proxy, Proxy) {
+    let cfg = format!(
+        "{}{}",
+        store_config(redis_urls, cluster, ""),
+        all_presets_to(&up.url())
+    );
+    let a = Proxy::start(&cfg, &[("r.toml", rules)]).await;
+    let b = Proxy::start(&cfg, &[("r.toml", rules)]).await;
+    (a, b)
+}
+
+/// Sends `n` Twilio sends at once, alternating between the two instances; returns the
+/// statuses.
+async fn burst(a: &Proxy, b: &Proxy, numbers: &[String]) -> Vec<u16> {
+    let sends = numbers.iter().enumerate().map(|(i, to)| {
+        let p = if i % 2 == 0 { a } else { b };
+        async move { twilio_send(p, to, &[]).await.status.as_u16() }
+    });
+    futures_util::future::join_all(sends).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_share_a_per_number_limit_exactly() {
+    let redis = Redis::start(false);
+    let up = MockUpstream::start().await;
+    let rules = "[[limit]]\nname = \"per-number\"\nkey = \"number\"\nrate = \"5/1h\"\nburst = 5\n";
+    let (a, b) = two_instances(&[redis.url()], false, &up, rules).await;
+    let numbers = vec!["+447400123456".to_owned(); 40];
+    let statuses = burst(&a, &b, &numbers).await;
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 201).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 429).count(),
+        35,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        up.requests().len(),
+        5,
+        "exactly the allowed count reached the upstream"
+    );
+    // Both instances did refuse some: the state really is shared.
+    for p in [&a, &b] {
+        let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+        assert!(
+            m.contains("smsfence_decisions_total{country=\"GB\",decision=\"throttle\",mode=\"enforce\",reason=\"rate_limited\",rule=\"per-number\"}"),
+            "{m}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_share_distinct_numbers_per_prefix() {
+    let redis = Redis::start(false);
+    let up = MockUpstream::start().await;
+    let rules = "[[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [3]\nwindow = \"10m\"\nmax_distinct = 8\n";
+    let (a, b) = two_instances(&[redis.url()], false, &up, rules).await;
+    // 30 distinct numbers of one 1k block, all at once over both instances.
+    let numbers: Vec<String> = (0..30).map(|i| format!("+447400123{i:03}")).collect();
+    let statuses = burst(&a, &b, &numbers).await;
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 201).count(),
+        8,
+        "{statuses:?}"
+    );
+    assert_eq!(up.requests().len(), 8);
+    // Another block is unaffected.
+    assert_eq!(twilio_send(&a, "+447400999001", &[]).await.status, 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_share_a_spend_budget_exactly() {
+    let redis = Redis::start(false);
+    let up = MockUpstream::start().await;
+    // 0.10 per segment; 0.55 an hour: five sends.
+    let rules = "[prices]\ndefault = 0.10\n[[heuristic]]\nname = \"spend\"\nkind = \"spend_budget\"\nhourly = 0.55\n";
+    let (a, b) = two_instances(&[redis.url()], false, &up, rules).await;
+    let numbers: Vec<String> = (0..24).map(|i| format!("+4915112345{i:03}")).collect();
+    let statuses = burst(&a, &b, &numbers).await;
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 201).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(up.requests().len(), 5);
+}
+
+/// Rule files for the fault test: one limit per `on_store_error` mode, each on its own
+/// kind of key so that one request hits exactly one of them.
+fn fault_rules(mode: &str) -> String {
+    format!("[[limit]]\nname = \"per-number-{mode}\"\nkey = \"number\"\nrate = \"1/1h\"\nburst = 1\non_store_error = \"{mode}\"\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_mid_traffic_each_mode_behaves_and_recovers() {
+    let mut redis = Redis::start(false);
+    let up = MockUpstream::start().await;
+    let url = redis.url();
+    let mut proxies = Vec::new();
+    for mode in ["open", "closed", "local"] {
+        let cfg = format!(
+            "{}{}",
+            store_config(
+                std::slice::from_ref(&url),
+                false,
+                "breaker_failures = 3\nbreaker_cooldown = \"200ms\"\n"
+            ),
+            all_presets_to(&up.url())
+        );
+        proxies.push((
+            mode,
+            Proxy::start(&cfg, &[("r.toml", &fault_rules(mode))]).await,
+        ));
+    }
+    // Healthy: the first send to a number passes, the second is throttled, in every mode.
+    for (i, (mode, p)) in proxies.iter().enumerate() {
+        let to = format!("+44740012340{i}");
+        assert_eq!(twilio_send(p, &to, &[]).await.status, 201, "{mode}");
+        let second = twilio_send(p, &to, &[]).await;
+        assert_eq!(second.status, 429, "{mode}: {:?}", second.headers);
+    }
+    let forwarded = up.requests().len();
+    assert_eq!(forwarded, 3);
+
+    redis.kill();
+    for (i, (mode, p)) in proxies.iter().enumerate() {
+        for round in 0..4 {
+            let to = format!("+44740012350{i}");
+            let started = Instant::now();
+            let a = twilio_send(p, &to, &[]).await;
+            // Never hangs: the store timeout is 200 ms, the breaker fails faster still.
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{mode}: {:?}",
+                started.elapsed()
+            );
+            match *mode {
+                "open" => assert_eq!(a.status, 201, "{mode}: fail open forwards"),
+                "closed" => {
+                    assert_eq!(
+                        a.header("smsfence-reason"),
+                        Some("store_unavailable"),
+                        "{mode}"
+                    );
+                    assert_ne!(a.status, 201);
+                }
+                _ => {
+                    // The in-process limiter: the first send passes, later ones are throttled.
+                    let want = if round == 0 { 201 } else { 429 };
+                    assert_eq!(a.status, want, "{mode} round {round}: {}", a.text());
+                }
+            }
+        }
+        let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+        let label = format!("smsfence_degraded_decisions_total{{fallback=\"{mode}\"}} ");
+        let n: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix(&label))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(n >= 1, "{mode}: degraded decisions counted\n{m}");
+        let ready = send("GET", &p.admin("/readyz"), &[], "").await;
+        assert_eq!(ready.status, 200, "not required: degraded but ready");
+        assert_eq!(ready.json()["status"], "degraded");
+    }
+    assert_eq!(
+        up.requests().len(),
+        forwarded + 4 + 1,
+        "open forwarded 4, local 1"
+    );
+
+    // Redis comes back on the same port: every instance recovers without a restart.
+    // Recovered means decided by Redis again: the number's key is in Redis (fail-open
+    // and the local fallback would both forward without writing it there).
+    redis.spawn(false);
+    for (i, (mode, p)) in proxies.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut attempt = 0;
+        let to = loop {
+            let to = format!("+447400124{i}{attempt:02}");
+            let a = twilio_send(p, &to, &[]).await;
+            let digits = &to[1..];
+            let in_redis = redis
+                .cli(&["--scan", "--pattern", &format!("sf:{{n{digits}}}:*")])
+                .is_some_and(|o| !o.trim().is_empty());
+            if a.status == 201 && in_redis {
+                break to;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{mode} did not recover: {}",
+                a.text()
+            );
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(twilio_send(p, &to, &[]).await.status, 429, "{mode}");
+        let ready = send("GET", &p.admin("/readyz"), &[], "").await;
+        assert_eq!(ready.json()["status"], "ready", "{mode}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_store_refuses_to_start_without_redis() {
+    let port = free_port();
+    let cfg = format!(
+        "{}[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        store_config(
+            &[format!("redis://127.0.0.1:{port}")],
+            false,
+            "require_store = true\nconnect_timeout = \"300ms\"\n"
+        )
+    );
+    let config = smsfence::config::Config::from_toml("t.toml", &cfg).unwrap();
+    let started = Instant::now();
+    let err = smsfence::proxy::Instance::start(smsfence::proxy::Options {
+        config,
+        rules: smsfence::rules::reload::Source::Embedded,
+        watch_rules: false,
+        clock: std::sync::Arc::new(smsfence::clock::SystemClock::new()),
+    })
+    .await
+    .err()
+    .expect("start fails");
+    assert!(err.to_string().contains("state store"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // Without require_store it starts degraded and says so.
+    let up = MockUpstream::start().await;
+    let cfg = format!(
+        "{}{}",
+        store_config(
+            &[format!("redis://127.0.0.1:{port}")],
+            false,
+            "connect_timeout = \"300ms\"\n"
+        ),
+        all_presets_to(&up.url())
+    );
+    let p = Proxy::start(&cfg, &[("r.toml", &fault_rules("closed"))]).await;
+    let ready = send("GET", &p.admin("/readyz"), &[], "").await;
+    assert_eq!(
+        (ready.status.as_u16(), ready.json()["status"].clone()),
+        (200, "degraded".into())
+    );
+    let a = twilio_send(&p, "+447400123456", &[]).await;
+    assert_eq!(a.header("smsfence-reason"), Some("store_unavailable"));
+}
+
+/// A refused request consumes nothing, also when its keys live in different slots
+/// (a Cluster runs one script per slot and gives back what the others took).
+async fn all_or_nothing_across_slots(urls: &[String], cluster: bool) {
+    let up = MockUpstream::start().await;
+    let both = "[[limit]]\nname = \"per-number\"\nkey = \"number\"\nrate = \"1/1h\"\nburst = 1\n\
+                [[limit]]\nname = \"per-prefix\"\nkey = \"prefix\"\ndrop_digits = 3\nrate = \"2/1h\"\nburst = 2\n";
+    let cfg = format!(
+        "{}{}",
+        store_config(urls, cluster, ""),
+        all_presets_to(&up.url())
+    );
+    let p = Proxy::start(&cfg, &[("r.toml", both)]).await;
+    assert_eq!(twilio_send(&p, "+447400123001", &[]).await.status, 201);
+    assert_eq!(twilio_send(&p, "+447400123002", &[]).await.status, 201);
+    let refused = twilio_send(&p, "+447400123003", &[]).await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("smsfence-rule"), Some("per-prefix"));
+    // Drop the prefix limit; the number limit keeps its state (same name and key kind).
+    let only_number =
+        "[[limit]]\nname = \"per-number\"\nkey = \"number\"\nrate = \"1/1h\"\nburst = 1\n";
+    let dir = p.rules_dir.as_ref().unwrap().path();
+    std::fs::write(dir.join("r.toml"), only_number).unwrap();
+    let r = send("POST", &p.admin("/v1/reload"), &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // +…003 was refused, so its number bucket is untouched: it passes now. +…001 is spent.
+    assert_eq!(twilio_send(&p, "+447400123003", &[]).await.status, 201);
+    assert_eq!(twilio_send(&p, "+447400123001", &[]).await.status, 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_node_all_or_nothing() {
+    let redis = Redis::start(false);
+    all_or_nothing_across_slots(&[redis.url()], false).await;
+}
+
+struct Cluster {
+    nodes: Vec<Redis>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let nodes: Vec<Redis> = (0..3).map(|_| Redis::start(true)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for n in &nodes {
+            wait_until(Duration::from_secs(20), || {
+                n.cli(&["CLUSTER", "INFO"])
+                    .is_some_and(|i| i.contains("cluster_state:ok"))
+            });
+        }
+        Cluster { nodes }
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Redis::url).collect()
+    }
+
+    /// Keys on each node.
+    fn spread(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                n.cli(&["DBSIZE"])
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_master_cluster() {
+    let cluster = Cluster::start();
+    let urls = cluster.urls();
+    // Per number, per country and global limits: each request touches three slots.
+    let up = MockUpstream::start().await;
+    let rules = "[[limit]]\nname = \"per-number\"\nkey = \"number\"\nrate = \"2/1h\"\nburst = 2\n\
+                 [[limit]]\nname = \"per-country\"\nkey = \"country\"\nrate = \"1000/1h\"\nburst = 1000\n\
+                 [[limit]]\nname = \"global\"\nkey = \"global\"\nrate = \"1000/1h\"\nburst = 1000\n\
+                 [[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [3]\nwindow = \"10m\"\nmax_distinct = 500\n";
+    let (a, b) = two_instances(&urls, true, &up, rules).await;
+    let mut numbers = Vec::new();
+    for i in 0..12 {
+        let to = if i % 2 == 0 {
+            format!("+4474001{i:05}")
+        } else {
+            format!("+491511234{i:04}")
+        };
+        numbers.extend(std::iter::repeat_n(to, 3));
+    }
+    let statuses = burst(&a, &b, &numbers).await;
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 201).count(),
+        24,
+        "{statuses:?}"
+    );
+    assert_eq!(up.requests().len(), 24);
+    let spread = cluster.spread();
+    assert!(
+        spread.iter().filter(|&&n| n > 0).count() >= 2,
+        "keys landed on several nodes: {spread:?}"
+    );
+    all_or_nothing_across_slots(&urls, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_round_trip_per_request_for_the_limits() {
+    let redis = Redis::start(false);
+    let up = MockUpstream::start().await;
+    let rules = "[[limit]]\nname = \"per-number\"\nkey = \"number\"\nrate = \"5/1h\"\nburst = 5\n\
+                 [[limit]]\nname = \"per-prefix\"\nkey = \"prefix\"\ndrop_digits = 3\nrate = \"100/1h\"\nburst = 100\n\
+                 [[limit]]\nname = \"per-country\"\nkey = \"country\"\nrate = \"1000/1h\"\nburst = 1000\n\
+                 [[limit]]\nname = \"global\"\nkey = \"global\"\nrate = \"1000/1h\"\nburst = 1000\n";
+    let cfg = format!(
+        "{}{}",
+        store_config(&[redis.url()], false, ""),
+        all_presets_to(&up.url())
+    );
+    let p = Proxy::start(&cfg, &[("r.toml", rules)]).await;
+    redis.cli(&["CONFIG", "RESETSTAT"]).unwrap();
+    for i in 0..10 {
+        assert_eq!(
+            twilio_send(&p, &format!("+4474001230{i:02}"), &[])
+                .await
+                .status,
+            201
+        );
+    }
+    // Four limits, ten requests: ten EVALSHA calls and no other command from smsfence.
+    // (Redis counts the commands a script runs too: four GETs and four SETs per call,
+    // one per limit — every key of the request inside the one call.)
+    assert_eq!(redis.calls("evalsha"), 10);
+    assert_eq!((redis.calls("get"), redis.calls("set")), (40, 40));
+    for other in ["eval", "script", "mget", "hgetall", "ping", "dbsize"] {
+        assert_eq!(redis.calls(other), 0, "{other}");
+    }
+    // A refused key is then answered locally until its retry-after: a flood against one
+    // number does not become a flood against Redis.
+    for _ in 0..5 {
+        twilio_send(&p, "+447400123000", &[]).await;
+    }
+    redis.cli(&["CONFIG", "RESETSTAT"]).unwrap();
+    for _ in 0..20 {
+        assert_eq!(twilio_send(&p, "+447400123000", &[]).await.status, 429);
+    }
+    assert_eq!(redis.calls("evalsha"), 0, "refused keys are cached locally");
+}
