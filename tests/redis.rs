@@ -565,3 +565,38 @@ async fn one_round_trip_per_request_for_the_limits() {
     }
     assert_eq!(redis.calls("evalsha"), 0, "refused keys are cached locally");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_round_trips_per_request_with_the_default_rules() {
+    let redis = Redis::start(false);
+    let up = MockUpstream::start().await;
+    let cfg = format!(
+        "{}{}",
+        store_config(&[redis.url()], false, ""),
+        all_presets_to(&up.url())
+    );
+    let p = Proxy::start_default_rules(&cfg).await;
+    redis.cli(&["CONFIG", "RESETSTAT"]).unwrap();
+    let n = 6;
+    for i in 0..n {
+        // Scattered numbers in different countries: nothing fires.
+        let to = [
+            "+447400123456",
+            "+4915112345678",
+            "+33612345678",
+            "+61412345678",
+            "+819012345678",
+            "+14155550123",
+        ][i];
+        let a = twilio_send(&p, to, &[]).await;
+        assert_eq!(a.status, 201, "{to}: {}", a.text());
+    }
+    // Per request: the limits (one EVALSHA), trust and auto-block flags (one MGET), every
+    // heuristic window (one EVALSHA). Nothing else (the windows script's own HGETALL,
+    // ZADD … are counted by Redis too, but run inside the one call).
+    let n = n as u64;
+    assert_eq!((redis.calls("evalsha"), redis.calls("mget")), (2 * n, n));
+    for other in ["eval", "script", "hset", "del", "dbsize"] {
+        assert_eq!(redis.calls(other), 0, "{other}");
+    }
+}

@@ -15,7 +15,7 @@ use super::{Facts, Hit, Outcome, Reason};
 use crate::clock::Timestamp;
 use crate::phone::Destination;
 use crate::rules::{subnet_of, Check, HeuristicRule, KeyKind, Mode, RuleSet, Skip};
-use crate::store::{Entity, Flag, LimitKey, Reading, Store, StoreError, WindowOp};
+use crate::store::{Entity, Flag, LimitKey, Store, StoreError, WindowOp};
 
 /// Key namespaces, mixed into rule ids so that one rule's several kinds of state never
 /// share a key.
@@ -148,27 +148,21 @@ pub(super) async fn evaluate<'f>(
         .map(|r| r.as_ref().ok().filter(|d| d.is_valid()))
         .collect();
 
-    // Recently verified numbers are trusted.
-    let mut trusted = vec![false; dests.len()];
-    if rules.trust_verified.is_some() {
-        let keys: Vec<LimitKey<'f>> = dests
+    // Recently verified numbers are trusted, and auto-blocks may be in force: both are
+    // flags, read in one store operation (one round trip on Redis).
+    let trust_keys: Vec<LimitKey<'f>> = if rules.trust_verified.is_some() {
+        dests
             .iter()
             .map(|d| LimitKey {
                 rule: TRUST,
                 entity: Entity::Number(d.map_or(0, Destination::digits)),
             })
-            .collect();
-        for (i, f) in store.flags(&keys, now).await?.into_iter().enumerate() {
-            trusted[i] = f.is_some() && dests[i].is_some();
-        }
-    }
-    let skipped = |h: &HeuristicRule, i: usize| {
-        trusted[i] || skips.get(i).is_some_and(|s| s.skips_heuristic(&h.name))
+            .collect()
+    } else {
+        Vec::new()
     };
-    let all_skipped =
-        |h: &HeuristicRule| (0..dests.len()).all(|i| dests[i].is_none() || skipped(h, i));
-
-    // Auto-blocks in force.
+    let listed =
+        |h: &HeuristicRule, i: usize| skips.get(i).is_some_and(|s| s.skips_heuristic(&h.name));
     let mut block_keys = Vec::new();
     for &hi in &active {
         let h = &rules.heuristics[hi];
@@ -190,7 +184,7 @@ pub(super) async fn evaluate<'f>(
             }
             _ => {
                 for (i, d) in dests.iter().enumerate() {
-                    if let (Some(d), false) = (d, skipped(h, i)) {
+                    if let (Some(d), false) = (d, listed(h, i)) {
                         if let Some(e) = block_entity(h, Some(d), facts) {
                             block_keys.push((
                                 hi,
@@ -209,11 +203,22 @@ pub(super) async fn evaluate<'f>(
     // A heuristic whose key is blocked already answers with the block; its windows still
     // record the attempt (an attack that goes on stays visible), but it does not fire
     // again, which would extend the block with every refused attempt.
+    let mut trusted = vec![false; dests.len()];
     let mut blocked = std::collections::HashSet::new();
-    if !block_keys.is_empty() {
-        let keys: Vec<LimitKey<'f>> = block_keys.iter().map(|(_, _, k)| *k).collect();
-        for ((hi, at, _), flag) in block_keys.iter().zip(store.flags(&keys, now).await?) {
-            if flag.is_some() {
+    let keys: Vec<LimitKey<'f>> = trust_keys
+        .iter()
+        .copied()
+        .chain(block_keys.iter().map(|(_, _, k)| *k))
+        .collect();
+    if !keys.is_empty() {
+        let mut flags = store.flags(&keys, now).await?;
+        let block_flags = flags.split_off(trust_keys.len());
+        for (i, f) in flags.into_iter().enumerate() {
+            trusted[i] = f.is_some() && dests[i].is_some();
+        }
+        for ((hi, at, _), flag) in block_keys.iter().zip(block_flags) {
+            // A trusted number skips the heuristics, their blocks included.
+            if flag.is_some() && !at.is_some_and(|i| trusted[i]) {
                 blocked.insert(*hi);
                 let h = &rules.heuristics[*hi];
                 out.fire(
@@ -228,6 +233,10 @@ pub(super) async fn evaluate<'f>(
             }
         }
     }
+
+    let skipped = |h: &HeuristicRule, i: usize| trusted[i] || listed(h, i);
+    let all_skipped =
+        |h: &HeuristicRule| (0..dests.len()).all(|i| dests[i].is_none() || skipped(h, i));
 
     let mut plan = Plan {
         now: Vec::new(),
@@ -441,36 +450,34 @@ pub(super) async fn evaluate<'f>(
 
     let now_ops: Vec<WindowOp<'f>> = plan.now.iter().map(|(_, _, op)| *op).collect();
     let later_ops: Vec<WindowOp<'f>> = plan.on_allow.iter().map(|(_, _, op)| *op).collect();
-    let now_reads = if now_ops.is_empty() {
+    // Every window in one store operation (one round trip on Redis). Velocity
+    // observations are recorded as they are read. Sends are added as they are read too
+    // (one atomic operation per window): conversion rates count every attempt — a
+    // refused code request is an unverified one too, so a pumping run cannot slip back
+    // under the minimum volume by being refused — and budget sends are reservations,
+    // given back if the request is refused after all.
+    let all_ops: Vec<WindowOp<'f>> = now_ops.iter().chain(&later_ops).copied().collect();
+    let commits: Vec<bool> = now_ops
+        .iter()
+        .map(|_| commit)
+        .chain(later_ops.iter().map(|op| commit && op.amount > 0))
+        .collect();
+    let mut reads = if all_ops.is_empty() {
         Vec::new()
     } else {
-        store.windows(&now_ops, now, commit).await?
+        store.windows_each(&all_ops, &commits, now).await?
     };
-    // Sends are added as they are read (one atomic operation per window): conversion
-    // rates count every attempt — a refused code request is an unverified one too, so a
-    // pumping run cannot slip back under the minimum volume by being refused — and budget
-    // sends are reservations, given back if the request is refused after all.
-    let (added, read_only): (Vec<usize>, Vec<usize>) =
-        (0..later_ops.len()).partition(|&k| commit && later_ops[k].amount > 0);
-    let mut later_reads = vec![Reading::default(); later_ops.len()];
-    for (idx, add) in [(&added, true), (&read_only, false)] {
-        if idx.is_empty() {
-            continue;
-        }
-        let ops: Vec<WindowOp<'f>> = idx.iter().map(|&k| later_ops[k]).collect();
-        for (&k, r) in idx.iter().zip(store.windows(&ops, now, add).await?) {
-            later_reads[k] = r;
-        }
-    }
-    let reserved: Vec<WindowOp<'f>> = added
-        .iter()
-        .filter(|&&k| {
-            !matches!(
-                rules.heuristics[plan.on_allow[k].0].check,
-                Check::ConversionRate { .. }
-            )
+    let later_reads = reads.split_off(now_ops.len());
+    let now_reads = reads;
+    let reserved: Vec<WindowOp<'f>> = (0..later_ops.len())
+        .filter(|&k| {
+            commits[now_ops.len() + k]
+                && !matches!(
+                    rules.heuristics[plan.on_allow[k].0].check,
+                    Check::ConversionRate { .. }
+                )
         })
-        .map(|&k| later_ops[k])
+        .map(|k| later_ops[k])
         .collect();
 
     let mut fired: Vec<(usize, Option<usize>, Reason)> = Vec::new();

@@ -93,10 +93,11 @@ impl MemoryStore {
 
     /// See [`super::Store::windows`]. Past the key ceiling a new window is read as empty
     /// and not stored (counted as rejected).
-    pub fn windows(&self, ops: &[WindowOp<'_>], now: Timestamp, commit: bool) -> Vec<Reading> {
+    pub fn windows(&self, ops: &[WindowOp<'_>], now: Timestamp, commit: &[bool]) -> Vec<Reading> {
         let now = now.as_nanos();
         ops.iter()
-            .map(|op| {
+            .zip(commit)
+            .map(|(op, &commit)| {
                 let h = self.hasher.hash_one(op.key);
                 let mut stripe = self.windows[stripe_of(h)]
                     .lock()

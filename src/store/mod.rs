@@ -199,6 +199,17 @@ impl Store {
         now: Timestamp,
         commit: bool,
     ) -> Result<Vec<Reading>, StoreError> {
+        self.windows_each(ops, &vec![commit; ops.len()], now).await
+    }
+
+    /// [`Store::windows`] with a commit flag per op, in one store operation (one round
+    /// trip on Redis).
+    pub async fn windows_each(
+        &self,
+        ops: &[WindowOp<'_>],
+        commit: &[bool],
+        now: Timestamp,
+    ) -> Result<Vec<Reading>, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.windows(ops, now, commit)),
             // Redis windows run on the server's clock, shared by every instance.

@@ -531,7 +531,7 @@ impl RedisStore {
     pub async fn windows(
         &self,
         ops: &[WindowOp<'_>],
-        commit: bool,
+        commit: &[bool],
     ) -> Result<Vec<Reading>, StoreError> {
         self.run_windows(ops, commit, false).await
     }
@@ -546,13 +546,15 @@ impl RedisStore {
                 ..*op
             })
             .collect();
-        self.run_windows(&sums, true, true).await.map(drop)
+        self.run_windows(&sums, &vec![true; sums.len()], true)
+            .await
+            .map(drop)
     }
 
     async fn run_windows(
         &self,
         ops: &[WindowOp<'_>],
-        commit: bool,
+        commit: &[bool],
         negative: bool,
     ) -> Result<Vec<Reading>, StoreError> {
         if ops.is_empty() {
@@ -565,9 +567,10 @@ impl RedisStore {
         };
         let run = |g: &Vec<usize>| {
             let mut ks = Vec::with_capacity(g.len() * 2);
-            let mut args = vec![if commit { "1" } else { "0" }.to_owned()];
+            let mut args = Vec::with_capacity(g.len() * 6);
             for &i in g {
                 let op = &ops[i];
+                args.push(if commit[i] { "1" } else { "0" }.to_owned());
                 ks.push(key(&op.key, 'w'));
                 ks.push(key(&op.key, 'm'));
                 args.push(micros(op.window).max(10).to_string());
@@ -605,6 +608,29 @@ impl RedisStore {
         keys: &[LimitKey<'_>],
         now: Timestamp,
     ) -> Result<Vec<Option<Flag>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let parse = |v: Value| match v {
+            Value::BulkString(b) => parse_flag(&b).filter(|f| f.until > now),
+            _ => None,
+        };
+        if !self.cfg.cluster {
+            // One MGET: one round trip.
+            let mut c = redis::cmd("MGET");
+            for k in keys {
+                c.arg(key(k, 'f'));
+            }
+            return match self.call(&c).await? {
+                Value::Array(vs) if vs.len() == keys.len() => {
+                    Ok(vs.into_iter().map(parse).collect())
+                }
+                other => Err(StoreError::Unavailable(format!(
+                    "unexpected MGET reply {other:?}"
+                ))),
+            };
+        }
+        // Keys of a Cluster live in different slots: one GET each, all at once.
         let calls = keys.iter().map(|k| {
             let mut c = redis::cmd("GET");
             c.arg(key(k, 'f'));
@@ -612,10 +638,7 @@ impl RedisStore {
         });
         let mut out = Vec::with_capacity(keys.len());
         for v in futures_util::future::join_all(calls).await {
-            out.push(match v? {
-                Value::BulkString(b) => parse_flag(&b).filter(|f| f.until > now),
-                _ => None,
-            });
+            out.push(parse(v?));
         }
         Ok(out)
     }

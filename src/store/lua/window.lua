@@ -2,24 +2,23 @@
 -- a sum over the last `window` in ten slots, and distinct members (capped) seen in it.
 --
 -- For op i: KEYS[2i-1] a hash (absolute slot index -> sum), KEYS[2i] a sorted set
--- (member -> last seen, us). ARGV[1] "1" to commit; then five per op: window (us),
--- amount (negative to give back a reservation), member ("" for none), cap, near ("" for
--- none).
+-- (member -> last seen, us). Six ARGV per op: "1" to commit it, window (us), amount
+-- (negative to give back a reservation), member ("" for none), cap, near ("" for none).
 --
 -- Returns {total_1, distinct_1, near_1, total_2, ...}: each window as if this request
 -- were added (and, when committing, with it added). Keys expire with their window.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local commit = ARGV[1] == '1'
 local out = {}
 for i = 1, #KEYS / 2 do
   local counts, members = KEYS[2 * i - 1], KEYS[2 * i]
-  local a = 1 + 5 * (i - 1)
-  local window = tonumber(ARGV[a + 1])
-  local amount = tonumber(ARGV[a + 2])
-  local member = ARGV[a + 3]
-  local cap = math.max(tonumber(ARGV[a + 4]), 1)
-  local near_d = ARGV[a + 5]
+  local a = 6 * (i - 1)
+  local commit = ARGV[a + 1] == '1'
+  local window = tonumber(ARGV[a + 2])
+  local amount = tonumber(ARGV[a + 3])
+  local member = ARGV[a + 4]
+  local cap = math.max(tonumber(ARGV[a + 5]), 1)
+  local near_d = ARGV[a + 6]
   local slot = math.max(math.floor(window / 10), 1)
   local cur = math.floor(now / slot)
 
