@@ -96,7 +96,7 @@ pub struct AuditEvent {
 pub struct Audit {
     tx: Option<mpsc::Sender<AuditEvent>>,
     redaction: NumberRedaction,
-    hash_key: u64,
+    hash_key: (u64, u64),
     metrics: Arc<Metrics>,
 }
 
@@ -108,7 +108,7 @@ impl Audit {
         Audit {
             tx: None,
             redaction: NumberRedaction::Full,
-            hash_key: 0,
+            hash_key: (0, 0),
             metrics,
         }
     }
@@ -134,15 +134,16 @@ impl Audit {
         std::thread::Builder::new()
             .name("smsfence-audit".into())
             .spawn(move || writer(rx, target, writer_metrics))?;
-        let hash_key = cfg
-            .hash_key
-            .as_deref()
-            .map(|k| {
-                let mut h = std::hash::DefaultHasher::new();
-                h.write(k.as_bytes());
-                h.finish()
-            })
-            .unwrap_or_else(|| std::hash::RandomState::new().hash_one(0u8));
+        // SipHash-2-4 keyed with two words derived from the configured key: the same key
+        // gives the same hashes on every instance and every build (std's DefaultHasher
+        // does not promise a stable algorithm). Without a key, a random one per process.
+        let hash_key = match cfg.hash_key.as_deref() {
+            Some(k) => (siphash((0, 0), k.as_bytes()), siphash((1, 0), k.as_bytes())),
+            None => {
+                let r = std::hash::RandomState::new();
+                (r.hash_one(0u8), r.hash_one(1u8))
+            }
+        };
         Ok(Audit {
             tx: Some(tx),
             redaction: cfg.numbers,
@@ -173,12 +174,7 @@ impl Audit {
                 let keep = e164.len().saturating_sub(4);
                 format!("{}****", &e164[..keep])
             }
-            NumberRedaction::Hash => {
-                let mut h = std::hash::DefaultHasher::new();
-                h.write_u64(self.hash_key);
-                h.write(e164.as_bytes());
-                format!("h:{:016x}", h.finish())
-            }
+            NumberRedaction::Hash => format!("h:{:016x}", siphash(self.hash_key, e164.as_bytes())),
         }
     }
 }
@@ -237,4 +233,13 @@ fn write_file(path: &PathBuf, max_bytes: u64, buf: &[u8]) -> std::io::Result<()>
     }
     let mut f = open_append(path)?;
     f.write_all(buf)
+}
+
+/// SipHash-2-4 with a 128-bit key: a stable, keyed PRF (std keeps the algorithm
+/// available under its old name).
+#[allow(deprecated)]
+fn siphash(key: (u64, u64), bytes: &[u8]) -> u64 {
+    let mut h = std::hash::SipHasher::new_with_keys(key.0, key.1);
+    h.write(bytes);
+    h.finish()
 }

@@ -263,7 +263,9 @@ pub struct AuditConfig {
     pub numbers: NumberRedaction,
     /// The key for `numbers = "hash"`.
     pub hash_key: Option<String>,
-    /// Rotate the file past this size (bytes); 0 = never (reopen on SIGHUP instead).
+    /// Rotate the file to `<file>.1` past this size (bytes); 0 = never. The file is
+    /// opened anew for every batch of lines, so an external logrotate that moves it
+    /// away needs no signal.
     pub max_bytes: u64,
 }
 

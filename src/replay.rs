@@ -231,6 +231,13 @@ pub async fn replay(
             bad("no number".into());
             continue;
         }
+        // An audit log written with numbers = "masked" or "hash" keeps no number to
+        // decide on: say so rather than decide `invalid_number` (or, for a masked
+        // verification, credit a shorter number).
+        if raw.iter().any(|r| r.contains('*') || r.starts_with("h:")) {
+            bad("the number is masked or hashed: replay needs an audit log written with numbers = \"full\"".into());
+            continue;
+        }
         let recipients: Vec<Recipient> = raw
             .iter()
             .map(|r| phone::normalize(r, format, region))

@@ -117,3 +117,32 @@ fn a_broken_rules_directory_is_a_clear_error() {
     assert!(!ok);
     assert!(stderr.contains("r.toml:1: x:"), "{stderr}");
 }
+
+#[test]
+fn masked_and_hashed_audit_numbers_are_reported_not_decided() {
+    let (dir, a, _b, _file) = setup();
+    let file = dir.path().join("redacted.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            r#"{"ts":"2026-11-22T10:00:00Z","event":"send","number":"+4474001234**"}"#,
+            "\n",
+            r#"{"ts":"2026-11-22T10:00:01Z","event":"verified","number":"h:0123456789abcdef"}"#,
+            "\n",
+            r#"{"ts":"2026-11-22T10:00:02Z","event":"send","number":"+447400123456"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = replay(&["--rules", &a, &file.display().to_string()]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("1 sends, 0 verification outcomes, 2 malformed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("malformed line 1: the number is masked or hashed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("malformed line 2:"), "{stdout}");
+}

@@ -14,6 +14,7 @@ use std::time::Duration;
 use super::{Facts, Hit, Outcome, Reason};
 use crate::clock::Timestamp;
 use crate::phone::Destination;
+use crate::providers::RequestKind;
 use crate::rules::{subnet_of, Check, HeuristicRule, KeyKind, Mode, RuleSet, Skip};
 use crate::store::{Entity, Flag, LimitKey, Store, StoreError, WindowOp};
 
@@ -37,6 +38,10 @@ const DEFAULT_CAP: u16 = 256;
 
 /// The estimated cost of a request: price per segment × segments, for every valid recipient.
 pub fn cost(rules: &RuleSet, facts: &Facts<'_>) -> Option<f64> {
+    // A code check sends no message.
+    if facts.kind == RequestKind::VerifyCheck {
+        return None;
+    }
     let prices = rules.prices.as_ref()?;
     Some(
         facts
