@@ -235,7 +235,7 @@ impl Metrics {
                 upstream_errors.with_label_values(&[p, kind]);
             }
         }
-        for kind in ["timeout", "unavailable", "conversion"] {
+        for kind in ["timeout", "unavailable", "conversion", "verify_ref"] {
             store_errors.with_label_values(&["memory", kind]);
         }
         for fallback in ["open", "closed", "local"] {

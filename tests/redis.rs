@@ -600,3 +600,39 @@ async fn three_round_trips_per_request_with_the_default_rules() {
         assert_eq!(redis.calls(other), 0, "{other}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verify_check_on_another_instance_finds_its_number() {
+    let redis = Redis::start(false);
+    let guard = "[[limit]]\nname = \"guess\"\nkey = \"number\"\nkinds = [\"verify_check\"]\nrate = \"1/10m\"\nburst = 1\n";
+    let cfg = format!(
+        "{}{}",
+        store_config(&[redis.url()], false, ""),
+        all_presets_to("sandbox")
+    );
+    let a = Proxy::start(&cfg, &[("r.toml", guard)]).await;
+    let b = Proxy::start(&cfg, &[("r.toml", guard)]).await;
+    // Vonage Verify: started through A; the check (request_id only) reaches B.
+    let started = send(
+        "POST",
+        &a.url("/v2/verify"),
+        &[JSON],
+        r#"{"brand":"ACME","workflow":[{"channel":"sms","to":"447400123456"}]}"#,
+    )
+    .await;
+    assert_eq!(started.status, 202);
+    let id = started.json()["request_id"].as_str().unwrap().to_owned();
+    let check = |p: &Proxy| {
+        let url = p.url(&format!("/v2/verify/{id}"));
+        async move { send("POST", &url, &[JSON], r#"{"code":"123456"}"#).await }
+    };
+    assert_eq!(check(&b).await.status, 200);
+    let m = send("GET", &b.admin("/metrics"), &[], "").await.text();
+    assert!(
+        m.contains("smsfence_conversions_total{country=\"GB\",outcome=\"verified\",source=\"verify_check\"} 1"),
+        "B recorded the conversion for the number A saw: {m}"
+    );
+    // The check was decided against the number: a second one (on A) hits the guard.
+    let again = check(&a).await;
+    assert_eq!(again.status, 429, "{}", again.text());
+}

@@ -269,12 +269,10 @@ async fn handle_inner<'a>(
         .map(|r| phone::normalize(r, format, route.default_region))
         .collect();
     if recipients.is_empty() {
-        if let Some(d) = extracted
-            .verify_ref
-            .as_deref()
-            .and_then(|r| app.refs.get(r, now))
-        {
-            recipients.push(Ok(d));
+        if let Some(r) = extracted.verify_ref.as_deref() {
+            if let Some(d) = app.verify_ref(r, now).await {
+                recipients.push(Ok(d));
+            }
         }
     }
     if recipients.is_empty() {
@@ -719,6 +717,33 @@ pub fn redact_path(path: &str) -> String {
 }
 
 impl App {
+    /// The number a verification reference went to: this instance's map first, then the
+    /// shared store (a check may reach another instance than its start).
+    async fn verify_ref(
+        &self,
+        reference: &str,
+        now: crate::clock::Timestamp,
+    ) -> Option<Destination> {
+        if let Some(d) = self.refs.get(reference, now) {
+            return Some(d);
+        }
+        match self.store.get_ref(reference).await {
+            Ok(d) => d,
+            Err(e) => {
+                self.store_error("verify_ref", &e);
+                None
+            }
+        }
+    }
+
+    fn store_error(&self, what: &'static str, e: &crate::store::StoreError) {
+        self.metrics
+            .store_errors
+            .with_label_values(&[self.store.kind(), what])
+            .inc();
+        tracing::warn!("state store: {what}: {e}");
+    }
+
     /// Records what a verification outcome says: the reference map and conversions.
     async fn apply_signal(&self, signal: ConversionSignal, recipients: &[Recipient]) {
         let now = self.clock.now();
@@ -727,17 +752,21 @@ impl App {
             ConversionSignal::None => {}
             ConversionSignal::Started { reference } => {
                 if let Some(d) = first {
+                    if let Err(e) = self.store.put_ref(&reference, &d, super::refs::TTL).await {
+                        self.store_error("verify_ref", &e);
+                    }
                     self.refs.insert(reference, d, now);
                 }
             }
             ConversionSignal::Verified { number, reference } => {
-                let dest = first
-                    .or_else(|| {
-                        number.and_then(|n| {
-                            phone::normalize(&n, phone::NumberFormat::E164, None).ok()
-                        })
-                    })
-                    .or_else(|| reference.and_then(|r| self.refs.get(&r, now)));
+                let mut dest = first.or_else(|| {
+                    number.and_then(|n| phone::normalize(&n, phone::NumberFormat::E164, None).ok())
+                });
+                if dest.is_none() {
+                    if let Some(r) = reference {
+                        dest = self.verify_ref(&r, now).await;
+                    }
+                }
                 if let Some(d) = dest {
                     self.record_conversion(&d, "verify_check", true).await;
                 }

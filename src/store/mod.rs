@@ -228,6 +228,33 @@ impl Store {
         }
     }
 
+    /// Shares a verification reference → number with other instances (a no-op in
+    /// memory, where the proxy's own map is the only one).
+    pub async fn put_ref(
+        &self,
+        reference: &str,
+        dest: &crate::phone::Destination,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(r) => r.put_ref(reference, &dest.e164(), ttl).await,
+        }
+    }
+
+    /// A reference another instance shared (`None` in memory).
+    pub async fn get_ref(
+        &self,
+        reference: &str,
+    ) -> Result<Option<crate::phone::Destination>, StoreError> {
+        match self {
+            Store::Memory(_) => Ok(None),
+            Store::Redis(r) => Ok(r.get_ref(reference).await?.and_then(|n| {
+                crate::phone::normalize(&n, crate::phone::NumberFormat::E164, None).ok()
+            })),
+        }
+    }
+
     /// The live flags of these keys (`None` where there is none or it expired).
     pub async fn flags(
         &self,

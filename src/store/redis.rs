@@ -725,6 +725,32 @@ impl RedisStore {
         Ok(hits.len())
     }
 
+    /// Remembers a verification reference → E.164 number for `ttl`, for a check that
+    /// carries no number and may land on another instance.
+    pub async fn put_ref(
+        &self,
+        reference: &str,
+        e164: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut set = redis::cmd("SET");
+        set.arg(ref_key(reference))
+            .arg(e164)
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        self.call(&set).await.map(drop)
+    }
+
+    /// The number a verification reference went to, if any instance remembered it.
+    pub async fn get_ref(&self, reference: &str) -> Result<Option<String>, StoreError> {
+        let mut get = redis::cmd("GET");
+        get.arg(ref_key(reference));
+        Ok(match self.call(&get).await? {
+            Value::BulkString(b) => String::from_utf8(b).ok(),
+            _ => None,
+        })
+    }
+
     /// Drops expired refused-key entries and idle local-fallback keys.
     pub fn sweep(&self, now: Timestamp) -> usize {
         let mut cache = self.refused_lock();
@@ -798,6 +824,12 @@ fn key(k: &LimitKey<'_>, kind: char) -> String {
         Entity::Global => "g".to_owned(),
     };
     format!("sf:{{{entity}}}:{kind}:{:016x}", k.rule)
+}
+
+/// The key of a verification reference (hashed: references are provider ids of any
+/// length and alphabet).
+fn ref_key(reference: &str) -> String {
+    format!("sf:{{v{:016x}}}:r", fnv(reference.as_bytes()))
 }
 
 /// The hash tag of a key built by [`key`].
