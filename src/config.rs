@@ -302,6 +302,11 @@ pub struct RouteConfig {
     /// What to do with requests the preset cannot read.
     #[serde(default)]
     pub on_unsupported: OnUnsupported,
+    /// A throttle whose retry-after is longer than this is answered as a block (the
+    /// provider's non-retryable error), for SDKs that sleep out a 429's `Retry-After` by
+    /// themselves; `"off"` never. Default: `"10s"` for Sinch, off elsewhere.
+    #[serde(default)]
+    pub max_retry_after: Option<String>,
     /// The extractor of a `generic` route.
     #[serde(default)]
     pub generic: Option<GenericConfig>,
@@ -340,6 +345,8 @@ pub struct Route {
     pub number_format: Option<NumberFormat>,
     /// Unreadable requests: refuse or pass through.
     pub on_unsupported: OnUnsupported,
+    /// Throttles longer than this are answered as blocks (see [`RouteConfig`]).
+    pub max_retry_after: Option<Duration>,
     /// The generic extractor, compiled.
     pub generic: Option<crate::providers::generic::Generic>,
 }
@@ -473,6 +480,17 @@ impl Config {
                 }
                 (_, None) => None,
             };
+            let max_retry_after = match r.max_retry_after.as_deref() {
+                None => default_max_retry_after(r.preset),
+                Some("off") => None,
+                Some(s) => Some(crate::clock::parse_duration(s).ok_or_else(|| {
+                    err(
+                        start,
+                        key("max_retry_after"),
+                        format!("{s:?} is not a duration (e.g. \"10s\") or \"off\""),
+                    )
+                })?),
+            };
             routes.push(Route {
                 name: r.name.clone(),
                 preset: r.preset,
@@ -481,11 +499,19 @@ impl Config {
                 default_region,
                 number_format: r.number_format,
                 on_unsupported: r.on_unsupported,
+                max_retry_after,
                 generic,
             });
         }
         Ok(routes)
     }
+}
+
+/// The Sinch SDKs sleep out a 429's `Retry-After` and retry three times: a per-number
+/// cooldown of minutes would hang the app's call for that long, three times over. Past
+/// ten seconds a Sinch throttle is answered as a block, which they raise at once.
+fn default_max_retry_after(preset: Preset) -> Option<Duration> {
+    (preset == Preset::Sinch).then_some(Duration::from_secs(10))
 }
 
 /// One route per provider preset, all to the sandbox: the embedded default.
@@ -500,6 +526,7 @@ pub fn default_routes() -> Vec<Route> {
             default_region: None,
             number_format: None,
             on_unsupported: OnUnsupported::Refuse,
+            max_retry_after: default_max_retry_after(preset),
             generic: None,
         })
         .collect()

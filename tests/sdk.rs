@@ -218,6 +218,8 @@ struct Case {
     /// a 429 by itself.
     throttle_requests: u64,
     block: Expect,
+    /// Extra lines for the provider's route (e.g. `max_retry_after = "off"`).
+    route_extra: &'static str,
 }
 
 fn check(what: &str, got: &Outcome, want: &Expect, reason: &str) {
@@ -237,7 +239,10 @@ fn check(what: &str, got: &Outcome, want: &Expect, reason: &str) {
 
 async fn run_case(c: &Case) {
     let up = MockUpstream::with(upstream_reply).await;
-    let p = Proxy::start(&all_presets_to(&up.url()), &[("r.toml", RULES)]).await;
+    let preset = format!("preset = \"{}\"\n", c.provider);
+    let config =
+        all_presets_to(&up.url()).replace(&preset, &format!("{preset}{}\n", c.route_extra));
+    let p = Proxy::start(&config, &[("r.toml", RULES)]).await;
     let base = p.url("");
     let number = "+447400123456";
     let (lang, provider) = (c.lang, c.provider);
@@ -334,6 +339,7 @@ async fn twilio_python() {
         throttle: expect("TwilioRestException", Some(429), j!(20429)),
         throttle_requests: 1,
         block: expect("TwilioRestException", Some(400), j!(21612)),
+        route_extra: "",
     })
     .await;
 }
@@ -346,6 +352,7 @@ async fn twilio_node() {
         throttle: expect("RestException", Some(429), j!(20429)),
         throttle_requests: 1,
         block: expect("RestException", Some(400), j!(21612)),
+        route_extra: "",
     })
     .await;
 }
@@ -359,6 +366,7 @@ async fn telnyx_python() {
         throttle: expect("RateLimitError", Some(429), j!("10011")),
         throttle_requests: 1,
         block: expect("PermissionDeniedError", Some(403), j!("40300")),
+        route_extra: "",
     })
     .await;
 }
@@ -371,6 +379,7 @@ async fn telnyx_node() {
         throttle: expect("RateLimitError", Some(429), j!("10011")),
         throttle_requests: 1,
         block: expect("PermissionDeniedError", Some(403), j!("40300")),
+        route_extra: "",
     })
     .await;
 }
@@ -388,6 +397,7 @@ async fn plivo_python() {
         },
         throttle_requests: 1,
         block: expect("ValidationError", None, Value::Null),
+        route_extra: "",
     })
     .await;
 }
@@ -403,6 +413,7 @@ async fn vonage_python() {
         throttle: expect("SmsError", Some(200), j!("1")),
         throttle_requests: 1,
         block: expect("SmsError", Some(200), j!("7")),
+        route_extra: "",
     })
     .await;
 }
@@ -415,20 +426,38 @@ async fn vonage_node() {
         throttle: expect("MessageSendPartialFailure", None, j!("1")),
         throttle_requests: 1,
         block: expect("MessageSendPartialFailure", None, j!("7")),
+        route_extra: "",
     })
     .await;
 }
 
-/// The Sinch SDK retries a 429 three times, each after the Retry-After smsfence sent;
-/// a block is a 403, which it does not retry.
+/// The Sinch SDK retries a 429 three times, each after the Retry-After smsfence sent, so
+/// by default a Sinch throttle longer than 10 s (here the 60 s cooldown) is answered as a
+/// block: a 403, raised at once, with reason `rate_limited`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sinch_python() {
+    run(Case {
+        lang: Lang::Python,
+        provider: "sinch",
+        throttle: expect("SmsException", Some(403), j!("forbidden")),
+        throttle_requests: 1,
+        block: expect("SmsException", Some(403), j!("forbidden")),
+        route_extra: "",
+    })
+    .await;
+}
+
+/// With `max_retry_after = "off"` the throttle is the native 429, which the SDK retries
+/// three times after Retry-After (on a virtual clock here) before raising.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinch_python_native_429() {
     run(Case {
         lang: Lang::Python,
         provider: "sinch",
         throttle: expect("SmsException", Some(429), j!("too_many_requests")),
         throttle_requests: 4,
         block: expect("SmsException", Some(403), j!("forbidden")),
+        route_extra: "max_retry_after = \"off\"",
     })
     .await;
 }
@@ -443,6 +472,7 @@ async fn infobip_python() {
         throttle: expect("ApiException", Some(429), j!("E429")),
         throttle_requests: 1,
         block: expect("ForbiddenException", Some(403), j!("E403")),
+        route_extra: "",
     })
     .await;
 }

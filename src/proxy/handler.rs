@@ -354,8 +354,14 @@ async fn handle_inner<'a>(
             ctx.outcome = Outcome::Throttled;
             event.reasons = vec![hit.reason.as_str()];
             event.rule = Some(hit.rule.to_string());
-            let kind = RefusalKind::Throttle {
-                retry_after: *retry_after,
+            // A throttle longer than the route accepts is answered as a block, so that an
+            // SDK that sleeps out Retry-After by itself raises at once (reason unchanged).
+            let kind = if route.max_retry_after.is_some_and(|m| *retry_after > m) {
+                RefusalKind::Block
+            } else {
+                RefusalKind::Throttle {
+                    retry_after: *retry_after,
+                }
             };
             refusal_response(op, route, kind, hit, recipients.len(), &request_id)
         }
