@@ -87,7 +87,13 @@ fn body(c: &Case, to: &str) -> String {
 #[tokio::test]
 async fn every_preset_forwards_blocks_and_throttles_natively() {
     let up = MockUpstream::with(|_| Reply::json(200, r#"{"ok":true}"#)).await;
-    let p = Proxy::start(&all_presets_to(&up.url()), &[("r.toml", RULES)]).await;
+    // Every preset's native throttle, Sinch's included (by default a Sinch throttle over
+    // 10 s is a block: `long_sinch_throttles_are_blocks`).
+    let config = all_presets_to(&up.url()).replace(
+        "preset = \"sinch\"\n",
+        "preset = \"sinch\"\nmax_retry_after = \"off\"\n",
+    );
+    let p = Proxy::start(&config, &[("r.toml", RULES)]).await;
     for (i, c) in CASES.iter().enumerate() {
         let number = format!("+4474001234{i:02}");
         let send_body = body(c, &number);
@@ -330,4 +336,24 @@ async fn verify_checks_are_counted_against_the_number_and_record_conversions() {
         ),
         "{m}"
     );
+}
+
+#[tokio::test]
+async fn long_sinch_throttles_are_blocks() {
+    let up = MockUpstream::with(|_| Reply::json(201, r#"{"id":"01"}"#)).await;
+    let short = "[[limit]]\nname = \"burst\"\nkey = \"number\"\nrate = \"1/5s\"\nburst = 1\n";
+    for (rules, status, retry_after) in [(RULES, 403, None), (short, 429, Some("5"))] {
+        let p = Proxy::start(&all_presets_to(&up.url()), &[("r.toml", rules)]).await;
+        let c = CASES.iter().find(|c| c.preset == "sinch").unwrap();
+        let body = body(c, "+447400123456");
+        let url = p.url(c.path);
+        let first = send("POST", &url, &[c.content_type, BASIC], body.clone()).await;
+        assert_eq!(first.status, 201);
+        let t = send("POST", &url, &[c.content_type, BASIC], body).await;
+        // 60 s is longer than Sinch's default max_retry_after (10 s): a 403 the SDK does
+        // not sleep on; 5 s stays the native 429.
+        assert_eq!(t.status.as_u16(), status, "{}", t.text());
+        assert_eq!(t.header("smsfence-reason"), Some("rate_limited"));
+        assert_eq!(t.header("retry-after"), retry_after);
+    }
 }
