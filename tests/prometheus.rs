@@ -18,25 +18,7 @@ fn repo() -> PathBuf {
 }
 
 fn ensure_prometheus() {
-    let have = |b: &str| {
-        Command::new(b)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if have("promtool") && have("prometheus") {
-        return;
-    }
-    let status = Command::new("bash")
-        .arg(repo().join("scripts/install-prometheus.sh"))
-        .status()
-        .expect("run the installer");
-    assert!(
-        status.success() && have("promtool"),
-        "scripts/install-prometheus.sh could not install prometheus"
-    );
+    ensure_tools(&["promtool", "prometheus"], "install-prometheus.sh");
 }
 
 /// Kills the child on drop, also when the test fails.
@@ -47,14 +29,6 @@ impl Drop for Guard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

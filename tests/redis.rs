@@ -11,44 +11,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn ensure_redis() {
-    let have = |b: &str| {
-        Command::new(b)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if have("redis-server") && have("redis-cli") {
-        return;
-    }
-    let status = Command::new("bash")
-        .arg(repo().join("scripts/install-redis.sh"))
-        .status()
-        .expect("run the installer");
-    assert!(
-        status.success() && have("redis-server"),
-        "scripts/install-redis.sh could not install redis"
-    );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    ensure_tools(&["redis-server", "redis-cli"], "install-redis.sh");
 }
 
 /// A `redis-server` on loopback, killed on drop (also when the test fails).

@@ -24,7 +24,7 @@ const STRIPES: usize = 64;
 
 /// Keys are already uniformly distributed keyed hashes: hash them as themselves.
 #[derive(Default)]
-struct IdHasher(u64);
+pub(super) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {

@@ -22,7 +22,7 @@
 //! it again. Nothing here logs a phone number: errors carry Redis' message only.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -32,7 +32,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
 
-use super::memory::MemoryStore;
+use super::memory::{IdHasher, MemoryStore};
 use super::window::Reading;
 use super::{Entity, Flag, GcraCheck, GcraOutcome, LimitKey, StoreError, StoreStats, WindowOp};
 use crate::clock::{duration_nanos, Timestamp};
@@ -126,22 +126,6 @@ impl Breaker {
         self.lock()
             .1
             .is_some_and(|until| tokio::time::Instant::now() < until)
-    }
-}
-
-/// Keys are FNV hashes already; hash them as themselves.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = fnv(bytes);
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
     }
 }
 

@@ -328,3 +328,39 @@ pub fn all_presets_to(upstream: &str) -> String {
         })
         .collect()
 }
+
+/// Makes sure these programs run (`--version`), else runs the project's installer
+/// (`scripts/<installer>`), and fails loudly if they still do not.
+pub fn ensure_tools(programs: &[&str], installer: &str) {
+    let have = |b: &str| {
+        std::process::Command::new(b)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if programs.iter().all(|p| have(p)) {
+        return;
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(installer);
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .status()
+        .expect("run the installer");
+    assert!(
+        status.success() && programs.iter().all(|p| have(p)),
+        "{} could not install {programs:?}",
+        script.display()
+    );
+}
+
+/// A loopback port free right now (for servers that cannot report the one they bound).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
