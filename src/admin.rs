@@ -93,7 +93,7 @@ pub async fn handle(
             // local) but does not stop the proxy, so readiness fails only when the
             // operator said the store is required.
             let rules = app.rules.snapshot();
-            let healthy = app.store.healthy();
+            let healthy = app.store.ping().await;
             let (code, status) = match (healthy, admin.require_store) {
                 (true, _) => (StatusCode::OK, "ready"),
                 (false, false) => (StatusCode::OK, "degraded"),

@@ -292,10 +292,8 @@ async fn serve(
         clock: Arc::new(SystemClock::new()),
     })
     .await?;
-    // Build the fast normalization tables of every calling code now, off the request
-    // path, instead of at each code's first request (the first request of a country
-    // would otherwise wait for its table).
-    tokio::task::spawn_blocking(smsfence::phone::fast::warm_up);
+    // Numbering metadata and the busiest countries' tables, off the request path.
+    tokio::task::spawn_blocking(smsfence::phone::warm_up);
     banner(&instance, &rules, json_logs);
 
     use tokio::signal::unix::{signal, SignalKind};

@@ -23,6 +23,7 @@ fn ensure_redis() {
 /// A `redis-server` on loopback, killed on drop (also when the test fails).
 struct Redis {
     port: u16,
+    bus_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -32,6 +33,7 @@ impl Redis {
         ensure_redis();
         let mut r = Redis {
             port: free_port(),
+            bus_port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
         };
@@ -48,7 +50,10 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if cluster {
-            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
+            // The bus port explicitly: by default it is port + 10000, which may not exist.
+            cmd.args(["--cluster-enabled", "yes", "--cluster-port"])
+                .arg(self.bus_port.to_string())
+                .arg("--cluster-config-file")
                 .arg(self.dir.path().join("nodes.conf"));
         }
         self.child = Some(cmd.spawn().expect("start redis-server"));
@@ -110,12 +115,23 @@ fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-fn store_config(urls: &[String], cluster: bool, extra: &str) -> String {
+/// A `[store]` section. Tests of exact counts use a generous timeout so that a loaded
+/// machine cannot turn a slow answer into a degraded decision (and they check none was).
+fn store_config(urls: &[String], cluster: bool, timeout: &str, extra: &str) -> String {
     let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
     format!(
-        "[store]\nkind = \"redis\"\nurls = [{}]\ncluster = {cluster}\ntimeout = \"200ms\"\nsweep_interval = \"1h\"\n{extra}\n",
+        "[store]\nkind = \"redis\"\nurls = [{}]\ncluster = {cluster}\ntimeout = \"{timeout}\"\nsweep_interval = \"1h\"\n{extra}\n",
         urls.join(", ")
     )
+}
+
+/// Decisions made without the store, over every fallback.
+async fn degraded(p: &Proxy) -> u64 {
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    m.lines()
+        .filter(|l| l.starts_with("smsfence_degraded_decisions_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 async fn two_instances(
@@ -126,7 +142,7 @@ async fn two_instances(
 ) -> (Proxy, Proxy) {
     let cfg = format!(
         "{}{}",
-        store_config(redis_urls, cluster, ""),
+        store_config(redis_urls, cluster, "2s", ""),
         all_presets_to(&up.url())
     );
     let a = Proxy::start(&cfg, &[("r.toml", rules)]).await;
@@ -148,7 +164,7 @@ async fn burst(a: &Proxy, b: &Proxy, numbers: &[String]) -> Vec<u16> {
 async fn two_instances_share_a_per_number_limit_exactly() {
     let redis = Redis::start(false);
     let up = MockUpstream::start().await;
-    let rules = "[[limit]]\nname = \"per-number\"\nkey = \"number\"\nrate = \"5/1h\"\nburst = 5\n";
+    let rules = "[[limit]]\nname = \"per-number\"\nkey = \"number\"\nrate = \"5/1h\"\nburst = 5\non_store_error = \"closed\"\n";
     let (a, b) = two_instances(&[redis.url()], false, &up, rules).await;
     let numbers = vec!["+447400123456".to_owned(); 40];
     let statuses = burst(&a, &b, &numbers).await;
@@ -166,6 +182,11 @@ async fn two_instances_share_a_per_number_limit_exactly() {
         up.requests().len(),
         5,
         "exactly the allowed count reached the upstream"
+    );
+    assert_eq!(
+        degraded(&a).await + degraded(&b).await,
+        0,
+        "every decision by Redis"
     );
     // Both instances did refuse some: the state really is shared.
     for p in [&a, &b] {
@@ -192,6 +213,11 @@ async fn two_instances_share_distinct_numbers_per_prefix() {
         "{statuses:?}"
     );
     assert_eq!(up.requests().len(), 8);
+    assert_eq!(
+        degraded(&a).await + degraded(&b).await,
+        0,
+        "every decision by Redis"
+    );
     // Another block is unaffected.
     assert_eq!(twilio_send(&a, "+447400999001", &[]).await.status, 201);
 }
@@ -211,6 +237,11 @@ async fn two_instances_share_a_spend_budget_exactly() {
         "{statuses:?}"
     );
     assert_eq!(up.requests().len(), 5);
+    assert_eq!(
+        degraded(&a).await + degraded(&b).await,
+        0,
+        "every decision by Redis"
+    );
 }
 
 /// Rule files for the fault test: one limit per `on_store_error` mode, each on its own
@@ -231,6 +262,7 @@ async fn redis_killed_mid_traffic_each_mode_behaves_and_recovers() {
             store_config(
                 std::slice::from_ref(&url),
                 false,
+                "200ms",
                 "breaker_failures = 3\nbreaker_cooldown = \"200ms\"\n"
             ),
             all_presets_to(&up.url())
@@ -336,6 +368,7 @@ async fn require_store_refuses_to_start_without_redis() {
         store_config(
             &[format!("redis://127.0.0.1:{port}")],
             false,
+            "2s",
             "require_store = true\nconnect_timeout = \"300ms\"\n"
         )
     );
@@ -360,6 +393,7 @@ async fn require_store_refuses_to_start_without_redis() {
         store_config(
             &[format!("redis://127.0.0.1:{port}")],
             false,
+            "2s",
             "connect_timeout = \"300ms\"\n"
         ),
         all_presets_to(&up.url())
@@ -382,12 +416,13 @@ async fn all_or_nothing_across_slots(urls: &[String], cluster: bool) {
                 [[limit]]\nname = \"per-prefix\"\nkey = \"prefix\"\ndrop_digits = 3\nrate = \"2/1h\"\nburst = 2\n";
     let cfg = format!(
         "{}{}",
-        store_config(urls, cluster, ""),
+        store_config(urls, cluster, "2s", ""),
         all_presets_to(&up.url())
     );
     let p = Proxy::start(&cfg, &[("r.toml", both)]).await;
     assert_eq!(twilio_send(&p, "+447400123001", &[]).await.status, 201);
-    assert_eq!(twilio_send(&p, "+447400123002", &[]).await.status, 201);
+    let a = twilio_send(&p, "+447400123002", &[]).await;
+    assert_eq!(a.status, 201, "{}", a.text());
     let refused = twilio_send(&p, "+447400123003", &[]).await;
     assert_eq!(refused.status, 429);
     assert_eq!(refused.header("smsfence-rule"), Some("per-prefix"));
@@ -484,6 +519,11 @@ async fn three_master_cluster() {
         "{statuses:?}"
     );
     assert_eq!(up.requests().len(), 24);
+    assert_eq!(
+        degraded(&a).await + degraded(&b).await,
+        0,
+        "every decision by Redis"
+    );
     let spread = cluster.spread();
     assert!(
         spread.iter().filter(|&&n| n > 0).count() >= 2,
@@ -502,7 +542,7 @@ async fn one_round_trip_per_request_for_the_limits() {
                  [[limit]]\nname = \"global\"\nkey = \"global\"\nrate = \"1000/1h\"\nburst = 1000\n";
     let cfg = format!(
         "{}{}",
-        store_config(&[redis.url()], false, ""),
+        store_config(&[redis.url()], false, "2s", ""),
         all_presets_to(&up.url())
     );
     let p = Proxy::start(&cfg, &[("r.toml", rules)]).await;
@@ -541,7 +581,7 @@ async fn three_round_trips_per_request_with_the_default_rules() {
     let up = MockUpstream::start().await;
     let cfg = format!(
         "{}{}",
-        store_config(&[redis.url()], false, ""),
+        store_config(&[redis.url()], false, "2s", ""),
         all_presets_to(&up.url())
     );
     let p = Proxy::start_default_rules(&cfg).await;
@@ -576,7 +616,7 @@ async fn a_verify_check_on_another_instance_finds_its_number() {
     let guard = "[[limit]]\nname = \"guess\"\nkey = \"number\"\nkinds = [\"verify_check\"]\nrate = \"1/10m\"\nburst = 1\n";
     let cfg = format!(
         "{}{}",
-        store_config(&[redis.url()], false, ""),
+        store_config(&[redis.url()], false, "2s", ""),
         all_presets_to("sandbox")
     );
     let a = Proxy::start(&cfg, &[("r.toml", guard)]).await;
@@ -604,4 +644,103 @@ async fn a_verify_check_on_another_instance_finds_its_number() {
     // The check was decided against the number: a second one (on A) hits the guard.
     let again = check(&a).await;
     assert_eq!(again.status, 429, "{}", again.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_flushed_from_redis_are_loaded_again() {
+    let redis = Redis::start(false);
+    let up = MockUpstream::start().await;
+    let rules = "[[limit]]\nname = \"per-number\"\nkey = \"number\"\nrate = \"1/1h\"\nburst = 1\non_store_error = \"closed\"\n";
+    let cfg = format!(
+        "{}{}",
+        store_config(&[redis.url()], false, "2s", ""),
+        all_presets_to(&up.url())
+    );
+    let p = Proxy::start(&cfg, &[("r.toml", rules)]).await;
+    assert_eq!(twilio_send(&p, "+447400123001", &[]).await.status, 201);
+    // A restarted or failed-over node has no scripts: NOSCRIPT, then EVAL loads it again.
+    redis.cli(&["SCRIPT", "FLUSH"]).unwrap();
+    redis.cli(&["CONFIG", "RESETSTAT"]).unwrap();
+    let a = twilio_send(&p, "+447400123002", &[]).await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    assert_eq!(twilio_send(&p, "+447400123002", &[]).await.status, 429);
+    assert_eq!(
+        redis.calls("eval"),
+        1,
+        "one EVAL after the NOSCRIPT, EVALSHA again after"
+    );
+    assert_eq!(redis.calls("evalsha"), 2);
+    assert_eq!(degraded(&p).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_gives_its_budget_reservation_back() {
+    let redis = Redis::start(false);
+    let up = MockUpstream::start().await;
+    // 0.10 a send, 0.55 an hour: five sends. At most 2 distinct numbers per 1k block.
+    let rules = "[prices]\ndefault = 0.10\n\
+                 [[heuristic]]\nname = \"spend\"\nkind = \"spend_budget\"\nhourly = 0.55\n\
+                 [[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [3]\nwindow = \"10m\"\nmax_distinct = 2\n";
+    let cfg = format!(
+        "{}{}",
+        store_config(&[redis.url()], false, "2s", ""),
+        all_presets_to(&up.url())
+    );
+    let p = Proxy::start(&cfg, &[("r.toml", rules)]).await;
+    for (to, want) in [
+        ("+447400123001", 201),
+        ("+447400123002", 201),
+        // The third number of the block is refused by the velocity rule: its spend
+        // reservation is given back.
+        ("+447400123003", 403),
+        ("+447400555001", 201),
+        ("+447400666001", 201),
+        ("+447400777001", 201),
+        // Five sends spent: the budget is used up.
+        ("+447400888001", 403),
+    ] {
+        let a = twilio_send(&p, to, &[]).await;
+        assert_eq!(a.status, want, "{to}: {}", a.text());
+    }
+    let last = twilio_send(&p, "+447400999001", &[]).await;
+    assert_eq!(last.header("smsfence-reason"), Some("spend_budget"));
+    assert_eq!(up.requests().len(), 5);
+    assert_eq!(degraded(&p).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_costs_a_request_one_timeout_not_one_per_call() {
+    let redis = Redis::start(false);
+    let up = MockUpstream::start().await;
+    // Limits (enforced and shadow) and heuristics: five store calls if each waited.
+    let rules = "[[limit]]\nname = \"per-number\"\nkey = \"number\"\nrate = \"1/1h\"\nburst = 1\non_store_error = \"open\"\n\
+                 [[limit]]\nname = \"shadow-prefix\"\nmode = \"shadow\"\nkey = \"prefix\"\ndrop_digits = 3\nrate = \"1/1h\"\nburst = 1\n\
+                 [[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [3]\nwindow = \"10m\"\nmax_distinct = 5\n";
+    let cfg = format!(
+        "{}{}",
+        store_config(&[redis.url()], false, "400ms", "breaker_failures = 1000\n"),
+        all_presets_to(&up.url())
+    );
+    let p = Proxy::start(&cfg, &[("r.toml", rules)]).await;
+    assert_eq!(twilio_send(&p, "+447400123001", &[]).await.status, 201);
+    // Freeze Redis: connections stay open, nothing answers.
+    let pid = redis.child.as_ref().unwrap().id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let started = Instant::now();
+    let a = twilio_send(&p, "+447400123002", &[]).await;
+    let took = started.elapsed();
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    assert_eq!(a.status, 201, "fail open");
+    assert!(
+        took < Duration::from_millis(790),
+        "one store timeout (400 ms), not one per store call: {took:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(400),
+        "it did wait for the store: {took:?}"
+    );
 }

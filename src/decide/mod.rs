@@ -390,12 +390,17 @@ pub async fn decide(
     let mut degraded = false;
     let mut used_local = false;
     let mut rate_limit = None;
+    // The limits' tokens this request took, to give back if a heuristic refuses it.
+    let mut taken: Vec<GcraCheck<'_>> = Vec::new();
     if out.allowed() {
         let (checks, owners) = limit_checks(rules, facts, &skips, Mode::Enforce, out.shadow_all);
         if !checks.is_empty() {
             match store.gcra(&checks, now, commit == Commit::Yes).await {
                 Ok(GcraOutcome::Allowed { states }) => {
                     rate_limit = rate_limit_info(&checks, &owners, rules, &states);
+                    if commit == Commit::Yes {
+                        taken = checks.clone();
+                    }
                 }
                 Ok(GcraOutcome::Refused {
                     index,
@@ -421,7 +426,9 @@ pub async fn decide(
                 }
                 Err(_) => {
                     degraded = true;
-                    let local = store.fallback().map(|m| {
+                    let closed = owners.iter().any(|(r, _)| rules.limits[*r].fails_closed());
+                    // A closed rule refuses anyway: the fallback must not take tokens then.
+                    let local = store.fallback().filter(|_| !closed).map(|m| {
                         // The limits that fall back to the in-process limiter.
                         let at: Vec<usize> = (0..checks.len())
                             .filter(|&i| {
@@ -472,7 +479,10 @@ pub async fn decide(
             }
         }
     }
-    if out.allowed() && !rules.heuristics.is_empty() {
+    // One deadline per request: after a store failure the remaining store calls would
+    // only wait out their own timeouts, so they are skipped (heuristics and shadow
+    // limits fail open).
+    if out.allowed() && !rules.heuristics.is_empty() && !degraded {
         match heuristics::evaluate(
             rules,
             store,
@@ -485,11 +495,18 @@ pub async fn decide(
         .await
         {
             Ok(reserved) => {
-                if commit == Commit::Yes
-                    && !out.allowed()
-                    && heuristics::give_back(store, &reserved, now).await.is_err()
-                {
-                    degraded = true;
+                // Refused by a heuristic: nothing of the request stays counted — neither
+                // its budget reservations nor the limits' tokens (all-or-nothing).
+                if commit == Commit::Yes && !out.allowed() {
+                    let budgets = heuristics::give_back(store, &reserved, now).await;
+                    let tokens = if taken.is_empty() {
+                        Ok(())
+                    } else {
+                        store.gcra_give_back(&taken, now).await
+                    };
+                    if budgets.is_err() || tokens.is_err() {
+                        degraded = true;
+                    }
                 }
             }
             Err(_) => degraded = true,
@@ -498,9 +515,10 @@ pub async fn decide(
     // Shadow limits (and every limit under global shadow) are evaluated one rule at a time,
     // consuming only when the request goes through.
     let consume_shadow = commit == Commit::Yes && out.allowed();
+    let shadow_limits = !degraded;
     let (checks, owners) = limit_checks(rules, facts, &skips, Mode::Shadow, out.shadow_all);
     let mut start = 0;
-    while start < checks.len() {
+    while shadow_limits && start < checks.len() {
         let rule = owners[start].0;
         let end = start
             + owners[start..]
@@ -521,7 +539,10 @@ pub async fn decide(
                 );
             }
             Ok(GcraOutcome::Allowed { .. }) => {}
-            Err(_) => degraded = true,
+            Err(_) => {
+                degraded = true;
+                break;
+            }
         }
         start = end;
     }

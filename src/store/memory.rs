@@ -62,6 +62,9 @@ pub struct MemoryStore {
     /// Clock time (ns) of the last full sweep forced by the ceiling: at most one a second,
     /// so a flood of new keys cannot turn every request into a scan of the whole store.
     last_full_sweep: AtomicU64,
+    /// Clock time (ns) each stripe was last swept for room: at most once a second per
+    /// stripe, so that past the ceiling a new key does not cost a scan of its stripe.
+    stripe_swept: Box<[AtomicU64]>,
     /// Heuristic windows by key hash (bounded by `max_keys` too).
     windows: Box<[Mutex<HashedMap<Window>>]>,
     /// Flags (auto-blocks, verified numbers) by key hash.
@@ -78,6 +81,7 @@ impl MemoryStore {
                 .map(|_| Mutex::new(Stripe::default()))
                 .collect(),
             hasher: RandomState::new(),
+            stripe_swept: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             len: AtomicUsize::new(0),
             max_keys,
             evicted: AtomicU64::new(0),
@@ -105,6 +109,11 @@ impl MemoryStore {
                 let window_ns = duration_nanos(op.window);
                 let cap = usize::from(op.cap);
                 if let Some(w) = stripe.get_mut(&h) {
+                    // A reload changed the window's length: what it held was measured
+                    // in other slots, start again.
+                    if !w.has_length(window_ns) {
+                        *w = Window::new(window_ns);
+                    }
                     return w.apply(now, op.amount, op.member, cap, op.near, commit);
                 }
                 let mut w = Window::new(window_ns);
@@ -120,6 +129,18 @@ impl MemoryStore {
                 reading
             })
             .collect()
+    }
+
+    /// See [`super::Store::gcra_give_back`].
+    pub fn gcra_give_back(&self, checks: &[GcraCheck<'_>], _now: Timestamp) {
+        for c in checks {
+            let h = self.hasher.hash_one(c.key);
+            let mut stripe = self.lock(stripe_of(h));
+            if let Some(tat) = stripe.get_mut(&h) {
+                let took = duration_nanos(c.interval).max(1) * u64::from(c.cost);
+                *tat = tat.saturating_sub(took);
+            }
+        }
     }
 
     /// See [`super::Store::give_back`].
@@ -255,7 +276,11 @@ impl MemoryStore {
                 let g = stripe(&mut guards, h);
                 let is_new = !guards[g].1.contains_key(&h);
                 if is_new && self.len.load(Ordering::Relaxed) >= self.max_keys {
-                    self.sweep_stripe(&mut guards[g].1, now);
+                    let swept = &self.stripe_swept[guards[g].0];
+                    if now.saturating_sub(swept.load(Ordering::Relaxed)) >= 1_000_000_000 {
+                        swept.store(now, Ordering::Relaxed);
+                        self.sweep_stripe(&mut guards[g].1, now);
+                    }
                     if self.len.load(Ordering::Relaxed) >= self.max_keys {
                         let last = self.last_full_sweep.load(Ordering::Relaxed);
                         if may_sweep && now.saturating_sub(last) >= 1_000_000_000 {

@@ -169,6 +169,14 @@ impl Store {
         }
     }
 
+    /// Whether the store answers now: a round trip to Redis (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        match self {
+            Store::Memory(_) => true,
+            Store::Redis(r) => r.ping().await,
+        }
+    }
+
     /// The in-process limiter that rules with `on_store_error = "local"` fall back to
     /// when a shared store fails (`None` for the memory store, which cannot fail).
     pub fn fallback(&self) -> Option<&memory::MemoryStore> {
@@ -214,6 +222,22 @@ impl Store {
             Store::Memory(m) => Ok(m.windows(ops, now, commit)),
             // Redis windows run on the server's clock, shared by every instance.
             Store::Redis(r) => r.windows(ops, commit).await,
+        }
+    }
+
+    /// Gives back the tokens that passing `checks` took (their request was refused later,
+    /// by a heuristic).
+    pub async fn gcra_give_back(
+        &self,
+        checks: &[GcraCheck<'_>],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.gcra_give_back(checks, now);
+                Ok(())
+            }
+            Store::Redis(r) => r.gcra_give_back(checks).await,
         }
     }
 

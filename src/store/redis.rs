@@ -78,8 +78,9 @@ impl Conn {
     }
 }
 
-/// Trips after `threshold` consecutive failures and stays open for `cooldown`; then
-/// lets calls through again (the first success closes it).
+/// Trips after `threshold` consecutive failures and stays open for `cooldown`; then lets
+/// one probe call through per cooldown (everyone else still fails at once): the probe's
+/// success closes it, its failure keeps it open.
 #[derive(Debug)]
 struct Breaker {
     threshold: u32,
@@ -95,12 +96,12 @@ impl Breaker {
 
     fn allows(&self) -> bool {
         let mut s = self.lock();
+        let now = tokio::time::Instant::now();
         match s.1 {
-            Some(until) if tokio::time::Instant::now() < until => false,
+            Some(until) if now < until => false,
             Some(_) => {
-                // Half-open: let calls through; one more failure opens it again.
-                s.0 = self.threshold.saturating_sub(1);
-                s.1 = None;
+                // Half-open: this call is the probe; the others fail at once meanwhile.
+                s.1 = Some(now + self.cooldown);
                 true
             }
             None => true,
@@ -115,9 +116,10 @@ impl Breaker {
     fn failure(&self) -> bool {
         let mut s = self.lock();
         s.0 = s.0.saturating_add(1);
-        if s.0 >= self.threshold && s.1.is_none() {
+        if s.0 >= self.threshold {
+            let opened = s.1.is_none();
             s.1 = Some(tokio::time::Instant::now() + self.cooldown);
-            return true;
+            return opened;
         }
         false
     }
@@ -129,8 +131,13 @@ impl Breaker {
     }
 }
 
-/// Refused keys: key hash → (refused until, smallest cost refused).
-type RefusedMap = HashMap<u64, (Timestamp, u32), BuildHasherDefault<IdHasher>>;
+/// How long a refusal is answered locally before Redis is asked again: short, so that a
+/// reload that loosens a limit, or a Cluster refund, is seen within a second.
+const REFUSED_FOR: Duration = Duration::from_secs(1);
+
+/// Refused keys: hash of (key, interval, burst) → (retry-after deadline, cache expiry,
+/// smallest cost refused).
+type RefusedMap = HashMap<u64, (Timestamp, Timestamp, u32), BuildHasherDefault<IdHasher>>;
 
 /// The Redis store.
 pub struct RedisStore {
@@ -149,6 +156,8 @@ pub struct RedisStore {
     window: Lua,
     breaker: Breaker,
     refused: Mutex<RefusedMap>,
+    /// Clock time (ns) the full refused map was last swept for room.
+    refused_swept: AtomicU64,
     /// The in-process limiter for rules with `on_store_error = "local"`.
     local: MemoryStore,
     /// Calls that timed out, and that failed otherwise (for metrics).
@@ -190,6 +199,7 @@ impl RedisStore {
                 state: Mutex::new((0, None)),
             },
             refused: Mutex::new(RefusedMap::default()),
+            refused_swept: AtomicU64::new(0),
             local: MemoryStore::new(cfg.max_keys),
             timeouts: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -259,8 +269,9 @@ impl RedisStore {
             Ok(Err(e)) => return Err(unavailable(&e)),
             Err(_) => return Err(StoreError::Timeout),
         };
+        // The breaker is left alone: the next call (the probe, if it is open) says
+        // whether Redis answers again.
         self.pool.store(Arc::new(conns));
-        self.breaker.success();
         tracing::info!(
             "state store connected ({})",
             if self.cfg.cluster {
@@ -294,9 +305,17 @@ impl RedisStore {
         });
     }
 
-    /// Whether the store is connected and the breaker closed.
+    /// Whether the store is connected and the breaker closed (no round trip).
     pub fn healthy(&self) -> bool {
         !self.pool.load().is_empty() && !self.breaker.is_open()
+    }
+
+    /// Whether Redis answers a `PING` now, within the call timeout.
+    pub async fn ping(&self) -> bool {
+        matches!(
+            self.call(&redis::cmd("PING")).await,
+            Ok(Value::SimpleString(_) | Value::Okay)
+        )
     }
 
     /// The in-process limiter used by rules with `on_store_error = "local"`.
@@ -319,7 +338,9 @@ impl RedisStore {
             return Err(StoreError::Unavailable("circuit open".into()));
         }
         let mut conn = self.connection()?;
-        match tokio::time::timeout(self.cfg.timeout, conn.query(cmd)).await {
+        // An error reply may come back as a value: make it an error.
+        let query = async { conn.query(cmd).await.and_then(Value::extract_error) };
+        match tokio::time::timeout(self.cfg.timeout, query).await {
             Ok(Ok(v)) => {
                 self.breaker.success();
                 Ok(v)
@@ -328,7 +349,9 @@ impl RedisStore {
                 // NOSCRIPT is answered by EVAL, not an outage: do not trip the breaker.
                 if !matches!(e.kind(), ErrorKind::Server(ServerErrorKind::NoScript)) {
                     self.failures.fetch_add(1, Ordering::Relaxed);
-                    if self.breaker.failure() {
+                    // Broken connections get a fresh set in the background; a slow but
+                    // connected Redis keeps its connections.
+                    if self.breaker.failure() && !e.is_timeout() {
                         self.reconnect_in_background();
                     }
                 }
@@ -336,9 +359,7 @@ impl RedisStore {
             }
             Err(_) => {
                 self.timeouts.fetch_add(1, Ordering::Relaxed);
-                if self.breaker.failure() {
-                    self.reconnect_in_background();
-                }
+                self.breaker.failure();
                 Err(StoreError::Timeout)
             }
         }
@@ -412,6 +433,7 @@ impl RedisStore {
         ];
         let mut refused: Option<(usize, Duration)> = None;
         let mut committed: Vec<&Vec<usize>> = Vec::new();
+        // A refusal from one slot is an answer even when another slot failed: it wins.
         let mut error = None;
         for (g, reply) in groups.iter().zip(replies) {
             let v = match reply.and_then(|v| ints(&v)) {
@@ -446,11 +468,8 @@ impl RedisStore {
         if refused.is_some() || error.is_some() {
             // Across slots: give back what the other groups took.
             if commit && !committed.is_empty() {
-                self.refund(checks, &keys, &committed).await;
+                let _ = self.refund(checks, &keys, &committed).await;
             }
-        }
-        if let Some(e) = error {
-            return Err(e);
         }
         if let Some((index, retry_after)) = refused {
             self.remember_refusal(&checks[index], now, retry_after);
@@ -460,10 +479,31 @@ impl RedisStore {
                 capacity: false,
             });
         }
+        if let Some(e) = error {
+            return Err(e);
+        }
         Ok(GcraOutcome::Allowed { states })
     }
 
-    async fn refund(&self, checks: &[GcraCheck<'_>], keys: &[String], groups: &[&Vec<usize>]) {
+    /// See [`super::Store::gcra_give_back`]: `refund.lua`, one call per slot.
+    pub async fn gcra_give_back(&self, checks: &[GcraCheck<'_>]) -> Result<(), StoreError> {
+        let keys: Vec<String> = checks.iter().map(|c| key(&c.key, 't')).collect();
+        let all: Vec<usize> = (0..checks.len()).collect();
+        let groups: Vec<Vec<usize>> = if self.cfg.cluster {
+            all.iter().map(|&i| vec![i]).collect()
+        } else {
+            vec![all]
+        };
+        let refs: Vec<&Vec<usize>> = groups.iter().collect();
+        self.refund(checks, &keys, &refs).await
+    }
+
+    async fn refund(
+        &self,
+        checks: &[GcraCheck<'_>],
+        keys: &[String],
+        groups: &[&Vec<usize>],
+    ) -> Result<(), StoreError> {
         let calls = groups.iter().map(|g| {
             let ks: Vec<String> = g.iter().map(|&i| keys[i].clone()).collect();
             let args: Vec<String> = g
@@ -474,11 +514,14 @@ impl RedisStore {
                 .collect();
             async move { self.eval(&self.refund, &ks, &args).await }
         });
+        let mut result = Ok(());
         for r in futures_util::future::join_all(calls).await {
             if let Err(e) = r {
                 tracing::warn!("could not give back a refused request's tokens: {e}");
+                result = Err(e);
             }
         }
+        result
     }
 
     fn refused_lock(&self) -> MutexGuard<'_, RefusedMap> {
@@ -491,8 +534,8 @@ impl RedisStore {
             return None;
         }
         checks.iter().enumerate().find_map(|(index, c)| {
-            let (until, cost) = *cache.get(&key_hash(&c.key))?;
-            (until > now && c.cost >= cost).then(|| GcraOutcome::Refused {
+            let (until, expires, cost) = *cache.get(&refusal_hash(c))?;
+            (expires > now && until > now && c.cost >= cost).then(|| GcraOutcome::Refused {
                 index,
                 retry_after: until.since(now),
                 capacity: false,
@@ -503,12 +546,20 @@ impl RedisStore {
     fn remember_refusal(&self, c: &GcraCheck<'_>, now: Timestamp, retry_after: Duration) {
         let mut cache = self.refused_lock();
         if cache.len() >= REFUSED_CAP {
-            cache.retain(|_, (until, _)| *until > now);
+            // Full: make room at most once a second, so that a flood of refused keys
+            // does not turn every refusal into a scan; meanwhile new ones go uncached.
+            let last = self.refused_swept.load(Ordering::Relaxed);
+            if now.as_nanos().saturating_sub(last) < 1_000_000_000 {
+                return;
+            }
+            self.refused_swept.store(now.as_nanos(), Ordering::Relaxed);
+            cache.retain(|_, (_, expires, _)| *expires > now);
             if cache.len() >= REFUSED_CAP {
                 return;
             }
         }
-        cache.insert(key_hash(&c.key), (now.add(retry_after), c.cost));
+        let expires = now.add(retry_after.min(REFUSED_FOR));
+        cache.insert(refusal_hash(c), (now.add(retry_after), expires, c.cost));
     }
 
     /// See [`super::Store::windows`]: one script call (one per slot in a Cluster).
@@ -739,7 +790,7 @@ impl RedisStore {
     pub fn sweep(&self, now: Timestamp) -> usize {
         let mut cache = self.refused_lock();
         let before = cache.len();
-        cache.retain(|_, (until, _)| *until > now);
+        cache.retain(|_, (_, expires, _)| *expires > now);
         let dropped = before - cache.len();
         drop(cache);
         dropped + self.local.sweep(now)
@@ -789,8 +840,11 @@ fn fnv(bytes: &[u8]) -> u64 {
     })
 }
 
-fn key_hash(k: &LimitKey<'_>) -> u64 {
-    fnv(key(k, 't').as_bytes())
+/// The refused-key cache's key: the limit's key with its rate, so that a reload that
+/// changes the rate is not answered from the old one's refusals.
+fn refusal_hash(c: &GcraCheck<'_>) -> u64 {
+    let k = key(&c.key, 't');
+    fnv(format!("{k} {} {}", micros(c.interval), c.burst).as_bytes())
 }
 
 /// The Redis key of `k`: `sf:{<entity>}:<kind>:<rule>`. The braces are the Cluster hash
@@ -900,7 +954,11 @@ mod tests {
         }
         assert!(!b.allows() && b.is_open());
         tokio::time::advance(Duration::from_millis(1001)).await;
-        assert!(b.allows(), "half-open after the cooldown");
+        assert!(b.allows(), "half-open after the cooldown: one probe");
+        assert!(
+            !b.allows(),
+            "the others fail at once while the probe is out"
+        );
         b.failure();
         assert!(!b.allows(), "one failure while half-open opens it again");
         tokio::time::advance(Duration::from_millis(1001)).await;

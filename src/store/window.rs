@@ -42,6 +42,11 @@ impl Window {
         }
     }
 
+    /// Whether this window was made for `window_ns` (reloads may change it).
+    pub fn has_length(&self, window_ns: u64) -> bool {
+        self.slot_ns == (window_ns / SLOTS).max(1)
+    }
+
     fn window_ns(&self) -> u64 {
         self.slot_ns * SLOTS
     }

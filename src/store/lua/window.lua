@@ -22,13 +22,18 @@ for i = 1, #KEYS / 2 do
   local slot = math.max(math.floor(window / 10), 1)
   local cur = math.floor(now / slot)
 
+  -- Slots of this window: (cur - 10, cur]. Anything else slid out, or was written with
+  -- another slot width (a reload changed the window): dropped, never renewed.
   local total = amount
+  local slots = {}
   local h = redis.call('HGETALL', counts)
   for j = 1, #h, 2 do
-    if tonumber(h[j]) <= cur - 10 then
+    local idx = tonumber(h[j])
+    if idx <= cur - 10 or idx > cur then
       redis.call('HDEL', counts, h[j])
     else
       total = total + tonumber(h[j + 1])
+      slots[idx] = tonumber(h[j + 1])
     end
   end
 
@@ -49,15 +54,28 @@ for i = 1, #KEYS / 2 do
   end
   local distinct = card
   if member ~= '' and not known then distinct = distinct + 1 end
-  out[#out + 1] = math.max(total, 0)
+  out[#out + 1] = total
   out[#out + 1] = math.min(distinct, cap + 1)
   out[#out + 1] = near
 
   if commit then
     local ttl_ms = math.floor((window + slot) / 1000) + 1
-    if amount ~= 0 then
+    if amount > 0 then
       redis.call('HINCRBY', counts, string.format('%.0f', cur), amount)
       redis.call('PEXPIRE', counts, ttl_ms)
+    elseif amount < 0 then
+      -- A reservation given back (Window::take_back): from the newest slot back, never
+      -- below zero, so that no slot outlives what it cancels.
+      local left = -amount
+      for idx = cur, cur - 9, -1 do
+        local have = slots[idx] or 0
+        local take = math.min(left, have)
+        if take > 0 then
+          redis.call('HINCRBY', counts, string.format('%.0f', idx), -take)
+          left = left - take
+        end
+        if left == 0 then break end
+      end
     end
     if member ~= '' then
       if not known and card >= cap then
