@@ -334,7 +334,10 @@ async fn a_heuristic_refusal_gives_the_limits_tokens_back() {
     // Without the budget (the limit keeps its state: same name and key), the number's
     // one code an hour is still there — then spent.
     let only_limit = rules(limit);
-    assert_eq!(send(&only_limit, &s, "+447400123456", at(1)).await, Verdict::Allow);
+    assert_eq!(
+        send(&only_limit, &s, "+447400123456", at(1)).await,
+        Verdict::Allow
+    );
     assert_eq!(
         reason(&send(&only_limit, &s, "+447400123456", at(2)).await),
         Some(Reason::RateLimited)

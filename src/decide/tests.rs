@@ -406,3 +406,44 @@ fn a_million_distinct_numbers_stay_under_the_key_ceiling() {
         "every untracked key is counted"
     );
 }
+
+#[tokio::test]
+async fn distinct_numbers_through_the_default_rules_stay_under_the_ceiling() {
+    // Rate-limit keys and heuristic windows share the one ceiling.
+    let rules = RuleSet::embedded().unwrap();
+    let ceiling = 5_000;
+    let s = Store::Memory(MemoryStore::new(ceiling));
+    for n in 0..20_000u64 {
+        // Spread over many 1k blocks and several countries, a second apart.
+        let raw = match n % 4 {
+            0 => format!("+4474{:08}", n * 7919 % 100_000_000),
+            1 => format!("+49151{:08}", n * 7919 % 100_000_000),
+            2 => format!("+336{:08}", n * 7919 % 100_000_000),
+            _ => format!("+6141{:07}", n * 7919 % 10_000_000),
+        };
+        let r = [crate::phone::normalize(
+            &raw,
+            crate::phone::NumberFormat::E164,
+            None,
+        )];
+        let f = Facts {
+            kind: crate::providers::RequestKind::Send,
+            recipients: &r,
+            ip: None,
+            user: None,
+            account: None,
+            sender: None,
+            segments: 1,
+        };
+        decide(&rules, &s, &f, at(n), Commit::Yes).await;
+        if n % 1_000 == 0 {
+            assert!(s.stats().keys <= ceiling as u64, "{n}: {:?}", s.stats());
+        }
+    }
+    let stats = s.stats();
+    assert!(stats.keys <= ceiling as u64, "{stats:?}");
+    assert!(
+        stats.rejected > 0,
+        "the ceiling was reached and counted: {stats:?}"
+    );
+}

@@ -119,7 +119,7 @@ impl MemoryStore {
                 let mut w = Window::new(window_ns);
                 let reading = w.apply(now, op.amount, op.member, cap, op.near, commit);
                 if commit {
-                    if self.windows_len.load(Ordering::Relaxed) >= self.max_keys {
+                    if self.tracked() >= self.max_keys {
                         self.rejected.fetch_add(1, Ordering::Relaxed);
                     } else {
                         stripe.insert(h, w);
@@ -154,6 +154,11 @@ impl MemoryStore {
                 w.take_back(now.as_nanos(), op.amount);
             }
         }
+    }
+
+    /// Rate-limit keys and heuristic windows together: `max_keys` bounds their sum.
+    fn tracked(&self) -> usize {
+        self.len.load(Ordering::Relaxed) + self.windows_len.load(Ordering::Relaxed)
     }
 
     fn flags_lock(&self) -> MutexGuard<'_, HashedMap<Flag>> {
@@ -272,16 +277,18 @@ impl MemoryStore {
         if commit {
             // Room for new keys first, so that a refusal commits nothing.
             let mut untracked = vec![false; checks.len()];
+            // New keys of this request already given room (they are inserted below).
+            let mut adding = 0;
             for (i, (c, &h)) in checks.iter().zip(&hashes).enumerate() {
                 let g = stripe(&mut guards, h);
                 let is_new = !guards[g].1.contains_key(&h);
-                if is_new && self.len.load(Ordering::Relaxed) >= self.max_keys {
+                if is_new && self.tracked() + adding >= self.max_keys {
                     let swept = &self.stripe_swept[guards[g].0];
                     if now.saturating_sub(swept.load(Ordering::Relaxed)) >= 1_000_000_000 {
                         swept.store(now, Ordering::Relaxed);
                         self.sweep_stripe(&mut guards[g].1, now);
                     }
-                    if self.len.load(Ordering::Relaxed) >= self.max_keys {
+                    if self.tracked() + adding >= self.max_keys {
                         let last = self.last_full_sweep.load(Ordering::Relaxed);
                         if may_sweep && now.saturating_sub(last) >= 1_000_000_000 {
                             self.last_full_sweep.store(now, Ordering::Relaxed);
@@ -296,7 +303,11 @@ impl MemoryStore {
                             });
                         }
                         untracked[i] = true;
+                        continue;
                     }
+                }
+                if is_new {
+                    adding += 1;
                 }
             }
             for (i, &h) in hashes.iter().enumerate() {

@@ -694,6 +694,12 @@ impl RedisStore {
             .arg("PX")
             .arg(u64::try_from(ms).unwrap_or(u64::MAX));
         self.call(&set).await?;
+        // Only blocks and their offence counts are listed (`GET /v1/blocks`); the
+        // "verified" trust marks, one per verified number, stay out of the index, which
+        // has no TTL of its own (expired entries are pruned when it is listed).
+        if flag.label == "verified" {
+            return Ok(());
+        }
         let mut index = redis::cmd("HSET");
         index.arg(FLAG_INDEX).arg(&k).arg(&v);
         self.call(&index).await?;

@@ -37,11 +37,13 @@ for i = 1, #KEYS / 2 do
     end
   end
 
-  redis.call('ZREMRANGEBYSCORE', members, '-inf', now - window)
-  local card = redis.call('ZCARD', members)
+  -- Windows that count no members (sums only) never touch their members key.
+  local card = 0
   local known = false
   local near = 0
   if member ~= '' then
+    redis.call('ZREMRANGEBYSCORE', members, '-inf', now - window)
+    card = redis.call('ZCARD', members)
     known = redis.call('ZSCORE', members, member) ~= false
     if near_d ~= '' then
       local m, d = tonumber(member), tonumber(near_d)
