@@ -1,21 +1,24 @@
 //! Memory of the in-process store: bytes per tracked key, and a flood of a million
 //! distinct numbers through the default rules under the key ceiling.
 //!
-//! `cargo bench --bench memory` (release; ≈ 10 s). Prints a table; exits non-zero if the
-//! number of tracked keys ever exceeds `store.max_keys`. Linux only (reads /proc/self).
+//! `cargo bench --bench memory` (release; ≈ 4 min). Prints one line per case; exits
+//! non-zero if the number of tracked keys (`StoreStats::keys`, what the
+//! `smsfence_store_keys` gauge shows) ever exceeds `store.max_keys`. Linux only (reads
+//! /proc/self). Each case runs in a fresh process (this binary re-runs itself), so that
+//! memory freed by one case and kept by the allocator does not hide the next one's growth.
 
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use smsfence::clock::Timestamp;
 use smsfence::decide::{self, Commit, Facts, Recipient, Verdict};
 use smsfence::phone::{self, NumberFormat};
 use smsfence::providers::RequestKind;
 use smsfence::rules::RuleSet;
-use smsfence::store::{memory::MemoryStore, Entity, GcraCheck, LimitKey, Store};
+use smsfence::store::{memory::MemoryStore, Entity, GcraCheck, LimitKey, Store, WindowOp};
 
 struct Noop;
 impl Wake for Noop {
@@ -66,24 +69,90 @@ fn bytes_per_key(n: u64) {
     );
 }
 
-/// The shipped rules with every limit raised out of reach, so every request commits its
-/// keys (the worst case for memory: nothing is refused early).
-fn raised_rules() -> RuleSet {
-    let rate = regex::Regex::new(r#"(?m)^rate = "\d+/"#).expect("valid");
-    let burst = regex::Regex::new(r"(?m)^burst = \d+").expect("valid");
+/// Bytes per heuristic window: RSS before and after `n` windows of one member each (the
+/// shape of a prefix-velocity window: a distinct-member cap of 9).
+fn bytes_per_window(n: u64) {
+    let store = MemoryStore::new(usize::MAX);
+    let before = status_kib("VmRSS:");
+    let now = Timestamp::from_unix_secs(1_800_000_000);
+    for i in 0..n {
+        let op = WindowOp {
+            key: LimitKey {
+                rule: 1,
+                entity: Entity::Prefix(447_400_000 + i),
+            },
+            window: Duration::from_secs(600),
+            amount: 1,
+            member: Some(447_400_000_000 + i),
+            cap: 9,
+            near: None,
+        };
+        store.windows(std::slice::from_ref(&op), now, &[true]);
+    }
+    let after = status_kib("VmRSS:");
+    let keys = store.stats().keys;
+    println!(
+        "bytes_per_window: {keys} windows (1 member each), RSS {before} KiB -> {after} KiB: \
+         {:.1} bytes per window",
+        (after.saturating_sub(before) * 1024) as f64 / keys as f64
+    );
+}
+
+/// The shipped rules with every request forwarded, but every rule still evaluated and
+/// every key still written (the worst case for memory: nothing is refused early): limits
+/// keyed on the number as shipped (a distinct number never reaches them, and their keys
+/// live as long as in production), every other limit raised out of reach, every
+/// heuristic in shadow mode (its windows written as when enforced, never refusing).
+fn all_forwarded_rules() -> RuleSet {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/rules");
     let mut files: Vec<(String, String)> = Vec::new();
     for e in std::fs::read_dir(dir).expect("the rules directory") {
         let p = e.expect("a dir entry").path();
         if p.extension().is_some_and(|x| x == "toml") {
             let text = std::fs::read_to_string(&p).expect("a rule file");
-            let text = rate.replace_all(&text, "rate = \"1000000000/");
-            let text = burst.replace_all(&text, "burst = 1000000000");
-            files.push((p.display().to_string(), text.into_owned()));
+            files.push((p.display().to_string(), forwarded(&text)));
         }
     }
     files.sort();
     RuleSet::compile(files.iter().map(|(f, t)| (f.as_str(), t.as_str()))).expect("rules compile")
+}
+
+/// See [`all_forwarded_rules`]: rewrites one rule file, table by table (the same
+/// transformation as `benches/decision.rs` and `benches/load/load.py`).
+fn forwarded(text: &str) -> String {
+    let mut out = String::new();
+    let mut block: Vec<&str> = Vec::new();
+    let flush = |block: &mut Vec<&str>, out: &mut String| {
+        let head = block.first().map_or("", |l| l.trim());
+        let number_limit = head == "[[limit]]"
+            && block
+                .iter()
+                .any(|l| l.trim().replace(' ', "") == "key=\"number\"");
+        for (i, l) in block.iter().enumerate() {
+            let t = l.trim_start();
+            if head == "[[limit]]" && !number_limit && t.starts_with("rate =") {
+                let unit = t.split('/').nth(1).unwrap_or("1s\"");
+                out.push_str(&format!("rate = \"1000000000/{unit}\n"));
+            } else if head == "[[limit]]" && !number_limit && t.starts_with("burst =") {
+                out.push_str("burst = 1000000000\n");
+            } else if !(head == "[[heuristic]]" && t.starts_with("mode =")) {
+                out.push_str(l);
+                out.push('\n');
+            }
+            if i == 0 && head == "[[heuristic]]" {
+                out.push_str("mode = \"shadow\"\n");
+            }
+        }
+        block.clear();
+    };
+    for l in text.lines() {
+        if l.starts_with('[') {
+            flush(&mut block, &mut out);
+        }
+        block.push(l);
+    }
+    flush(&mut block, &mut out);
+    out
 }
 
 /// A million distinct numbers through the rules; keys must stay under the ceiling.
@@ -92,14 +161,19 @@ fn flood(name: &str, rules: &RuleSet, max_keys: usize, n: u64) -> bool {
     let before = status_kib("VmRSS:");
     let mut now = Timestamp::from_unix_secs(1_800_000_000);
     let (mut allowed, mut refused, mut peak_keys) = (0u64, 0u64, 0u64);
+    let (mut time, mut count) = ([Duration::ZERO; 2], [0u32; 2]);
     let mut ok = true;
     for i in 0..n {
-        // +44 740x xxxxxx and +1 NANP numbers, spread over ranges.
-        let h = i.wrapping_mul(2_654_435_761) % 10_000_000;
+        // +44 740x xxxxxx and +1 415 NXX XXXX (N = 2..9: valid NANP) numbers, spread over
+        // ranges, all valid and distinct.
+        // (The multiplier is coprime to both moduli: no number repeats.)
         let raw = if i % 2 == 0 {
-            format!("+44740{h:07}")
+            format!("+44740{:07}", i.wrapping_mul(2_654_435_761) % 10_000_000)
         } else {
-            format!("+1415{h:07}")
+            format!(
+                "+1415{}",
+                2_000_000 + i.wrapping_mul(2_654_435_761) % 8_000_000
+            )
         };
         let r: [Recipient; 1] = [phone::normalize(&raw, NumberFormat::E164, None)];
         let facts = Facts {
@@ -112,49 +186,112 @@ fn flood(name: &str, rules: &RuleSet, max_keys: usize, n: u64) -> bool {
             segments: 1,
         };
         now = now.add(Duration::from_micros(100));
+        let t = Instant::now();
         let d = ready(decide::decide(rules, &store, &facts, now, Commit::Yes));
+        let spent = t.elapsed();
+        // Time per decision, split at the first key the ceiling turned away.
+        let slot = usize::from(store.stats().rejected > 0);
+        time[slot] += spent;
+        count[slot] += 1;
         if d.verdict == Verdict::Allow {
             allowed += 1;
         } else {
             refused += 1;
         }
-        if i % 50_000 == 0 || i == n - 1 {
-            let keys = store.stats().keys;
-            peak_keys = peak_keys.max(keys);
-            if keys > max_keys as u64 {
-                ok = false;
-            }
+        // Every request: two relaxed atomic loads.
+        let keys = store.stats().keys;
+        peak_keys = peak_keys.max(keys);
+        if keys > max_keys as u64 {
+            ok = false;
         }
     }
     let after = status_kib("VmRSS:");
     let stats = store.stats();
+    let grown = after.saturating_sub(before);
     println!(
         "flood[{name}]: {n} distinct numbers, ceiling {max_keys}: peak keys {peak_keys}, \
          final keys {}, rejected {}, allowed {allowed}, refused {refused}, \
-         RSS {before} KiB -> {after} KiB (+{} KiB), VmHWM {} KiB",
+         RSS {before} KiB -> {after} KiB (+{grown} KiB, {:.0} bytes per peak key), VmHWM {} KiB",
         stats.keys,
         stats.rejected,
-        after.saturating_sub(before),
+        (grown * 1024) as f64 / peak_keys.max(1) as f64,
         status_kib("VmHWM:")
     );
+    let per = |k: usize| time[k].as_secs_f64() * 1e6 / f64::from(count[k].max(1));
+    println!(
+        "flood[{name}]: decide {:.1} µs per request over the {} before the ceiling turned a \
+         key away, {:.1} µs over the {} after",
+        per(0),
+        count[0],
+        per(1),
+        count[1]
+    );
+    if !ok {
+        println!("flood[{name}]: tracked keys exceeded the ceiling of {max_keys}");
+    }
     ok
+}
+
+const CASES: [&str; 5] = [
+    "bytes_per_key",
+    "bytes_per_window",
+    "flood_default",
+    "flood_forwarded_1m",
+    "flood_forwarded_100k",
+];
+
+/// Runs one case in this process; false if the key ceiling was exceeded.
+fn run(case: &str) -> bool {
+    let start = status_kib("VmRSS:");
+    phone::fast::warm_up();
+    println!(
+        "{case}: RSS {start} KiB at start, {} KiB once the fast normalization tables of \
+         every calling code are built",
+        status_kib("VmRSS:")
+    );
+    match case {
+        "bytes_per_key" => bytes_per_key(1_000_000),
+        "bytes_per_window" => bytes_per_window(1_000_000),
+        "flood_default" => {
+            let shipped = RuleSet::embedded().expect("the embedded rules compile");
+            return flood("default rules", &shipped, 1_000_000, 1_000_000);
+        }
+        "flood_forwarded_1m" => {
+            return flood(
+                "default rules, all forwarded",
+                &all_forwarded_rules(),
+                1_000_000,
+                1_000_000,
+            )
+        }
+        "flood_forwarded_100k" => {
+            return flood(
+                "default rules, all forwarded",
+                &all_forwarded_rules(),
+                100_000,
+                1_000_000,
+            )
+        }
+        other => panic!("unknown case {other}"),
+    }
+    true
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; run in every case.
-    phone::fast::warm_up();
-    bytes_per_key(1_000_000);
-    let shipped = RuleSet::embedded().expect("the embedded rules compile");
-    let raised = raised_rules();
+    const VAR: &str = "SMSFENCE_MEMORY_CASE";
+    if let Ok(case) = std::env::var(VAR) {
+        std::process::exit(if run(&case) { 0 } else { 2 });
+    }
+    let exe = std::env::current_exe().expect("this executable");
     let mut ok = true;
-    ok &= flood("default rules", &shipped, 1_000_000, 1_000_000);
-    ok &= flood(
-        "default rules, limits raised",
-        &raised,
-        1_000_000,
-        1_000_000,
-    );
-    ok &= flood("default rules, limits raised", &raised, 100_000, 1_000_000);
+    for case in CASES {
+        let status = std::process::Command::new(&exe)
+            .env(VAR, case)
+            .status()
+            .expect("re-run this bench");
+        ok &= status.success();
+    }
     if !ok {
         eprintln!("the key ceiling was exceeded");
         std::process::exit(1);

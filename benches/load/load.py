@@ -1,7 +1,23 @@
 #!/usr/bin/env python3
 """Orchestrates the load benchmark (called by run.sh): starts the mock upstream, nginx and
 smsfence instances on loopback, runs wrk rounds interleaved, reads CPU time and peak RSS
-from /proc, prints a table of medians and ratios, and writes results.json."""
+from /proc, prints the ratios of every round, a table of medians, and writes
+results.json.
+
+Targets, per CPU budget w (1 nginx worker vs 1 tokio worker thread, then 2 vs 2):
+  direct                               wrk -> mock upstream
+  nginx_proxy_pass/w                   wrk -> nginx proxy_pass -> mock
+  nginx_limit_req/w                    the same with limit_req keyed on the recipient
+  smsfence_none_rules/w                smsfence with an empty rule set
+  smsfence_default_rules/w             the shipped rules: a flood of new numbers to one
+                                       country is soon refused (country velocity,
+                                       conversion rate) — mostly native refusals, not
+                                       forwarded
+  smsfence_default_all_forwarded_rules/w  the shipped rules evaluated in full with every
+                                       request forwarded (number limits as shipped, other
+                                       limits raised, heuristics in shadow): the
+                                       like-for-like comparison with nginx limit_req
+Every request carries a recipient never sent before in the run (WRK_SEED)."""
 
 import argparse
 import json
@@ -111,23 +127,57 @@ upstream = "http://127.0.0.1:{up}"
 """
 
 
+def forwarded(text):
+    """The same transformation as `forwarded` in benches/decision.rs and memory.rs: limits
+    keyed on the number as shipped (a new number never reaches them, and their keys live
+    as long as in production), every other limit raised out of reach, every heuristic in
+    shadow mode (its windows read and written as when enforced; never refusing)."""
+    out, block = [], []
+
+    def flush():
+        head = block[0].strip() if block else ""
+        number_limit = head == "[[limit]]" and any(
+            l.strip().replace(" ", "") == 'key="number"' for l in block)
+        for i, l in enumerate(block):
+            t = l.lstrip()
+            if head == "[[limit]]" and not number_limit and t.startswith("rate ="):
+                unit = t.split("/", 1)[1] if "/" in t else '1s"'
+                out.append(f'rate = "1000000000/{unit}')
+            elif head == "[[limit]]" and not number_limit and t.startswith("burst ="):
+                out.append("burst = 1000000000")
+            elif not (head == "[[heuristic]]" and t.startswith("mode =")):
+                out.append(l)
+            if i == 0 and head == "[[heuristic]]":
+                out.append('mode = "shadow"')
+        block.clear()
+
+    for l in text.splitlines():
+        if l.startswith("["):
+            flush()
+        block.append(l)
+    flush()
+    return "\n".join(out) + "\n"
+
+
 def raised_rules(src, dst):
-    """The default rules with every limit raised out of reach: the same evaluation and
-    state writes per request, but every request is forwarded."""
+    """The default rules with every request forwarded (see `forwarded`)."""
     os.makedirs(dst, exist_ok=True)
     for name in os.listdir(src):
         if not name.endswith(".toml"):
             continue
         with open(os.path.join(src, name)) as f:
             text = f.read()
-        text = re.sub(r'(?m)^rate = "\d+/', 'rate = "1000000000/', text)
-        text = re.sub(r"(?m)^burst = \d+", "burst = 1000000000", text)
         with open(os.path.join(dst, name), "w") as f:
-            f.write(text)
+            f.write(forwarded(text))
+
+
+SEED = [0]
 
 
 def wrk(args, port, conns, delay_ms=0):
-    env = dict(os.environ, WRK_DELAY_MS=str(delay_ms))
+    # A fresh block of recipients for every run (see distinct.lua).
+    SEED[0] += 1
+    env = dict(os.environ, WRK_DELAY_MS=str(delay_ms), WRK_SEED=str(SEED[0] % 150))
     cmd = [
         "wrk", f"-t{min(args.threads, conns)}", f"-c{conns}", f"-d{args.duration}s",
         "-s", args.lua, f"http://127.0.0.1:{port}/",
@@ -148,6 +198,8 @@ def main():
     for a in ["rounds", "duration", "conns", "threads"]:
         ap.add_argument("--" + a, type=int, required=True)
     args = ap.parse_args()
+    if not 1 <= args.threads <= 4:
+        sys.exit("THREADS must be 1 to 4 (distinct.lua gives each thread its own numbers)")
     workers = [int(w) for w in args.workers.split()]
     tmp = tempfile.mkdtemp(prefix="smsfence-load-")
     procs = []
@@ -192,6 +244,16 @@ def main():
                 wait_port(port)
                 targets[f"smsfence_{name}_rules/w{w}"] = (port, lambda p=sf.pid: [p], w)
 
+        # smsfence builds its normalization tables on a blocking thread at start (≈ 0.5 s
+        # of CPU each): wait until every process is idle, or round 1 measures that too.
+        everyone = [pid for _, (_, pids, _) in targets.items() for pid in pids()]
+        end = time.time() + 30
+        while time.time() < end:
+            c0 = cpu_ticks(everyone)
+            time.sleep(0.5)
+            if cpu_ticks(everyone) - c0 <= 1:
+                break
+
         results = {name: [] for name in targets}
         for rnd in range(args.rounds):
             for name, (port, pids, _) in targets.items():
@@ -204,6 +266,33 @@ def main():
                 print(f"round {rnd + 1} {name:38} {r['rps']:9.0f} req/s  p50 {r['p50']:6d}µs "
                       f"p99 {r['p99']:6d}µs  cpu {r['cpu_us_per_req']:5.1f}µs/req  "
                       f"non-2xx {r['errors_status']}", file=sys.stderr)
+
+        # Ratios within each round (the run-to-run spread of req/s is 10-25% here, so the
+        # comparison that holds is the one made minutes apart, not runs apart).
+        per_round = []
+        print(f"\nper round: req/s ratios to nginx limit_req (same budget) and to direct; "
+              f"CPU µs/request ratio to nginx limit_req")
+        print(f"{'round':>5} {'target':40} {'req/s':>9} {'/nginx_lr':>9} {'/nginx_pp':>9} "
+              f"{'/direct':>8} {'cpu/ngx_lr':>10} {'non2xx':>7}")
+        for rnd in range(args.rounds):
+            d = results["direct"][rnd]
+            for name, rs in results.items():
+                if name == "direct":
+                    continue
+                w = name.rsplit("/w", 1)[1]
+                r = rs[rnd]
+                lr = results[f"nginx_limit_req/w{w}"][rnd]
+                pp = results[f"nginx_proxy_pass/w{w}"][rnd]
+                row = {"round": rnd + 1, "target": name, "rps": r["rps"],
+                       "vs_nginx_limit_req": r["rps"] / lr["rps"],
+                       "vs_nginx_proxy_pass": r["rps"] / pp["rps"],
+                       "vs_direct": r["rps"] / d["rps"],
+                       "cpu_vs_nginx_limit_req": r["cpu_us_per_req"] / max(lr["cpu_us_per_req"], 1e-9),
+                       "non2xx": r["errors_status"]}
+                per_round.append(row)
+                print(f"{rnd + 1:>5} {name:40} {r['rps']:9.0f} {row['vs_nginx_limit_req']:9.2f} "
+                      f"{row['vs_nginx_proxy_pass']:9.2f} {row['vs_direct']:8.2f} "
+                      f"{row['cpu_vs_nginx_limit_req']:10.2f} {r['errors_status']:7d}")
 
         med = {}
         for name, rs in results.items():
@@ -218,13 +307,28 @@ def main():
         for name, (port, _, w) in targets.items():
             if w != w0:
                 continue
-            conns = max(1, round(med[name]["rps"] / 2 * 0.002))
+            # Each connection sends one request per (2 ms + latency): start from the 2 ms,
+            # and correct once by the rate achieved.
+            target = med[name]["rps"] / 2
+            conns = max(1, round(target * 0.002))
             r = wrk(args, port, conns, delay_ms=2)
+            if r["rps"] < 0.9 * target:
+                conns = max(conns + 1, round(conns * target / max(r["rps"], 1)))
+                r = wrk(args, port, conns, delay_ms=2)
             base = wrk(args, UP, conns, delay_ms=2)
-            half[name] = {"conns": conns, "rps": r["rps"], "p99": r["p99"], "p999": r["p999"],
-                          "direct_p99": base["p99"], "added_p99_us": r["p99"] - base["p99"]}
-            print(f"half-rate {name:38} {r['rps']:8.0f} req/s p99 {r['p99']}µs "
-                  f"(direct {base['p99']}µs)", file=sys.stderr)
+            half[name] = {"conns": conns, "target_rps": target, "rps": r["rps"],
+                          "p50": r["p50"], "p99": r["p99"], "p999": r["p999"],
+                          "direct_rps": base["rps"], "direct_p50": base["p50"],
+                          "direct_p99": base["p99"], "added_p99_us": r["p99"] - base["p99"],
+                          "non2xx": r["errors_status"]}
+
+        print(f"\nhalf of each target's max throughput (1-vs-1 budget), paced (2 ms between "
+              f"requests per connection), the same pacing direct right after")
+        print(f"{'target':40} {'conns':>5} {'req/s':>8} {'p50µs':>7} {'p99µs':>7} "
+              f"{'direct p99µs':>12} {'added p99µs':>11}")
+        for name, h in half.items():
+            print(f"{name:40} {h['conns']:5d} {h['rps']:8.0f} {h['p50']:7d} {h['p99']:7d} "
+                  f"{h['direct_p99']:12d} {h['added_p99_us']:11d}")
 
         direct = med["direct"]["rps"]
         print(f"\n{'target':40} {'req/s':>9} {'p50µs':>7} {'p99µs':>7} {'p99.9µs':>8} "
@@ -237,7 +341,7 @@ def main():
                   f"{m['cpu_us_per_req']:9.1f} {m['hwm_kib'] / 1024:8.1f} {m['rps'] / direct:8.2f} "
                   f"{vs_ng} {m['errors_status']:7.0f}")
         with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump({"rounds": results, "median": med, "half_rate": half,
+            json.dump({"rounds": results, "per_round": per_round, "median": med, "half_rate": half,
                        "params": vars(args)}, f, indent=1)
     finally:
         for p in reversed(procs):
