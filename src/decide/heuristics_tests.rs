@@ -320,26 +320,20 @@ async fn windows_are_bounded_per_key() {
 }
 
 #[tokio::test]
-async fn a_heuristic_refusal_gives_the_limits_tokens_back() {
+async fn a_heuristic_refusal_still_counts_against_the_limits() {
     let limit = "[[limit]]\nname = \"cooldown\"\nkey = \"number\"\nrate = \"1/1h\"\nburst = 1\n";
     let both = rules(&format!(
         "{limit}[prices]\ndefault = 0.10\n[[heuristic]]\nname = \"spend\"\nkind = \"spend_budget\"\nhourly = 0.05\n"
     ));
     let s = store();
-    // The limit passes, the spend budget refuses: the request counts nowhere.
+    // The limit passes, the spend budget refuses.
     assert_eq!(
         reason(&send(&both, &s, "+447400123456", at(0)).await),
         Some(Reason::SpendBudget)
     );
-    // Without the budget (the limit keeps its state: same name and key), the number's
-    // one code an hour is still there — then spent.
-    let only_limit = rules(limit);
+    // The limit counted the attempt: it now refuses first, before any heuristic runs.
     assert_eq!(
-        send(&only_limit, &s, "+447400123456", at(1)).await,
-        Verdict::Allow
-    );
-    assert_eq!(
-        reason(&send(&only_limit, &s, "+447400123456", at(2)).await),
+        reason(&send(&both, &s, "+447400123456", at(1)).await),
         Some(Reason::RateLimited)
     );
 }

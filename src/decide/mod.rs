@@ -390,17 +390,12 @@ pub async fn decide(
     let mut degraded = false;
     let mut used_local = false;
     let mut rate_limit = None;
-    // The limits' tokens this request took, to give back if a heuristic refuses it.
-    let mut taken: Vec<GcraCheck<'_>> = Vec::new();
     if out.allowed() {
         let (checks, owners) = limit_checks(rules, facts, &skips, Mode::Enforce, out.shadow_all);
         if !checks.is_empty() {
             match store.gcra(&checks, now, commit == Commit::Yes).await {
                 Ok(GcraOutcome::Allowed { states }) => {
                     rate_limit = rate_limit_info(&checks, &owners, rules, &states);
-                    if commit == Commit::Yes {
-                        taken = checks.clone();
-                    }
                 }
                 Ok(GcraOutcome::Refused {
                     index,
@@ -495,18 +490,15 @@ pub async fn decide(
         .await
         {
             Ok(reserved) => {
-                // Refused by a heuristic: nothing of the request stays counted — neither
-                // its budget reservations nor the limits' tokens (all-or-nothing).
-                if commit == Commit::Yes && !out.allowed() {
-                    let budgets = heuristics::give_back(store, &reserved, now).await;
-                    let tokens = if taken.is_empty() {
-                        Ok(())
-                    } else {
-                        store.gcra_give_back(&taken, now).await
-                    };
-                    if budgets.is_err() || tokens.is_err() {
-                        degraded = true;
-                    }
+                // Refused by a heuristic: its budget reservations are given back. The
+                // limits it passed keep counting it — an attack that a heuristic refuses
+                // goes on filling the limits, which then refuse it before any heuristic
+                // runs, far more cheaply (and without a store key per attempt).
+                if commit == Commit::Yes
+                    && !out.allowed()
+                    && heuristics::give_back(store, &reserved, now).await.is_err()
+                {
+                    degraded = true;
                 }
             }
             Err(_) => degraded = true,

@@ -131,18 +131,6 @@ impl MemoryStore {
             .collect()
     }
 
-    /// See [`super::Store::gcra_give_back`].
-    pub fn gcra_give_back(&self, checks: &[GcraCheck<'_>], _now: Timestamp) {
-        for c in checks {
-            let h = self.hasher.hash_one(c.key);
-            let mut stripe = self.lock(stripe_of(h));
-            if let Some(tat) = stripe.get_mut(&h) {
-                let took = duration_nanos(c.interval).max(1) * u64::from(c.cost);
-                *tat = tat.saturating_sub(took);
-            }
-        }
-    }
-
     /// See [`super::Store::give_back`].
     pub fn give_back(&self, ops: &[WindowOp<'_>], now: Timestamp) {
         for op in ops {

@@ -225,22 +225,6 @@ impl Store {
         }
     }
 
-    /// Gives back the tokens that passing `checks` took (their request was refused later,
-    /// by a heuristic).
-    pub async fn gcra_give_back(
-        &self,
-        checks: &[GcraCheck<'_>],
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        match self {
-            Store::Memory(m) => {
-                m.gcra_give_back(checks, now);
-                Ok(())
-            }
-            Store::Redis(r) => r.gcra_give_back(checks).await,
-        }
-    }
-
     /// Takes `amount` back off each window (a refused request's budget reservation).
     pub async fn give_back(&self, ops: &[WindowOp<'_>], now: Timestamp) -> Result<(), StoreError> {
         match self {

@@ -485,19 +485,6 @@ impl RedisStore {
         Ok(GcraOutcome::Allowed { states })
     }
 
-    /// See [`super::Store::gcra_give_back`]: `refund.lua`, one call per slot.
-    pub async fn gcra_give_back(&self, checks: &[GcraCheck<'_>]) -> Result<(), StoreError> {
-        let keys: Vec<String> = checks.iter().map(|c| key(&c.key, 't')).collect();
-        let all: Vec<usize> = (0..checks.len()).collect();
-        let groups: Vec<Vec<usize>> = if self.cfg.cluster {
-            all.iter().map(|&i| vec![i]).collect()
-        } else {
-            vec![all]
-        };
-        let refs: Vec<&Vec<usize>> = groups.iter().collect();
-        self.refund(checks, &keys, &refs).await
-    }
-
     async fn refund(
         &self,
         checks: &[GcraCheck<'_>],
