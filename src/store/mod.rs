@@ -160,15 +160,6 @@ impl Store {
         }
     }
 
-    /// Whether the store can answer now (always, in memory; connected and the circuit
-    /// breaker closed, for Redis).
-    pub fn healthy(&self) -> bool {
-        match self {
-            Store::Memory(_) => true,
-            Store::Redis(r) => r.healthy(),
-        }
-    }
-
     /// Whether the store answers now: a round trip to Redis (for `/readyz`).
     pub async fn ping(&self) -> bool {
         match self {

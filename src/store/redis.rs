@@ -124,6 +124,7 @@ impl Breaker {
         false
     }
 
+    #[cfg(test)]
     fn is_open(&self) -> bool {
         self.lock()
             .1
@@ -303,11 +304,6 @@ impl RedisStore {
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
         });
-    }
-
-    /// Whether the store is connected and the breaker closed (no round trip).
-    pub fn healthy(&self) -> bool {
-        !self.pool.load().is_empty() && !self.breaker.is_open()
     }
 
     /// Whether Redis answers a `PING` now, within the call timeout.
