@@ -14,8 +14,9 @@
 //!   errors and lets one call through per cooldown to notice recovery; the connection
 //!   reconnects by itself. The caller decides per rule what an error means
 //!   (`on_store_error`); [`RedisStore::local`] is the in-process fallback.
-//! - **Refused-key cache**: a key refused until T is refused locally until T, so a flood
-//!   against one number does not become a flood against Redis (bounded, expiring).
+//! - **Refused-key cache**: a key Redis refused is refused locally for up to a second, so
+//!   a flood against one number does not become a flood against Redis (bounded, expiring,
+//!   keyed by the limit's rate so that a reload is seen).
 //!
 //! Scripts are loaded with `SCRIPT LOAD` at connect and called by `EVALSHA`; on
 //! `NOSCRIPT` (a restarted or failed-over node) the call falls back to `EVAL`, which loads
