@@ -4,12 +4,12 @@
 //!   committed all-or-nothing on the server's clock (`TIME`), each key expiring when its
 //!   TAT has passed. On a single node that is one round trip per request. In a Cluster,
 //!   keys carry a hash tag per entity (`sf:{n447400123456}:t:…`), so a script never spans
-//!   slots; the groups of one request are sent at once over the multiplexed connection
-//!   (one pipelined write per node, in parallel), and if one group refuses after others
+//!   slots; a request's groups (one `EVALSHA` per hash tag) are sent at once over the
+//!   multiplexed connection, which pipelines them per node, and if one group refuses after others
 //!   committed, `lua/refund.lua` gives the others back — all-or-nothing across nodes.
 //! - **Heuristic windows** run `lua/window.lua` (same semantics as `window.rs`).
-//! - **Flags** (auto-blocks, verified numbers) are plain keys expiring at their `until`,
-//!   indexed in one hash for `GET /v1/blocks`.
+//! - **Flags** (auto-blocks, verified numbers) are plain keys expiring at their `until`;
+//!   blocks and offence counts are also indexed in one hash for `GET /v1/blocks`.
 //! - **Faults**: every call has a timeout; a circuit breaker fails fast after repeated
 //!   errors and lets one call through per cooldown to notice recovery; the connection
 //!   reconnects by itself. The caller decides per rule what an error means
