@@ -31,6 +31,10 @@ use smsfence::proxy::route::{RouteTable, Target};
 use smsfence::rules::RuleSet;
 use smsfence::store::{memory::MemoryStore, Store};
 
+#[path = "common/rules.rs"]
+mod common_rules;
+use common_rules::all_forwarded_rules;
+
 struct Noop;
 impl Wake for Noop {
     fn wake(self: Arc<Self>) {}
@@ -230,64 +234,6 @@ fn bench_normalize(c: &mut Criterion) {
 
 fn default_rules() -> RuleSet {
     RuleSet::embedded().expect("the embedded rules compile")
-}
-
-/// The shipped rules with every request forwarded, but every rule still evaluated and
-/// every key still written: limits keyed on the number as shipped (a new number never
-/// reaches them, and their keys live as long as in production), every other limit raised
-/// out of reach, every heuristic in shadow mode (its windows read and written as when
-/// enforced; it records a shadow hit instead of refusing).
-fn all_forwarded_rules() -> RuleSet {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/rules");
-    let mut files: Vec<(String, String)> = Vec::new();
-    for e in std::fs::read_dir(dir).expect("the rules directory") {
-        let p = e.expect("a dir entry").path();
-        if p.extension().is_some_and(|x| x == "toml") {
-            let text = std::fs::read_to_string(&p).expect("a rule file");
-            files.push((p.display().to_string(), forwarded(&text)));
-        }
-    }
-    files.sort();
-    RuleSet::compile(files.iter().map(|(f, t)| (f.as_str(), t.as_str()))).expect("rules compile")
-}
-
-/// See [`all_forwarded_rules`]: rewrites one rule file, table by table.
-fn forwarded(text: &str) -> String {
-    let mut out = String::new();
-    let mut block: Vec<&str> = Vec::new();
-    let flush = |block: &mut Vec<&str>, out: &mut String| {
-        let head = block.first().map_or("", |l| l.trim());
-        let number_limit = head == "[[limit]]"
-            && block
-                .iter()
-                .any(|l| l.trim().replace(' ', "") == "key=\"number\"");
-        for (i, l) in block.iter().enumerate() {
-            let t = l.trim_start();
-            if head == "[[limit]]" && !number_limit && t.starts_with("rate =") {
-                let unit = t.split('/').nth(1).unwrap_or("1s\"");
-                out.push_str(&format!("rate = \"1000000000/{unit}\n"));
-            } else if head == "[[limit]]" && !number_limit && t.starts_with("burst =") {
-                out.push_str("burst = 1000000000\n");
-            } else if head == "[[heuristic]]" && t.starts_with("mode =") {
-                // replaced below
-            } else {
-                out.push_str(l);
-                out.push('\n');
-            }
-            if i == 0 && head == "[[heuristic]]" {
-                out.push_str("mode = \"shadow\"\n");
-            }
-        }
-        block.clear();
-    };
-    for l in text.lines() {
-        if l.starts_with('[') {
-            flush(&mut block, &mut out);
-        }
-        block.push(l);
-    }
-    flush(&mut block, &mut out);
-    out
 }
 
 fn facts<'a>(recipients: &'a [Recipient]) -> Facts<'a> {
