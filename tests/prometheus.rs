@@ -120,6 +120,14 @@ async fn query(prom: &str, expr: &str) -> serde_json::Value {
         .json()
 }
 
+/// [`query`] while Prometheus may still be starting: `None` until it answers 200
+/// (it accepts connections before its storage is ready, and says 503 meanwhile).
+async fn query_when_up(prom: &str, expr: &str) -> Option<serde_json::Value> {
+    let q: String = form_urlencoded::byte_serialize(expr.as_bytes()).collect();
+    let a = send("GET", &format!("{prom}/api/v1/query?query={q}"), &[], "").await;
+    (a.status == 200).then(|| a.json())
+}
+
 fn rules_dir_with_shadow() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for f in std::fs::read_dir(repo().join("rules")).unwrap() {
@@ -242,7 +250,9 @@ async fn live_scrape_passes_promtool_and_every_query_returns_data() {
             .await
             .is_ok();
         if ready {
-            let v = query(&prom, "count_over_time(smsfence_build_info[1m])").await;
+            let v = query_when_up(&prom, "count_over_time(smsfence_build_info[1m])")
+                .await
+                .unwrap_or_default();
             let n = v["data"]["result"][0]["value"][1]
                 .as_str()
                 .and_then(|s| s.parse::<u32>().ok())
