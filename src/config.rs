@@ -90,8 +90,19 @@ pub struct ServerConfig {
     /// How long a client may take to send its request head and body.
     #[serde(with = "serde_duration")]
     pub request_read_timeout: Duration,
-    /// Worker threads for the runtime (0 = one per core).
+    /// Proxy workers, each a thread with its own event loop, sharing the listening
+    /// socket (0 = one per core). Worker 0 runs on the thread that starts the instance.
     pub worker_threads: usize,
+}
+
+impl ServerConfig {
+    /// The number of proxy workers `worker_threads` asks for.
+    pub fn workers(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -388,6 +399,13 @@ impl Config {
                 0,
                 "server.max_body_bytes".into(),
                 "must be above 0".into(),
+            ));
+        }
+        if self.server.worker_threads > 1024 {
+            return Err(err(
+                0,
+                "server.worker_threads".into(),
+                "at most 1024 (0 = one per core)".into(),
             ));
         }
         if self.upstream.timeout.is_zero() || self.upstream.connect_timeout.is_zero() {

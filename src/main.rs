@@ -267,11 +267,10 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None if Path::new("rules").is_dir() => Source::Dir(PathBuf::from("rules")),
         None => Source::Embedded,
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.server.worker_threads > 0 {
-        runtime.worker_threads(config.server.worker_threads);
-    }
-    let runtime = runtime
+    // The main thread runs the admin listener, the background tasks and proxy worker 0;
+    // `Instance::start` gives every other proxy worker a thread of its own (see
+    // `server.worker_threads`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;

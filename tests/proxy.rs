@@ -288,3 +288,72 @@ async fn graceful_shutdown_finishes_an_in_flight_request() {
         .await
         .expect("drained");
 }
+
+/// Names of this process's threads that are proxy workers (`sf-worker-N`).
+fn worker_threads() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .filter(|n| n.starts_with("sf-worker-"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_the_listener_the_limits_and_stop_together() {
+    let up = MockUpstream::start().await;
+    let cooldown =
+        "[[limit]]\nname = \"cooldown\"\nkey = \"number\"\nrate = \"1/60s\"\nburst = 1\n";
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworker_threads = 4\n{}",
+        twilio_route(&up.url(), "")
+    );
+    let p = Proxy::start(&config, &[("r.toml", cooldown)]).await;
+    // Any test in this binary may run its own instance at the same time: count ours by
+    // their presence, not by the exact list.
+    let running = worker_threads();
+    for i in 1..4 {
+        assert!(running.contains(&format!("sf-worker-{i}")), "{running:?}");
+    }
+    // 24 clients on their own connections at once, all for one number: whichever worker
+    // accepts each, the cooldown lets exactly one through.
+    let same: Vec<_> = (0..24)
+        .map(|_| {
+            let p = &p;
+            async move { twilio_send(p, "+447400900123", &[]).await.status }
+        })
+        .collect();
+    let statuses = futures_util::future::join_all(same).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 23);
+    // 24 distinct numbers at once: all forwarded, each exactly once.
+    let distinct: Vec<_> = (0..24)
+        .map(|i| {
+            let p = &p;
+            async move {
+                twilio_send(p, &format!("+4474009002{i:02}"), &[])
+                    .await
+                    .status
+            }
+        })
+        .collect();
+    let statuses = futures_util::future::join_all(distinct).await;
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+    assert_eq!(up.requests().len(), 25);
+
+    let addr = p.instance.proxy_addr;
+    p.instance.shutdown();
+    tokio::time::timeout(Duration::from_secs(5), p.instance.wait())
+        .await
+        .expect("every worker drained and stopped");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no worker still accepts"
+    );
+}

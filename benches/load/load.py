@@ -197,6 +197,8 @@ def main():
         ap.add_argument("--" + a, required=True)
     for a in ["rounds", "duration", "conns", "threads"]:
         ap.add_argument("--" + a, type=int, required=True)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--no-half", action="store_true")
     args = ap.parse_args()
     if not 1 <= args.threads <= 4:
         sys.exit("THREADS must be 1 to 4 (distinct.lua gives each thread its own numbers)")
@@ -254,6 +256,10 @@ def main():
             if cpu_ticks(everyone) - c0 <= 1:
                 break
 
+        if args.only:
+            keep = re.compile(args.only)
+            targets = {n: t for n, t in targets.items()
+                       if n == "direct" or n.startswith("nginx_limit_req") or keep.search(n)}
         results = {name: [] for name in targets}
         for rnd in range(args.rounds):
             for name, (port, pids, _) in targets.items():
@@ -305,7 +311,7 @@ def main():
         half = {}
         w0 = min(workers)
         for name, (port, _, w) in targets.items():
-            if w != w0:
+            if w != w0 or args.no_half:
                 continue
             # Each connection sends one request per (2 ms + latency): start from the 2 ms,
             # and correct once by the rate achieved.

@@ -9,6 +9,10 @@
 #   benches/load/run.sh                     # defaults: ROUNDS=3 DURATION=4 CONNS=64
 #   ROUNDS=5 DURATION=5 benches/load/run.sh
 #   WORKERS="1" benches/load/run.sh         # only the 1-vs-1 budget
+#   ONLY="none|all_forwarded" HALF=0 benches/load/run.sh
+#                                           # only the targets matching ONLY (direct and nginx
+#                                           # limit_req always run: the ratios need them),
+#                                           # without the half-throughput latency pass
 #
 # Installs wrk and nginx (Debian) when missing; needs root for that only. Everything
 # stays on 127.0.0.1 and stops by itself. Results: target/load/results.json + a table.
@@ -46,4 +50,5 @@ MOCK=$ROOT/target/release/examples/mock_upstream
 exec python3 "$ROOT/benches/load/load.py" \
     --out "$OUT" --rounds "$ROUNDS" --duration "$DURATION" --conns "$CONNS" \
     --threads "$THREADS" --workers "$WORKERS" --nginx "$NGINX" --smsfence "$BIN" \
+    --only "${ONLY:-}" $([ "${HALF:-1}" = 0 ] && echo --no-half) \
     --mock "$MOCK" --rules "$ROOT/rules" --lua "$ROOT/benches/load/distinct.lua"

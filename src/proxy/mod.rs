@@ -279,6 +279,9 @@ pub enum StartError {
     /// The audit log could not be opened.
     #[error("opening the audit log: {0}")]
     Audit(std::io::Error),
+    /// A proxy worker's thread or event loop could not be started.
+    #[error("starting a proxy worker: {0}")]
+    Worker(std::io::Error),
     /// The shared store is unreachable and `store.require_store` is set.
     #[error("connecting to the state store (store.require_store = true): {0}")]
     Store(crate::store::StoreError),
@@ -343,7 +346,7 @@ impl Instance {
             store: Arc::clone(&store),
             clock: Arc::clone(&opts.clock),
             metrics: Arc::clone(&metrics),
-            upstream: upstream::Upstream::new(&cfg.upstream),
+            upstream: upstream::Upstream::new(&cfg.upstream, cfg.server.workers()),
             trusted: Trusted {
                 peers: cfg.trusted.peers.clone(),
                 ip_header: header(&cfg.trusted.ip_header),
@@ -357,43 +360,58 @@ impl Instance {
             id_prefix: std::process::id(),
         });
 
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { addr, source })
-        };
-        let proxy_listener = bind(cfg.server.listen).await?;
-        let admin_listener = bind(cfg.admin.listen).await?;
+        let bind_error = |addr: SocketAddr| move |source| StartError::Bind { addr, source };
+        let proxy_listener = std::net::TcpListener::bind(cfg.server.listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(bind_error(cfg.server.listen))?;
+        let admin_listener = TcpListener::bind(cfg.admin.listen)
+            .await
+            .map_err(bind_error(cfg.admin.listen))?;
         let proxy_addr = proxy_listener
             .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: cfg.server.listen,
-                source,
-            })?;
+            .map_err(bind_error(cfg.server.listen))?;
         let admin_addr = admin_listener
             .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: cfg.admin.listen,
-                source,
-            })?;
+            .map_err(bind_error(cfg.admin.listen))?;
 
         let (shutdown, rx) = watch::channel(false);
         let drain = cfg.server.drain_timeout;
         let mut tasks = Vec::new();
-        {
-            let app = Arc::clone(&app);
-            let rx = rx.clone();
-            let timeout = cfg.server.request_read_timeout;
+        // Thread per core, as nginx's workers: every worker accepts from the same
+        // listening socket and serves its connections start to end on its own
+        // single-threaded event loop, with its own upstream pool. Worker 0 runs here.
+        for index in 0..cfg.server.workers() {
+            let listener = proxy_listener
+                .try_clone()
+                .map_err(bind_error(cfg.server.listen))?;
+            let worker = proxy_worker(
+                Arc::clone(&app),
+                listener,
+                rx.clone(),
+                drain,
+                cfg.server.request_read_timeout,
+            );
+            if index == 0 {
+                tasks.push(tokio::spawn(worker));
+                continue;
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(StartError::Worker)?;
+            let (done, finished) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(format!("sf-worker-{index}"))
+                .spawn(move || {
+                    upstream::set_worker(index);
+                    runtime.block_on(worker);
+                    // Tasks the worker spawned (upstream connections) end with it.
+                    runtime.shutdown_timeout(Duration::from_secs(1));
+                    let _ = done.send(());
+                })
+                .map_err(StartError::Worker)?;
             tasks.push(tokio::spawn(async move {
-                server::serve(
-                    proxy_listener,
-                    rx,
-                    drain,
-                    timeout,
-                    Arc::clone(&app.metrics),
-                    move |peer, req| handler::handle(Arc::clone(&app), peer, req),
-                )
-                .await;
+                let _ = finished.await;
             }));
         }
         {
@@ -461,6 +479,33 @@ impl Instance {
             let _ = t.await;
         }
     }
+}
+
+/// One proxy worker: serves connections accepted from `listener` until shutdown.
+async fn proxy_worker(
+    app: Arc<App>,
+    listener: std::net::TcpListener,
+    stop: watch::Receiver<bool>,
+    drain: Duration,
+    read_timeout: Duration,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("a proxy worker cannot use the listening socket: {e}");
+            return;
+        }
+    };
+    let metrics = Arc::clone(&app.metrics);
+    server::serve(
+        listener,
+        stop,
+        drain,
+        read_timeout,
+        metrics,
+        move |peer, req| handler::handle(Arc::clone(&app), peer, req),
+    )
+    .await;
 }
 
 /// Sweeps idle keys and publishes store gauges until shutdown.

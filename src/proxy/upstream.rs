@@ -4,6 +4,8 @@
 //! Requests are sent once. hyper's pool re-sends only a request that never left (a
 //! pooled connection found closed before writing), which is not a second send.
 
+use std::cell::Cell;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,16 +43,36 @@ impl UpstreamError {
     }
 }
 
-/// The shared client.
+type Pooled = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+thread_local! {
+    /// Which proxy worker runs on this thread (0 on any thread not started as one).
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks this thread as proxy worker `index`: its requests use that worker's pool.
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// The upstream clients: one connection pool per proxy worker, so a request and the
+/// upstream connection it travels on are driven by the same thread.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    clients: Arc<[Pooled]>,
     timeout: Duration,
 }
 
 impl Upstream {
-    /// A client with the configured timeouts and pool.
-    pub fn new(cfg: &UpstreamConfig) -> Upstream {
+    /// One client per worker with the configured timeouts and pool.
+    pub fn new(cfg: &UpstreamConfig, workers: usize) -> Upstream {
+        Upstream {
+            clients: (0..workers.max(1)).map(|_| Self::client(cfg)).collect(),
+            timeout: cfg.timeout,
+        }
+    }
+
+    fn client(cfg: &UpstreamConfig) -> Pooled {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(cfg.connect_timeout));
@@ -62,16 +84,12 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
+        Client::builder(TokioExecutor::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(https);
-        Upstream {
-            client,
-            timeout: cfg.timeout,
-        }
+            .build(https)
     }
 
     /// Sends one request and waits for the response head.
@@ -79,7 +97,8 @@ impl Upstream {
         &self,
         req: Request<Full<Bytes>>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        let client = &self.clients[WORKER.with(Cell::get) % self.clients.len()];
+        match tokio::time::timeout(self.timeout, client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Refused),
