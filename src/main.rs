@@ -89,6 +89,11 @@ struct RunArgs {
     log_format: LogFormat,
 }
 
+// mimalloc: per-thread free lists suit a thread-per-core proxy that allocates a few
+// small buffers per request (glibc's malloc cost ~7% of the CPU per request here).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

@@ -298,9 +298,9 @@ pub fn normalize(
     normalize_full(raw, format, default_region)
 }
 
-/// Loads the numbering metadata and builds the fast tables of the busiest calling codes
-/// now, so that the first requests do not wait for them. (Building every code's table
-/// would cost about 90 MiB and half a second of CPU; the others are built on first use.)
+/// Loads the numbering metadata and builds the fast tables of every calling code now
+/// (about 0.4 s of CPU and 2 MiB of DFAs), so that no request waits for them: the
+/// busiest codes first.
 pub fn warm_up() {
     const COMMON: [&str; 16] = [
         "+14155550123",
@@ -323,6 +323,7 @@ pub fn warm_up() {
     for n in COMMON {
         let _ = normalize(n, NumberFormat::E164, None);
     }
+    fast::warm_up();
 }
 
 /// The ASCII digits after the calling code's `+`, when `raw` (trimmed) is read as an

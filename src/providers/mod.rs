@@ -258,17 +258,27 @@ pub fn content_type(headers: &HeaderMap) -> Option<String> {
 
 /// Every value of `key` in a URL-encoded form body.
 pub fn form_values(body: &[u8], key: &str) -> Vec<String> {
-    form_urlencoded::parse(body)
-        .filter(|(k, _)| k == key)
-        .map(|(_, v)| v.into_owned())
-        .collect()
+    form_fields(body, key).collect()
 }
 
 /// The first value of `key` in a URL-encoded form body.
 pub fn form_value(body: &[u8], key: &str) -> Option<String> {
-    form_urlencoded::parse(body)
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.into_owned())
+    form_fields(body, key).next()
+}
+
+/// The decoded values of `key`, as `form_urlencoded::parse` reads the body, without
+/// decoding the fields that cannot be `key`: a name with no `%` or `+` is its own
+/// decoding, so it is compared as it is.
+fn form_fields<'b>(body: &'b [u8], key: &'b str) -> impl Iterator<Item = String> + 'b {
+    body.split(|&b| b == b'&').filter_map(move |field| {
+        let name = field.split(|&b| b == b'=').next().unwrap_or(field);
+        let plain = !name.iter().any(|&b| b == b'%' || b == b'+');
+        if plain && name != key.as_bytes() {
+            return None;
+        }
+        let (k, v) = form_urlencoded::parse(field).next()?;
+        (k == key).then(|| v.into_owned())
+    })
 }
 
 /// The user part of `Authorization: Basic …`.
@@ -575,6 +585,31 @@ pub fn phone_part(raw: &str) -> Option<Cow<'_, str>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn form_fields_read_as_form_urlencoded_does() {
+        let bodies: [&[u8]; 9] = [
+            b"To=%2B447400123456&From=%2B15005550006&Body=Your+code+is+123456",
+            b"T%6F=%2B1&To=second&To=third",
+            b"To&To=&=x&&To=a=b&",
+            b"B+ody=1&Body=2&Body%20=3&Body+=4",
+            b"To=%zz%2&To=%F0%9F%98%80&To=%FF",
+            b"%54%6f=encoded-name&to=lower",
+            b"",
+            b"&&&",
+            b"To=+44+7400+123456",
+        ];
+        for body in bodies {
+            for key in ["To", "Body", "B ody", "Body ", "", "to", "From"] {
+                let expected: Vec<String> = form_urlencoded::parse(body)
+                    .filter(|(k, _)| k == key)
+                    .map(|(_, v)| v.into_owned())
+                    .collect();
+                assert_eq!(form_values(body, key), expected, "{body:?} {key:?}");
+                assert_eq!(form_value(body, key), expected.first().cloned());
+            }
+        }
+    }
 
     /// A POST view for preset unit tests.
     pub(crate) fn view<'a>(

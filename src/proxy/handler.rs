@@ -18,7 +18,7 @@ use hyper::http::request::Parts;
 use hyper::{Request, Response, StatusCode, Uri};
 
 use super::route::Target;
-use super::upstream::UpstreamError;
+use super::upstream::{UpstreamBody, UpstreamError};
 use super::App;
 use crate::audit::AuditEvent;
 use crate::config::{OnUnsupported, Route, Upstream};
@@ -29,7 +29,7 @@ use crate::providers::{
 };
 
 /// The body of every response the proxy sends: its own, or the upstream's, streamed.
-pub type Body = Either<Full<Bytes>, Incoming>;
+pub type Body = Either<Full<Bytes>, UpstreamBody>;
 
 /// Largest upstream body buffered to read a verification outcome.
 const MAX_BUFFERED_RESPONSE: usize = 1024 * 1024;
@@ -491,12 +491,7 @@ async fn forward<'a>(
         Some(q) => format!("{base_path}{rest}?{q}"),
         None => format!("{base_path}{rest}"),
     };
-    let uri = match Uri::builder()
-        .scheme(scheme.clone())
-        .authority(authority.clone())
-        .path_and_query(pq)
-        .build()
-    {
+    let uri = match Uri::try_from(pq) {
         Ok(u) => u,
         Err(_) => {
             ctx.outcome = Outcome::BadRequest;
@@ -519,7 +514,7 @@ async fn forward<'a>(
     }
 
     let sent = Instant::now();
-    let result = app.upstream.send(req).await;
+    let result = app.upstream.send(scheme, authority, req).await;
     ctx.upstream_time = sent.elapsed();
     let resp = match result {
         Ok(r) => r,

@@ -400,16 +400,20 @@ impl Instance {
                 .build()
                 .map_err(StartError::Worker)?;
             let (done, finished) = tokio::sync::oneshot::channel::<()>();
+            let (up, started) = tokio::sync::oneshot::channel::<()>();
             std::thread::Builder::new()
                 .name(format!("sf-worker-{index}"))
                 .spawn(move || {
                     upstream::set_worker(index);
+                    let _ = up.send(());
                     runtime.block_on(worker);
                     // Tasks the worker spawned (upstream connections) end with it.
                     runtime.shutdown_timeout(Duration::from_secs(1));
                     let _ = done.send(());
                 })
                 .map_err(StartError::Worker)?;
+            // Started means every worker is running (and named) when `start` returns.
+            let _ = started.await;
             tasks.push(tokio::spawn(async move {
                 let _ = finished.await;
             }));

@@ -1,33 +1,44 @@
-//! The pooled upstream client: keep-alive HTTP/1.1 and HTTP/2 over rustls, with a
-//! connect timeout and a total timeout, and errors sorted into kinds for metrics.
+//! The upstream client: keep-alive HTTP/1.1 over TCP or rustls, one connection pool per
+//! proxy worker, a connect timeout and a total timeout, and errors sorted into kinds for
+//! metrics.
 //!
-//! Requests are sent once. hyper's pool re-sends only a request that never left (a
-//! pooled connection found closed before writing), which is not a second send.
+//! Built on hyper's connection API rather than a general-purpose pooled client: a
+//! worker takes an idle connection from its own pool, sends, and the connection goes
+//! back to that pool when the response body has been read to its end — no shared pool,
+//! no per-request bookkeeping task. Upstreams are spoken to in HTTP/1.1 (as nginx does);
+//! every provider API accepts it.
+//!
+//! Requests are sent once. A request is re-sent only when hyper hands it back unwritten
+//! (a pooled connection found closed before anything was sent), on another connection.
 
 use std::cell::Cell;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::http::uri::{Authority, Scheme};
+use hyper::{Request, Response, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower_service::Service;
 
 use crate::config::UpstreamConfig;
 
 /// Why an upstream exchange failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamError {
-    /// The connection was refused or could not be opened.
+    /// The connection was refused or could not be opened (TCP or TLS).
     Refused,
     /// No response head within the timeout.
     Timeout,
     /// The connection broke mid-exchange.
     Reset,
-    /// Anything else (TLS, protocol).
+    /// Anything else (a malformed response, a protocol error).
     Other,
 }
 
@@ -41,9 +52,21 @@ impl UpstreamError {
             UpstreamError::Other => "other",
         }
     }
-}
 
-type Pooled = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+    fn of(e: &hyper::Error) -> UpstreamError {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+        let io_reset = std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted)
+            });
+        if e.is_canceled() || e.is_incomplete_message() || e.is_closed() || io_reset {
+            UpstreamError::Reset
+        } else {
+            UpstreamError::Other
+        }
+    }
+}
 
 thread_local! {
     /// Which proxy worker runs on this thread (0 on any thread not started as one).
@@ -55,69 +78,284 @@ pub fn set_worker(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
-/// The upstream clients: one connection pool per proxy worker, so a request and the
-/// upstream connection it travels on are driven by the same thread.
-#[derive(Clone, Debug)]
+type Sender = SendRequest<Full<Bytes>>;
+
+/// The upstream client, shared by every worker (each uses its own pool).
+#[derive(Clone)]
 pub struct Upstream {
-    clients: Arc<[Pooled]>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("workers", &self.shared.workers.len())
+            .field("timeout", &self.shared.timeout)
+            .finish()
+    }
+}
+
+struct Shared {
+    workers: Box<[Mutex<Vec<Host>>]>,
+    connector: HttpsConnector<HttpConnector>,
     timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+}
+
+/// One upstream host's idle connections in one worker's pool.
+struct Host {
+    scheme: Scheme,
+    authority: Authority,
+    idle: Vec<Idle>,
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
 }
 
 impl Upstream {
-    /// One client per worker with the configured timeouts and pool.
+    /// A client with the configured timeouts and one pool per worker.
     pub fn new(cfg: &UpstreamConfig, workers: usize) -> Upstream {
-        Upstream {
-            clients: (0..workers.max(1)).map(|_| Self::client(cfg)).collect(),
-            timeout: cfg.timeout,
-        }
-    }
-
-    fn client(cfg: &UpstreamConfig) -> Pooled {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
             .enable_http1()
-            .enable_http2()
             .wrap_connector(http);
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https)
+        Upstream {
+            shared: Arc::new(Shared {
+                workers: (0..workers.max(1))
+                    .map(|_| Mutex::new(Vec::new()))
+                    .collect(),
+                connector,
+                timeout: cfg.timeout,
+                idle_timeout: cfg.pool_idle_timeout,
+                max_idle: cfg.pool_max_idle_per_host,
+            }),
+        }
     }
 
-    /// Sends one request and waits for the response head.
+    /// Sends one request (origin-form URI, `Host` set) to `scheme://authority` and waits
+    /// for the response head, within the total timeout.
     pub async fn send(
         &self,
+        scheme: &Scheme,
+        authority: &Authority,
         req: Request<Full<Bytes>>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let client = &self.clients[WORKER.with(Cell::get) % self.clients.len()];
-        match tokio::time::timeout(self.timeout, client.request(req)).await {
-            Err(_) => Err(UpstreamError::Timeout),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Refused),
-            Ok(Err(e)) => {
-                let text = format!("{e:?}");
-                if text.contains("Canceled")
-                    || text.contains("IncompleteMessage")
-                    || text.contains("reset")
-                {
-                    Err(UpstreamError::Reset)
-                } else {
-                    Err(UpstreamError::Other)
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        tokio::time::timeout(self.shared.timeout, self.exchange(scheme, authority, req))
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
+    }
+
+    async fn exchange(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let worker = WORKER.with(Cell::get) % self.shared.workers.len();
+        loop {
+            let (host, pooled) = self.shared.checkout(worker, scheme, authority);
+            let reused = pooled.is_some();
+            let mut sender = match pooled {
+                Some(s) => s,
+                None => self.connect(scheme, authority).await?,
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let back = Return {
+                        shared: Arc::clone(&self.shared),
+                        worker,
+                        host,
+                        sender,
+                    };
+                    return Ok(resp.map(|inner| UpstreamBody {
+                        inner,
+                        back: Some(back),
+                    }));
                 }
+                Err(mut e) => match e.take_message() {
+                    // Never written: the pooled connection had closed. Another one (a new
+                    // one once the pool is empty) gets it; a new connection is not retried.
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(UpstreamError::of(e.error())),
+                },
             }
         }
     }
 
+    async fn connect(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+    ) -> Result<Sender, UpstreamError> {
+        let uri = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|_| UpstreamError::Other)?;
+        let io = self.shared.connector.clone().call(uri).await.map_err(|e| {
+            tracing::debug!("upstream connect failed: {e}");
+            UpstreamError::Refused
+        })?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::of(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("upstream connection ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+
     /// The total timeout.
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        self.shared.timeout
+    }
+
+    /// Idle connections in every worker's pool (for tests).
+    pub fn idle_connections(&self) -> usize {
+        self.shared
+            .workers
+            .iter()
+            .map(|w| lock(w).iter().map(|h| h.idle.len()).sum::<usize>())
+            .sum()
+    }
+}
+
+fn lock(m: &Mutex<Vec<Host>>) -> MutexGuard<'_, Vec<Host>> {
+    // A panic while holding the lock leaves the idle lists consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// The host's slot in the worker's pool, and an idle connection ready to use if one is.
+    fn checkout(
+        &self,
+        worker: usize,
+        scheme: &Scheme,
+        authority: &Authority,
+    ) -> (usize, Option<Sender>) {
+        let mut hosts = lock(&self.workers[worker]);
+        let index = match hosts
+            .iter()
+            .position(|h| h.authority == *authority && h.scheme == *scheme)
+        {
+            Some(i) => i,
+            None => {
+                hosts.push(Host {
+                    scheme: scheme.clone(),
+                    authority: authority.clone(),
+                    idle: Vec::new(),
+                });
+                hosts.len() - 1
+            }
+        };
+        let idle = &mut hosts[index].idle;
+        // Most recently used first; closed, expired or busy connections are dropped.
+        while let Some(i) = idle.pop() {
+            if i.sender.is_ready() && i.since.elapsed() < self.idle_timeout {
+                return (index, Some(i.sender));
+            }
+        }
+        (index, None)
+    }
+
+    fn put(&self, worker: usize, host: usize, sender: Sender) {
+        let mut hosts = lock(&self.workers[worker]);
+        let idle = &mut hosts[host].idle;
+        if idle.len() < self.max_idle {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// Where a connection goes back once its response has been read.
+struct Return {
+    shared: Arc<Shared>,
+    worker: usize,
+    host: usize,
+    sender: Sender,
+}
+
+/// An upstream response body. Read to its end, it returns its connection to the pool;
+/// dropped early, the connection is closed (HTTP/1.1 cannot abandon a response).
+pub struct UpstreamBody {
+    inner: Incoming,
+    back: Option<Return>,
+}
+
+impl UpstreamBody {
+    fn release(&mut self) {
+        if let Some(r) = self.back.take() {
+            if r.sender.is_ready() {
+                r.shared.put(r.worker, r.host, r.sender);
+            } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                // The connection finishes the exchange on its next turn: pool it then.
+                rt.spawn(async move {
+                    let Return {
+                        shared,
+                        worker,
+                        host,
+                        mut sender,
+                    } = r;
+                    let ready = std::future::poll_fn(|cx| sender.poll_ready(cx));
+                    if let Ok(Ok(())) = tokio::time::timeout(shared.timeout, ready).await {
+                        shared.put(worker, host, sender);
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body with nothing left to read (204, or read to its end) frees its
+        // connection; otherwise dropping the sender closes it.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
     }
 }
