@@ -357,3 +357,112 @@ async fn workers_share_the_listener_the_limits_and_stop_together() {
         "no worker still accepts"
     );
 }
+
+/// A bare HTTP/1.1 upstream that counts connections and requests; with `close_each` it
+/// closes every connection after one answer (as an upstream with no keep-alive does).
+async fn counting_upstream(
+    close_each: bool,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (conns, reqs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (c, r) = (Arc::clone(&conns), Arc::clone(&reqs));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let r = Arc::clone(&r);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request: the head, then Content-Length bytes of body.
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < head_end + len {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + len);
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let body = r#"{"sid":"SMraw"}"#;
+                    let resp = format!(
+                        "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if close_each {
+                        let _ = s.shutdown().await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns, reqs)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    use std::sync::atomic::Ordering;
+    let (addr, conns, reqs) = counting_upstream(false).await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworker_threads = 1\n{}",
+        twilio_route(&format!("http://{addr}"), "")
+    );
+    let p = Proxy::start(&config, NO_RULES).await;
+    for i in 0..5 {
+        let a = twilio_send(&p, &format!("+44740090030{i}"), &[]).await;
+        assert_eq!(a.status, 201);
+        assert_eq!(a.json()["sid"], "SMraw");
+    }
+    assert_eq!(reqs.load(Ordering::SeqCst), 5);
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "one upstream connection, reused"
+    );
+    assert_eq!(p.instance.app.upstream.idle_connections(), 1);
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_each_connection_gets_each_request_once() {
+    use std::sync::atomic::Ordering;
+    let (addr, conns, reqs) = counting_upstream(true).await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworker_threads = 1\n{}",
+        twilio_route(&format!("http://{addr}"), "")
+    );
+    let p = Proxy::start(&config, NO_RULES).await;
+    for i in 0..4 {
+        let a = twilio_send(&p, &format!("+44740090040{i}"), &[]).await;
+        assert_eq!(a.status, 201, "request {i}: {}", a.text());
+    }
+    // Every request reached the upstream exactly once, each on a connection of its own
+    // (a closed connection is never handed out, and nothing is sent twice).
+    assert_eq!(reqs.load(Ordering::SeqCst), 4);
+    assert_eq!(conns.load(Ordering::SeqCst), 4);
+}

@@ -204,12 +204,13 @@ async fn handle_inner<'a>(
         _ => providers::kind(op),
     };
     let now = app.clock.now();
-    let request_id = app.next_request_id();
+    // Numbered only when something shows it (a refusal, the audit log).
+    let request_id = std::cell::LazyCell::new(|| app.next_request_id());
     // Events are only built when the audit log is on (finish_event drops them otherwise).
     let mut event = if app.audit.enabled() {
         AuditEvent {
             event: "send",
-            request_id: request_id.clone(),
+            request_id: (*request_id).clone(),
             provider: ctx.provider,
             route: route.name.clone(),
             kind: Some(kind.as_str()),
@@ -624,6 +625,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Usually there are none: one pass over the names costs less than eight removals.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
