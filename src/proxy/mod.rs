@@ -361,8 +361,11 @@ impl Instance {
         });
 
         let bind_error = |addr: SocketAddr| move |source| StartError::Bind { addr, source };
-        let proxy_listener = std::net::TcpListener::bind(cfg.server.listen)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        // Bound by tokio (SO_REUSEADDR, a backlog of 1024), then handed to the workers as a
+        // std socket that each registers with its own event loop.
+        let proxy_listener = TcpListener::bind(cfg.server.listen)
+            .await
+            .and_then(TcpListener::into_std)
             .map_err(bind_error(cfg.server.listen))?;
         let admin_listener = TcpListener::bind(cfg.admin.listen)
             .await
