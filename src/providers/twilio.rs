@@ -70,26 +70,27 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
             "Twilio takes application/x-www-form-urlencoded bodies",
         ));
     }
-    let to = req.form_value("To").filter(|t| !t.trim().is_empty());
     let mut out = Extracted {
         segments: 1,
         ..Extracted::default()
     };
+    let present = |t: Option<String>| t.filter(|t| !t.trim().is_empty());
     match op {
         Op::Message => {
-            let to = to.ok_or(ExtractError::MissingRecipient("To"))?;
+            // A send reads four fields: one pass over the body.
+            let [to, from, service, body] =
+                req.form_first(["To", "From", "MessagingServiceSid", "Body"]);
+            let to = present(to).ok_or(ExtractError::MissingRecipient("To"))?;
             match super::phone_part(&to) {
                 Some(number) => out.recipients.push(number.into_owned()),
                 None => return Err(ExtractError::Unsupported("a non-phone Twilio address")),
             }
             out.account = req.param(0);
-            out.sender = req
-                .form_value("From")
-                .or_else(|| req.form_value("MessagingServiceSid"));
-            out.segments = req.form_value("Body").map_or(1, |b| segments::count(&b));
+            out.sender = from.or(service);
+            out.segments = body.map_or(1, |b| segments::count(&b));
         }
         Op::VerifyStart => {
-            let to = to.ok_or(ExtractError::MissingRecipient("To"))?;
+            let to = present(req.form_value("To")).ok_or(ExtractError::MissingRecipient("To"))?;
             let channel = req.form_value("Channel").unwrap_or_default();
             out.account = req.basic_user();
             out.sender = req.param(0);
@@ -105,7 +106,10 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
         Op::VerifyCheck => {
             out.account = req.basic_user();
             out.sender = req.param(0);
-            match (to, req.form_value("VerificationSid")) {
+            match (
+                present(req.form_value("To")),
+                req.form_value("VerificationSid"),
+            ) {
                 (Some(to), _) if to.contains('@') => out.no_phone = true,
                 (Some(to), _) => out.recipients.push(
                     super::phone_part(&to)
