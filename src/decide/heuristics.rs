@@ -243,9 +243,12 @@ pub(super) async fn evaluate<'f>(
     let all_skipped =
         |h: &HeuristicRule| (0..dests.len()).all(|i| dests[i].is_none() || skipped(h, i));
 
+    // Sized for the usual plan (at most four windows per heuristic and recipient), so
+    // that building it does not reallocate.
+    let expected = active.len() * dests.len() * 4;
     let mut plan = Plan {
-        now: Vec::new(),
-        on_allow: Vec::new(),
+        now: Vec::with_capacity(expected),
+        on_allow: Vec::with_capacity(expected),
     };
     for &hi in &active {
         let h = &rules.heuristics[hi];
@@ -453,30 +456,35 @@ pub(super) async fn evaluate<'f>(
         }
     }
 
-    let now_ops: Vec<WindowOp<'f>> = plan.now.iter().map(|(_, _, op)| *op).collect();
-    let later_ops: Vec<WindowOp<'f>> = plan.on_allow.iter().map(|(_, _, op)| *op).collect();
     // Every window in one store operation (one round trip on Redis). Velocity
     // observations are recorded as they are read. Sends are added as they are read too
     // (one atomic operation per window): conversion rates count every attempt — a
     // refused code request is an unverified one too, so a pumping run cannot slip back
     // under the minimum volume by being refused — and budget sends are reservations,
     // given back if the request is refused after all.
-    let all_ops: Vec<WindowOp<'f>> = now_ops.iter().chain(&later_ops).copied().collect();
-    let commits: Vec<bool> = now_ops
+    let now_len = plan.now.len();
+    let all_ops: Vec<WindowOp<'f>> = plan
+        .now
         .iter()
-        .map(|_| commit)
-        .chain(later_ops.iter().map(|op| commit && op.amount > 0))
+        .chain(&plan.on_allow)
+        .map(|(_, _, op)| *op)
+        .collect();
+    let later_ops = &all_ops[now_len..];
+    let commits: Vec<bool> = all_ops
+        .iter()
+        .enumerate()
+        .map(|(k, op)| commit && (k < now_len || op.amount > 0))
         .collect();
     let mut reads = if all_ops.is_empty() {
         Vec::new()
     } else {
         store.windows_each(&all_ops, &commits, now).await?
     };
-    let later_reads = reads.split_off(now_ops.len());
+    let later_reads = reads.split_off(now_len);
     let now_reads = reads;
     let reserved: Vec<WindowOp<'f>> = (0..later_ops.len())
         .filter(|&k| {
-            commits[now_ops.len() + k]
+            commits[now_len + k]
                 && !matches!(
                     rules.heuristics[plan.on_allow[k].0].check,
                     Check::ConversionRate { .. }
