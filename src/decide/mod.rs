@@ -558,8 +558,8 @@ fn limit_checks<'f>(
     mode: Mode,
     shadow_all: bool,
 ) -> (Vec<GcraCheck<'f>>, Vec<(usize, Option<usize>)>) {
-    let mut checks = Vec::new();
-    let mut owners = Vec::new();
+    let mut checks = Vec::with_capacity(rules.limits.len());
+    let mut owners = Vec::with_capacity(rules.limits.len());
     for (idx, limit) in rules.limits.iter().enumerate() {
         let effective = if shadow_all { Mode::Shadow } else { limit.mode };
         if effective != mode || !limit.applies_to(facts.kind) {
