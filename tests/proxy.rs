@@ -289,6 +289,14 @@ async fn graceful_shutdown_finishes_an_in_flight_request() {
         .expect("drained");
 }
 
+/// A config with `workers` proxy workers and a Twilio route to `upstream`.
+fn with_workers(workers: usize, upstream: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworker_threads = {workers}\n{}",
+        twilio_route(upstream, "")
+    )
+}
+
 /// Names of this process's threads that are proxy workers (`sf-worker-N`).
 fn worker_threads() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir("/proc/self/task")
@@ -306,11 +314,7 @@ async fn workers_share_the_listener_the_limits_and_stop_together() {
     let up = MockUpstream::start().await;
     let cooldown =
         "[[limit]]\nname = \"cooldown\"\nkey = \"number\"\nrate = \"1/60s\"\nburst = 1\n";
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nworker_threads = 4\n{}",
-        twilio_route(&up.url(), "")
-    );
-    let p = Proxy::start(&config, &[("r.toml", cooldown)]).await;
+    let p = Proxy::start(&with_workers(4, &up.url()), &[("r.toml", cooldown)]).await;
     // Any test in this binary may run its own instance at the same time: count ours by
     // their presence, not by the exact list.
     let running = worker_threads();
@@ -429,11 +433,7 @@ async fn counting_upstream(
 async fn upstream_connections_are_kept_alive_and_reused() {
     use std::sync::atomic::Ordering;
     let (addr, conns, reqs) = counting_upstream(false).await;
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nworker_threads = 1\n{}",
-        twilio_route(&format!("http://{addr}"), "")
-    );
-    let p = Proxy::start(&config, NO_RULES).await;
+    let p = Proxy::start(&with_workers(1, &format!("http://{addr}")), NO_RULES).await;
     for i in 0..5 {
         let a = twilio_send(&p, &format!("+44740090030{i}"), &[]).await;
         assert_eq!(a.status, 201);
@@ -452,11 +452,7 @@ async fn upstream_connections_are_kept_alive_and_reused() {
 async fn an_upstream_that_closes_each_connection_gets_each_request_once() {
     use std::sync::atomic::Ordering;
     let (addr, conns, reqs) = counting_upstream(true).await;
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nworker_threads = 1\n{}",
-        twilio_route(&format!("http://{addr}"), "")
-    );
-    let p = Proxy::start(&config, NO_RULES).await;
+    let p = Proxy::start(&with_workers(1, &format!("http://{addr}")), NO_RULES).await;
     for i in 0..4 {
         let a = twilio_send(&p, &format!("+44740090040{i}"), &[]).await;
         assert_eq!(a.status, 201, "request {i}: {}", a.text());
