@@ -462,3 +462,26 @@ async fn an_upstream_that_closes_each_connection_gets_each_request_once() {
     assert_eq!(reqs.load(Ordering::SeqCst), 4);
     assert_eq!(conns.load(Ordering::SeqCst), 4);
 }
+
+#[tokio::test]
+async fn pool_settings_bound_the_idle_connections() {
+    use std::sync::atomic::Ordering;
+    let (addr, conns, reqs) = counting_upstream(false).await;
+    // No idle connection kept: every request opens its own (and the upstream sees each once).
+    let config = format!(
+        "{}\n[upstream]\npool_max_idle_per_host = 0\n",
+        with_workers(1, &format!("http://{addr}"))
+    );
+    let p = Proxy::start(&config, NO_RULES).await;
+    for i in 0..3 {
+        assert_eq!(
+            twilio_send(&p, &format!("+44740090050{i}"), &[])
+                .await
+                .status,
+            201
+        );
+    }
+    assert_eq!(reqs.load(Ordering::SeqCst), 3);
+    assert_eq!(conns.load(Ordering::SeqCst), 3);
+    assert_eq!(p.instance.app.upstream.idle_connections(), 0);
+}
