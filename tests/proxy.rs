@@ -429,59 +429,52 @@ async fn counting_upstream(
     (addr, conns, reqs)
 }
 
-#[tokio::test]
-async fn upstream_connections_are_kept_alive_and_reused() {
+/// Sends `n` Twilio sends, each answered 201, through one worker to a counting upstream
+/// (`close_each` as in [`counting_upstream`]); the proxy, upstream connections, requests.
+async fn sends_through_one_worker(
+    close_each: bool,
+    extra_config: &str,
+    n: usize,
+) -> (Proxy, usize, usize) {
     use std::sync::atomic::Ordering;
-    let (addr, conns, reqs) = counting_upstream(false).await;
-    let p = Proxy::start(&with_workers(1, &format!("http://{addr}")), NO_RULES).await;
-    for i in 0..5 {
-        let a = twilio_send(&p, &format!("+44740090030{i}"), &[]).await;
-        assert_eq!(a.status, 201);
+    let (addr, conns, reqs) = counting_upstream(close_each).await;
+    let config = format!(
+        "{}\n{extra_config}",
+        with_workers(1, &format!("http://{addr}"))
+    );
+    let p = Proxy::start(&config, NO_RULES).await;
+    for i in 0..n {
+        let a = twilio_send(&p, &format!("+4474009003{i:02}"), &[]).await;
+        assert_eq!(a.status, 201, "request {i}: {}", a.text());
         assert_eq!(a.json()["sid"], "SMraw");
     }
-    assert_eq!(reqs.load(Ordering::SeqCst), 5);
-    assert_eq!(
-        conns.load(Ordering::SeqCst),
-        1,
-        "one upstream connection, reused"
-    );
+    let (c, r) = (conns.load(Ordering::SeqCst), reqs.load(Ordering::SeqCst));
+    (p, c, r)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let (p, conns, reqs) = sends_through_one_worker(false, "", 5).await;
+    assert_eq!(reqs, 5);
+    assert_eq!(conns, 1, "one upstream connection, reused");
     assert_eq!(p.instance.app.upstream.idle_connections(), 1);
 }
 
 #[tokio::test]
 async fn an_upstream_that_closes_each_connection_gets_each_request_once() {
-    use std::sync::atomic::Ordering;
-    let (addr, conns, reqs) = counting_upstream(true).await;
-    let p = Proxy::start(&with_workers(1, &format!("http://{addr}")), NO_RULES).await;
-    for i in 0..4 {
-        let a = twilio_send(&p, &format!("+44740090040{i}"), &[]).await;
-        assert_eq!(a.status, 201, "request {i}: {}", a.text());
-    }
+    let (_p, conns, reqs) = sends_through_one_worker(true, "", 4).await;
     // Every request reached the upstream exactly once, each on a connection of its own
     // (a closed connection is never handed out, and nothing is sent twice).
-    assert_eq!(reqs.load(Ordering::SeqCst), 4);
-    assert_eq!(conns.load(Ordering::SeqCst), 4);
+    assert_eq!(reqs, 4);
+    assert_eq!(conns, 4);
 }
 
 #[tokio::test]
 async fn pool_settings_bound_the_idle_connections() {
-    use std::sync::atomic::Ordering;
-    let (addr, conns, reqs) = counting_upstream(false).await;
     // No idle connection kept: every request opens its own (and the upstream sees each once).
-    let config = format!(
-        "{}\n[upstream]\npool_max_idle_per_host = 0\n",
-        with_workers(1, &format!("http://{addr}"))
-    );
-    let p = Proxy::start(&config, NO_RULES).await;
-    for i in 0..3 {
-        assert_eq!(
-            twilio_send(&p, &format!("+44740090050{i}"), &[])
-                .await
-                .status,
-            201
-        );
-    }
-    assert_eq!(reqs.load(Ordering::SeqCst), 3);
-    assert_eq!(conns.load(Ordering::SeqCst), 3);
+    let extra = "[upstream]\npool_max_idle_per_host = 0\n";
+    let (p, conns, reqs) = sends_through_one_worker(false, extra, 3).await;
+    assert_eq!(reqs, 3);
+    assert_eq!(conns, 3);
     assert_eq!(p.instance.app.upstream.idle_connections(), 0);
 }

@@ -337,44 +337,44 @@ pub fn normalize(digits: &str) -> Option<Destination> {
     })
 }
 
-/// How the compiled tables of every known calling code are held: (patterns as DFAs,
-/// patterns left lazy, bytes of the DFAs). Builds every table.
-pub fn table_stats() -> (usize, usize, usize) {
-    warm_up();
-    let (mut dfa, mut lazy, mut bytes) = (0, 0, 0);
-    let mut count = |m: &Matcher| match m {
-        Matcher::Dfa(d) => {
-            dfa += 1;
-            bytes += d.memory_usage();
-        }
-        Matcher::Lazy(_) => lazy += 1,
-    };
-    for slot in &TABLE {
-        for r in slot
-            .get()
-            .and_then(Option::as_ref)
-            .map_or(&[][..], |c| &c.regions[..])
-        {
-            let patterns = std::iter::once(&r.general)
-                .chain(r.ordered.iter().map(|(_, p)| p))
-                .chain(r.fixed_line.iter())
-                .chain(r.mobile.iter());
-            for p in patterns {
-                count(&p.re);
-            }
-            for m in r.leading.iter().chain(r.prefix_for_parsing.iter()) {
-                count(m);
-            }
-        }
-    }
-    (dfa, lazy, bytes)
-}
-
 #[cfg(test)]
 mod tests {
+    /// How the compiled tables of every known calling code are held: (patterns as DFAs,
+    /// patterns left lazy, bytes of the DFAs). Builds every table.
+    fn table_stats() -> (usize, usize, usize) {
+        super::warm_up();
+        let (mut dfa, mut lazy, mut bytes) = (0, 0, 0);
+        let mut count = |m: &super::Matcher| match m {
+            super::Matcher::Dfa(d) => {
+                dfa += 1;
+                bytes += d.memory_usage();
+            }
+            super::Matcher::Lazy(_) => lazy += 1,
+        };
+        for slot in &super::TABLE {
+            for r in slot
+                .get()
+                .and_then(Option::as_ref)
+                .map_or(&[][..], |c| &c.regions[..])
+            {
+                let patterns = std::iter::once(&r.general)
+                    .chain(r.ordered.iter().map(|(_, p)| p))
+                    .chain(r.fixed_line.iter())
+                    .chain(r.mobile.iter());
+                for p in patterns {
+                    count(&p.re);
+                }
+                for m in r.leading.iter().chain(r.prefix_for_parsing.iter()) {
+                    count(m);
+                }
+            }
+        }
+        (dfa, lazy, bytes)
+    }
+
     #[test]
     fn nearly_every_pattern_is_a_small_dfa() {
-        let (dfa, lazy, bytes) = super::table_stats();
+        let (dfa, lazy, bytes) = table_stats();
         println!("{dfa} DFAs ({} KiB), {lazy} lazy", bytes / 1024);
         assert!(dfa > 1000, "{dfa}");
         assert!(lazy * 100 <= dfa, "{lazy} of {dfa} left lazy");
