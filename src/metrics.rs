@@ -341,3 +341,67 @@ impl RouteSeries {
         }
     }
 }
+
+/// Most label sets a [`Series`] keeps; past it, it starts again (label sets only change
+/// when rules are renamed, so this is reached after many reloads, if ever).
+const SERIES_MAX: usize = 4096;
+
+/// Series of one labelled family resolved once per distinct label set and then reused,
+/// like [`RouteSeries`], for families whose label sets are not known up front (rule names,
+/// countries). The caller packs the label values into a `u128` key (enum indices, country
+/// letters, addresses of static or pinned strings): looking it up costs a fraction of
+/// `with_label_values`, which hashes every label string and takes the family's lock on
+/// each call.
+#[derive(Debug)]
+pub struct Series<M> {
+    map: dashmap::DashMap<u128, M, std::hash::BuildHasherDefault<PackedHasher>>,
+}
+
+impl<M: Clone> Default for Series<M> {
+    fn default() -> Self {
+        Series {
+            map: dashmap::DashMap::default(),
+        }
+    }
+}
+
+impl<M: Clone> Series<M> {
+    /// Applies `f` to the series of `key`, resolving it with `resolve` (normally
+    /// `with_label_values`) the first time.
+    pub fn with(&self, key: u128, resolve: impl FnOnce() -> M, f: impl FnOnce(&M)) {
+        if let Some(m) = self.map.get(&key) {
+            f(&m);
+            return;
+        }
+        let m = resolve();
+        f(&m);
+        if self.map.len() >= SERIES_MAX {
+            self.map.clear();
+        }
+        self.map.insert(key, m);
+    }
+}
+
+/// Hashes a packed `u128` key with one multiply. Keys are label sets the process itself
+/// produces (a bounded set), not attacker-chosen values, so no keyed hash is needed.
+#[derive(Default)]
+pub struct PackedHasher(u64);
+
+impl std::hash::Hasher for PackedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        let x = (self.0.rotate_left(29) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = x ^ (x >> 31);
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.write_u64(n as u64);
+        self.write_u64((n >> 64) as u64);
+    }
+}

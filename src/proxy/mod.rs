@@ -18,12 +18,13 @@ use tokio::sync::watch;
 use crate::audit::{Audit, AuditEvent};
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError, Route, StoreKind};
-use crate::decide::{Decision, Recipient, Verdict};
-use crate::metrics::Metrics;
-use crate::phone::Destination;
+use crate::decide::{Decision, Hit, Recipient, Verdict};
+use crate::metrics::{Metrics, Series};
+use crate::phone::{Country, Destination};
 use crate::rules::reload::{Rules, Source};
 use crate::rules::RuleError;
 use crate::store::{memory::MemoryStore, Store};
+use prometheus::IntCounter;
 
 pub mod handler;
 pub mod refs;
@@ -40,6 +41,126 @@ pub struct Trusted {
     pub ip_header: Option<HeaderName>,
     /// The end-user id header.
     pub user_header: Option<HeaderName>,
+}
+
+/// The decision families' series (see [`Series`]) under packed keys: see
+/// [`App::observe_decision`].
+#[derive(Debug, Default)]
+struct DecisionSeries {
+    /// The entry keeps the rule name alive (its address is part of the key).
+    decisions: Series<(Option<Arc<str>>, IntCounter)>,
+    recipients: Series<IntCounter>,
+    cost: Series<prometheus::Counter>,
+}
+
+/// A country's letters as 16 bits (0 for none).
+fn country_bits(c: Option<Country>) -> u128 {
+    c.map_or(0, |c| {
+        let b = c.as_str().as_bytes();
+        u128::from(b[0]) << 8 | u128::from(b[1])
+    })
+}
+
+/// `allow`, `throttle`, `block` as 2 bits.
+fn verdict_bits(verdict: &str) -> u128 {
+    match verdict {
+        "allow" => 0,
+        "throttle" => 1,
+        _ => 2,
+    }
+}
+
+/// The address of a static label string: a key for it that needs no hashing of its text.
+fn static_bits(s: &'static str) -> u128 {
+    s.as_ptr() as usize as u128
+}
+
+/// A country as a label value: borrowed, no String per request.
+fn country_label(c: &Option<Country>) -> &str {
+    c.as_ref().map_or("unknown", Country::as_str)
+}
+
+/// Counts a decision in the decision, recipient, cost and degraded families.
+fn count_decision(
+    m: &Metrics,
+    series: &DecisionSeries,
+    decision: &Decision,
+    recipients: &[Recipient],
+) {
+    let country_of = |i: Option<usize>| {
+        recipients
+            .get(i.unwrap_or(0))
+            .and_then(|r| r.as_ref().ok())
+            .and_then(Destination::country)
+    };
+    let decided = |verdict: &'static str, hit: Option<&Hit>, mode: &'static str| {
+        let country = country_of(hit.and_then(|h| h.recipient));
+        // The rule name is keyed by its address: the entry keeps the name alive, so
+        // no other name can take that address while the entry exists.
+        let (reason_bits, rule_bits) = hit.map_or((0, 0), |h| {
+            (
+                h.reason as u128 + 1,
+                Arc::as_ptr(&h.rule).cast::<u8>() as usize as u128,
+            )
+        });
+        let key = country_bits(country)
+            | verdict_bits(verdict) << 16
+            | u128::from(mode == "shadow") << 18
+            | reason_bits << 19
+            | rule_bits << 64;
+        let resolve = || {
+            let (reason, rule) = hit.map_or(("none", "none"), |h| (h.reason.as_str(), &*h.rule));
+            let labels = [verdict, reason, rule, country_label(&country), mode];
+            (
+                hit.map(|h| Arc::clone(&h.rule)),
+                m.decisions.with_label_values(&labels),
+            )
+        };
+        series.decisions.with(key, resolve, |(_, c)| c.inc());
+    };
+    decided(decision.verdict.as_str(), decision.verdict.hit(), "enforce");
+    for h in &decision.shadow {
+        let would = if h.reason == crate::decide::Reason::RateLimited {
+            "throttle"
+        } else {
+            "block"
+        };
+        decided(would, Some(h), "shadow");
+    }
+    let verdict = decision.verdict.as_str();
+    for r in recipients {
+        let (country, kind) = match r {
+            Ok(d) => (d.country(), d.number_type().as_str()),
+            Err(_) => (None, "invalid"),
+        };
+        let resolve = || {
+            m.recipients
+                .with_label_values(&[country_label(&country), kind, verdict])
+        };
+        let key = country_bits(country) | verdict_bits(verdict) << 16 | static_bits(kind) << 18;
+        series.recipients.with(key, resolve, IntCounter::inc);
+    }
+    if let Some(cost) = decision.cost {
+        let allowed = matches!(decision.verdict, Verdict::Allow);
+        let outcome = if allowed { "allowed" } else { "refused" };
+        let country = country_of(None);
+        let resolve = || {
+            m.estimated_cost
+                .with_label_values(&[country_label(&country), outcome])
+        };
+        let key = country_bits(country) | u128::from(allowed) << 16;
+        series.cost.with(key, resolve, |c| c.inc_by(cost));
+    }
+    if decision.degraded {
+        let fallback = if decision.local {
+            "local"
+        } else if matches!(decision.verdict, Verdict::Allow) {
+            "open"
+        } else {
+            "closed"
+        };
+        m.degraded_decisions.with_label_values(&[fallback]).inc();
+    }
 }
 
 /// Everything a request needs, shared by all connections.
@@ -70,6 +191,8 @@ pub struct App {
     pub audit: Audit,
     /// Per route (same index as `routes`): request metric series, resolved once.
     pub route_series: Vec<crate::metrics::RouteSeries>,
+    /// Decision metric series, resolved once per label set.
+    decision_series: DecisionSeries,
     /// Request ids.
     next_id: AtomicU64,
     /// A per-process prefix for request ids.
@@ -131,71 +254,7 @@ impl App {
 
     /// Counts a decision in the metrics.
     pub fn observe_decision(&self, decision: &Decision, recipients: &[Recipient]) {
-        let country_of = |i: Option<usize>| {
-            recipients
-                .get(i.unwrap_or(0))
-                .and_then(|r| r.as_ref().ok())
-                .and_then(Destination::country)
-        };
-        // Borrowed labels: no String per request.
-        fn label(c: &Option<crate::phone::Country>) -> &str {
-            c.as_ref().map_or("unknown", |c| c.as_str())
-        }
-        let m = &self.metrics;
-        let (reason, rule, at) = match decision.verdict.hit() {
-            Some(h) => (h.reason.as_str(), &*h.rule, h.recipient),
-            None => ("none", "none", None),
-        };
-        let country = country_of(at);
-        m.decisions
-            .with_label_values(&[
-                decision.verdict.as_str(),
-                reason,
-                rule,
-                label(&country),
-                "enforce",
-            ])
-            .inc();
-        for h in &decision.shadow {
-            let would = if h.reason == crate::decide::Reason::RateLimited {
-                "throttle"
-            } else {
-                "block"
-            };
-            let country = country_of(h.recipient);
-            m.decisions
-                .with_label_values(&[would, h.reason.as_str(), &h.rule, label(&country), "shadow"])
-                .inc();
-        }
-        for r in recipients {
-            let (country, kind) = match r {
-                Ok(d) => (d.country(), d.number_type().as_str()),
-                Err(_) => (None, "invalid"),
-            };
-            m.recipients
-                .with_label_values(&[label(&country), kind, decision.verdict.as_str()])
-                .inc();
-        }
-        if let Some(cost) = decision.cost {
-            let outcome = if matches!(decision.verdict, Verdict::Allow) {
-                "allowed"
-            } else {
-                "refused"
-            };
-            m.estimated_cost
-                .with_label_values(&[label(&country_of(None)), outcome])
-                .inc_by(cost);
-        }
-        if decision.degraded {
-            let fallback = if decision.local {
-                "local"
-            } else if matches!(decision.verdict, Verdict::Allow) {
-                "open"
-            } else {
-                "closed"
-            };
-            m.degraded_decisions.with_label_values(&[fallback]).inc();
-        }
+        count_decision(&self.metrics, &self.decision_series, decision, recipients);
     }
 
     /// Records a verification outcome for a number: the heuristics' state (conversion
@@ -341,6 +400,7 @@ impl Instance {
         let app = Arc::new(App {
             table: route::RouteTable::new(&routes),
             route_series,
+            decision_series: DecisionSeries::default(),
             routes,
             rules: Arc::clone(&rules),
             store: Arc::clone(&store),
@@ -548,5 +608,88 @@ async fn sweeper(app: Arc<App>, every: Duration, mut stop: watch::Receiver<bool>
             .with_label_values(&[kind])
             .inc_by(s.cache_hits.saturating_sub(last.cache_hits));
         last = s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::Reason;
+    use crate::phone::NumberFormat;
+
+    fn hit(reason: Reason, rule: &str, recipient: Option<usize>) -> Hit {
+        Hit {
+            reason,
+            rule: Arc::from(rule),
+            recipient,
+        }
+    }
+
+    fn decision(verdict: Verdict, shadow: Vec<Hit>, cost: Option<f64>) -> Decision {
+        Decision {
+            verdict,
+            shadow,
+            degraded: false,
+            local: false,
+            rate_limit: None,
+            cost,
+        }
+    }
+
+    /// The cached series count exactly what `with_label_values` would: per label set,
+    /// whatever `Arc` carries a rule's name (each reload makes new ones).
+    #[test]
+    fn decision_series_count_each_label_set() {
+        let m = Metrics::new();
+        let series = DecisionSeries::default();
+        let n = |s: &str| crate::phone::normalize(s, NumberFormat::default(), None);
+        let gb = [n("+447400123456")];
+        let us_gb = [n("+12015550123"), n("+447400123456")];
+        let invalid = [n("+999")];
+        for _ in 0..3 {
+            let shadow = vec![
+                hit(Reason::IpSpread, "ip-spread", Some(0)),
+                hit(Reason::RateLimited, "cooldown", Some(1)),
+            ];
+            count_decision(
+                &m,
+                &series,
+                &decision(Verdict::Allow, shadow, Some(0.5)),
+                &us_gb,
+            );
+        }
+        for rule in ["deny-premium", "deny-premium", "deny-other"] {
+            let block = Verdict::Block(hit(Reason::DeniedCountry, rule, Some(0)));
+            count_decision(&m, &series, &decision(block, vec![], Some(0.25)), &gb);
+        }
+        let invalid_hit = Verdict::Block(hit(Reason::InvalidNumber, "builtin", Some(0)));
+        count_decision(&m, &series, &decision(invalid_hit, vec![], None), &invalid);
+
+        let text = m.render();
+        for line in [
+            r#"smsfence_decisions_total{country="US",decision="allow",mode="enforce",reason="none",rule="none"} 3"#,
+            r#"smsfence_decisions_total{country="US",decision="block",mode="shadow",reason="ip_spread",rule="ip-spread"} 3"#,
+            r#"smsfence_decisions_total{country="GB",decision="throttle",mode="shadow",reason="rate_limited",rule="cooldown"} 3"#,
+            r#"smsfence_decisions_total{country="GB",decision="block",mode="enforce",reason="denied_country",rule="deny-premium"} 2"#,
+            r#"smsfence_decisions_total{country="GB",decision="block",mode="enforce",reason="denied_country",rule="deny-other"} 1"#,
+            r#"smsfence_decisions_total{country="unknown",decision="block",mode="enforce",reason="invalid_number",rule="builtin"} 1"#,
+            r#"smsfence_recipients_total{country="US",decision="allow",number_type="fixed_line_or_mobile"} 3"#,
+            r#"smsfence_recipients_total{country="GB",decision="allow",number_type="mobile"} 3"#,
+            r#"smsfence_recipients_total{country="GB",decision="block",number_type="mobile"} 3"#,
+            r#"smsfence_recipients_total{country="unknown",decision="block",number_type="invalid"} 1"#,
+            r#"smsfence_estimated_cost_total{country="US",outcome="allowed"} 1.5"#,
+            r#"smsfence_estimated_cost_total{country="GB",outcome="refused"} 0.75"#,
+        ] {
+            assert!(text.contains(line), "missing {line}\n{text}");
+        }
+        // Nothing else was counted.
+        let counted = |family: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(family))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        assert_eq!(counted("smsfence_decisions_total{"), 13.0);
+        assert_eq!(counted("smsfence_recipients_total{"), 10.0);
     }
 }
