@@ -16,6 +16,7 @@ use crate::clock::Timestamp;
 use crate::phone::Destination;
 use crate::providers::RequestKind;
 use crate::rules::{subnet_of, Check, HeuristicRule, KeyKind, Mode, RuleSet, Skip};
+use crate::store::window::Reading;
 use crate::store::{Entity, Flag, LimitKey, Store, StoreError, WindowOp};
 
 /// Key namespaces, mixed into rule ids so that one rule's several kinds of state never
@@ -121,13 +122,50 @@ fn label(h: &HeuristicRule, e: &Entity<'_>) -> String {
     format!("{} {what}", h.name)
 }
 
-/// The per-recipient observations of one heuristic, and the ops recorded only on allow.
+/// The window operations of every heuristic, in one list for one store call. The
+/// operations of one heuristic and recipient are consecutive: one per observation for the
+/// velocity checks (prefix, adjacency, IP spread), a (sends, verified) pair for conversion
+/// rates and country budgets, four sums for spend.
 struct Plan<'f> {
-    /// (heuristic index, recipient, op): read now, committed now when `commit`.
-    now: Vec<(usize, Option<usize>, WindowOp<'f>)>,
-    /// Read as if added; sends (amount > 0) are added at once when committing — conversion
-    /// attempts for good, budget sends as reservations that a refusal gives back.
-    on_allow: Vec<(usize, Option<usize>, WindowOp<'f>)>,
+    ops: Vec<WindowOp<'f>>,
+    /// Per op: (heuristic index, recipient).
+    owners: Vec<(usize, Option<usize>)>,
+    /// Per op: whether the store records it now.
+    commits: Vec<bool>,
+    /// Whether this is a real request (not a dry run).
+    commit: bool,
+}
+
+impl<'f> Plan<'f> {
+    /// An observation: read and, on a real request, recorded whatever the outcome.
+    fn observe(&mut self, hi: usize, at: usize, op: WindowOp<'f>) {
+        self.push(hi, at, op, self.commit);
+    }
+
+    /// A send (amount > 0) or a read of what verified (amount 0): read as if added, and
+    /// added at once on a real request — conversion attempts for good, budget sends as
+    /// reservations that a refusal gives back.
+    fn send(&mut self, hi: usize, at: usize, op: WindowOp<'f>) {
+        self.push(hi, at, op, self.commit && op.amount > 0);
+    }
+
+    fn push(&mut self, hi: usize, at: usize, op: WindowOp<'f>, commit: bool) {
+        self.ops.push(op);
+        self.owners.push((hi, Some(at)));
+        self.commits.push(commit);
+    }
+}
+
+/// A window operation with no member and no neighbourhood: a plain sum.
+fn sum_op(rule: u64, entity: Entity<'_>, window: Duration, amount: u64) -> WindowOp<'_> {
+    WindowOp {
+        key: LimitKey { rule, entity },
+        window,
+        amount,
+        member: None,
+        cap: 0,
+        near: None,
+    }
 }
 
 /// Evaluates every heuristic; fires hits into `out`; returns the budget reservations to
@@ -141,10 +179,8 @@ pub(super) async fn evaluate<'f>(
     commit: bool,
     out: &mut Outcome,
 ) -> Result<Vec<WindowOp<'f>>, StoreError> {
-    let active: Vec<usize> = (0..rules.heuristics.len())
-        .filter(|&i| rules.heuristics[i].kinds.contains(&facts.kind))
-        .collect();
-    if active.is_empty() {
+    let active = |h: &HeuristicRule| h.kinds.contains(facts.kind);
+    if !rules.heuristics.iter().any(active) {
         return Ok(Vec::new());
     }
     let dests: Vec<Option<&Destination>> = facts
@@ -154,53 +190,42 @@ pub(super) async fn evaluate<'f>(
         .collect();
 
     // Recently verified numbers are trusted, and auto-blocks may be in force: both are
-    // flags, read in one store operation (one round trip on Redis).
-    let trust_keys: Vec<LimitKey<'f>> = if rules.trust_verified.is_some() {
-        dests
-            .iter()
-            .map(|d| LimitKey {
-                rule: TRUST,
-                entity: Entity::Number(d.map_or(0, Destination::digits)),
-            })
-            .collect()
+    // flags, read in one store operation (one round trip on Redis): the trust keys first
+    // (one per recipient), then the block keys.
+    let trust_len = if rules.trust_verified.is_some() {
+        dests.len()
     } else {
-        Vec::new()
+        0
     };
+    let mut keys: Vec<LimitKey<'f>> = Vec::with_capacity(trust_len + rules.heuristics.len());
+    keys.extend(dests[..trust_len].iter().map(|d| LimitKey {
+        rule: TRUST,
+        entity: Entity::Number(d.map_or(0, Destination::digits)),
+    }));
     let listed =
         |h: &HeuristicRule, i: usize| skips.get(i).is_some_and(|s| s.skips_heuristic(&h.name));
-    let mut block_keys = Vec::new();
-    for &hi in &active {
-        let h = &rules.heuristics[hi];
-        if h.block_for.is_none() {
+    // Per block key: (heuristic index, recipient).
+    let mut block_owners = Vec::new();
+    for (hi, h) in rules.heuristics.iter().enumerate() {
+        if h.block_for.is_none() || !active(h) {
             continue;
         }
-        match &h.check {
-            Check::IpSpread { .. } => {
-                if let Some(e) = block_entity(h, None, facts) {
-                    block_keys.push((
-                        hi,
-                        None,
-                        LimitKey {
-                            rule: h.id ^ BLOCK,
-                            entity: e,
-                        },
-                    ));
-                }
+        let block_key = |e| LimitKey {
+            rule: h.id ^ BLOCK,
+            entity: e,
+        };
+        if let Check::IpSpread { .. } = h.check {
+            if let Some(e) = block_entity(h, None, facts) {
+                keys.push(block_key(e));
+                block_owners.push((hi, None));
             }
-            _ => {
-                for (i, d) in dests.iter().enumerate() {
-                    if let (Some(d), false) = (d, listed(h, i)) {
-                        if let Some(e) = block_entity(h, Some(d), facts) {
-                            block_keys.push((
-                                hi,
-                                Some(i),
-                                LimitKey {
-                                    rule: h.id ^ BLOCK,
-                                    entity: e,
-                                },
-                            ));
-                        }
-                    }
+            continue;
+        }
+        for (i, d) in dests.iter().enumerate() {
+            if let (Some(d), false) = (d, listed(h, i)) {
+                if let Some(e) = block_entity(h, Some(d), facts) {
+                    keys.push(block_key(e));
+                    block_owners.push((hi, Some(i)));
                 }
             }
         }
@@ -209,29 +234,25 @@ pub(super) async fn evaluate<'f>(
     // record the attempt (an attack that goes on stays visible), but it does not fire
     // again, which would extend the block with every refused attempt.
     let mut trusted = vec![false; dests.len()];
-    let mut blocked = std::collections::HashSet::new();
-    let keys: Vec<LimitKey<'f>> = trust_keys
-        .iter()
-        .copied()
-        .chain(block_keys.iter().map(|(_, _, k)| *k))
-        .collect();
+    let mut blocked: Vec<usize> = Vec::new();
     if !keys.is_empty() {
-        let mut flags = store.flags(&keys, now).await?;
-        let block_flags = flags.split_off(trust_keys.len());
-        for (i, f) in flags.into_iter().enumerate() {
+        let flags = store.flags(&keys, now).await?;
+        for (i, f) in flags[..trust_len].iter().enumerate() {
             trusted[i] = f.is_some() && dests[i].is_some();
         }
-        for ((hi, at, _), flag) in block_keys.iter().zip(block_flags) {
+        for (&(hi, at), flag) in block_owners.iter().zip(&flags[trust_len..]) {
             // A trusted number skips the heuristics, their blocks included.
             if flag.is_some() && !at.is_some_and(|i| trusted[i]) {
-                blocked.insert(*hi);
-                let h = &rules.heuristics[*hi];
+                if !blocked.contains(&hi) {
+                    blocked.push(hi);
+                }
+                let h = &rules.heuristics[hi];
                 out.fire(
                     h.mode,
                     Hit {
                         reason: Reason::AutoBlocked,
                         rule: h.name.clone(),
-                        recipient: *at,
+                        recipient: at,
                     },
                     None,
                 );
@@ -242,16 +263,19 @@ pub(super) async fn evaluate<'f>(
     let skipped = |h: &HeuristicRule, i: usize| trusted[i] || listed(h, i);
     let all_skipped =
         |h: &HeuristicRule| (0..dests.len()).all(|i| dests[i].is_none() || skipped(h, i));
-
     // Sized for the usual plan (at most four windows per heuristic and recipient), so
     // that building it does not reallocate.
-    let expected = active.len() * dests.len() * 4;
+    let expected = rules.heuristics.len() * dests.len() * 4;
     let mut plan = Plan {
-        now: Vec::with_capacity(expected),
-        on_allow: Vec::with_capacity(expected),
+        ops: Vec::with_capacity(expected),
+        owners: Vec::with_capacity(expected),
+        commits: Vec::with_capacity(expected),
+        commit,
     };
-    for &hi in &active {
-        let h = &rules.heuristics[hi];
+    for (hi, h) in rules.heuristics.iter().enumerate() {
+        if !active(h) {
+            continue;
+        }
         match &h.check {
             Check::PrefixVelocity {
                 drop,
@@ -264,21 +288,18 @@ pub(super) async fn evaluate<'f>(
                         continue;
                     };
                     for &n in drop {
-                        plan.now.push((
-                            hi,
-                            Some(i),
-                            WindowOp {
-                                key: LimitKey {
-                                    rule: h.id.wrapping_add(u64::from(n)),
-                                    entity: Entity::Prefix(d.prefix(n)),
-                                },
-                                window: *window,
-                                amount: 1,
-                                member: Some(d.digits()),
-                                cap: cap_for(*max_distinct),
-                                near: None,
+                        let op = WindowOp {
+                            key: LimitKey {
+                                rule: h.id.wrapping_add(u64::from(n)),
+                                entity: Entity::Prefix(d.prefix(n)),
                             },
-                        ));
+                            window: *window,
+                            amount: 1,
+                            member: Some(d.digits()),
+                            cap: cap_for(*max_distinct),
+                            near: None,
+                        };
+                        plan.observe(hi, i, op);
                     }
                 }
             }
@@ -289,21 +310,18 @@ pub(super) async fn evaluate<'f>(
                     let Some(d) = d.filter(|_| !skipped(h, i)) else {
                         continue;
                     };
-                    plan.now.push((
-                        hi,
-                        Some(i),
-                        WindowOp {
-                            key: LimitKey {
-                                rule: h.id,
-                                entity: Entity::Prefix(d.prefix(neighbourhood_drop(*distance))),
-                            },
-                            window: *window,
-                            amount: 1,
-                            member: Some(d.digits()),
-                            cap: DEFAULT_CAP,
-                            near: Some(*distance),
+                    let op = WindowOp {
+                        key: LimitKey {
+                            rule: h.id,
+                            entity: Entity::Prefix(d.prefix(neighbourhood_drop(*distance))),
                         },
-                    ));
+                        window: *window,
+                        amount: 1,
+                        member: Some(d.digits()),
+                        cap: DEFAULT_CAP,
+                        near: Some(*distance),
+                    };
+                    plan.observe(hi, i, op);
                 }
             }
             Check::ConversionRate { key, window, .. } => {
@@ -311,19 +329,10 @@ pub(super) async fn evaluate<'f>(
                     let Some(d) = d.filter(|_| !skipped(h, i)) else {
                         continue;
                     };
-                    let Some(e) = destination_entity(*key, d) else {
-                        continue;
-                    };
-                    let op = |rule, amount| WindowOp {
-                        key: LimitKey { rule, entity: e },
-                        window: *window,
-                        amount,
-                        member: None,
-                        cap: 0,
-                        near: None,
-                    };
-                    plan.on_allow.push((hi, Some(i), op(h.id, 1)));
-                    plan.on_allow.push((hi, Some(i), op(h.id ^ VERIFIED, 0)));
+                    if let Some(e) = destination_entity(*key, d) {
+                        plan.send(hi, i, sum_op(h.id, e, *window, 1));
+                        plan.send(hi, i, sum_op(h.id ^ VERIFIED, e, *window, 0));
+                    }
                 }
             }
             Check::CountryBudget {
@@ -332,41 +341,14 @@ pub(super) async fn evaluate<'f>(
                 ..
             } => {
                 for (i, d) in dests.iter().enumerate() {
-                    let Some(c) = d.filter(|_| !skipped(h, i)).and_then(Destination::country)
-                    else {
+                    let Some(d) = d.filter(|_| !skipped(h, i)) else {
                         continue;
                     };
-                    let e = Entity::Country(c);
-                    plan.on_allow.push((
-                        hi,
-                        Some(i),
-                        WindowOp {
-                            key: LimitKey {
-                                rule: h.id,
-                                entity: e,
-                            },
-                            window: *window,
-                            amount: 1,
-                            member: None,
-                            cap: 0,
-                            near: None,
-                        },
-                    ));
-                    plan.on_allow.push((
-                        hi,
-                        Some(i),
-                        WindowOp {
-                            key: LimitKey {
-                                rule: h.id ^ VERIFIED,
-                                entity: e,
-                            },
-                            window: *baseline_window,
-                            amount: 0,
-                            member: None,
-                            cap: 0,
-                            near: None,
-                        },
-                    ));
+                    if let Some(c) = d.country() {
+                        let e = Entity::Country(c);
+                        plan.send(hi, i, sum_op(h.id, e, *window, 1));
+                        plan.send(hi, i, sum_op(h.id ^ VERIFIED, e, *baseline_window, 0));
+                    }
                 }
             }
             Check::SpendBudget { .. } => {
@@ -380,23 +362,11 @@ pub(super) async fn evaluate<'f>(
                         * MICRO)
                         .round() as u64;
                     let country = d.country().map_or(Entity::Global, Entity::Country);
+                    // In the order the budgets are read: hourly, country hourly, daily,
+                    // country daily.
                     for (ns, window) in [(HOURLY, HOUR), (DAILY, DAY)] {
                         for entity in [Entity::Global, country] {
-                            plan.on_allow.push((
-                                hi,
-                                Some(i),
-                                WindowOp {
-                                    key: LimitKey {
-                                        rule: h.id ^ ns,
-                                        entity,
-                                    },
-                                    window,
-                                    amount: micros,
-                                    member: None,
-                                    cap: 0,
-                                    near: None,
-                                },
-                            ));
+                            plan.send(hi, i, sum_op(h.id ^ ns, entity, window, micros));
                         }
                     }
                 }
@@ -417,39 +387,20 @@ pub(super) async fn evaluate<'f>(
                     let Some(d) = d.filter(|_| !skipped(h, i)) else {
                         continue;
                     };
+                    let spread = |rule, member, limit| WindowOp {
+                        key: LimitKey { rule, entity: e },
+                        window: *window,
+                        amount: 1,
+                        member: Some(member),
+                        cap: cap_for(limit),
+                        near: None,
+                    };
                     if max_countries.is_some() {
-                        plan.now.push((
-                            hi,
-                            Some(i),
-                            WindowOp {
-                                key: LimitKey {
-                                    rule: h.id,
-                                    entity: e,
-                                },
-                                window: *window,
-                                amount: 1,
-                                member: Some(country_member(d)),
-                                cap: cap_for(*max_countries),
-                                near: None,
-                            },
-                        ));
+                        plan.observe(hi, i, spread(h.id, country_member(d), *max_countries));
                     }
                     if max_numbers.is_some() {
-                        plan.now.push((
-                            hi,
-                            Some(i),
-                            WindowOp {
-                                key: LimitKey {
-                                    rule: h.id ^ NUMBERS,
-                                    entity: e,
-                                },
-                                window: *window,
-                                amount: 1,
-                                member: Some(d.digits()),
-                                cap: cap_for(*max_numbers),
-                                near: None,
-                            },
-                        ));
+                        let op = spread(h.id ^ NUMBERS, d.digits(), *max_numbers);
+                        plan.observe(hi, i, op);
                     }
                 }
             }
@@ -462,132 +413,33 @@ pub(super) async fn evaluate<'f>(
     // refused code request is an unverified one too, so a pumping run cannot slip back
     // under the minimum volume by being refused — and budget sends are reservations,
     // given back if the request is refused after all.
-    let now_len = plan.now.len();
-    let all_ops: Vec<WindowOp<'f>> = plan
-        .now
-        .iter()
-        .chain(&plan.on_allow)
-        .map(|(_, _, op)| *op)
-        .collect();
-    let later_ops = &all_ops[now_len..];
-    let commits: Vec<bool> = all_ops
-        .iter()
-        .enumerate()
-        .map(|(k, op)| commit && (k < now_len || op.amount > 0))
-        .collect();
-    let mut reads = if all_ops.is_empty() {
+    let reads = if plan.ops.is_empty() {
         Vec::new()
     } else {
-        store.windows_each(&all_ops, &commits, now).await?
+        store.windows_each(&plan.ops, &plan.commits, now).await?
     };
-    let later_reads = reads.split_off(now_len);
-    let now_reads = reads;
-    let reserved: Vec<WindowOp<'f>> = (0..later_ops.len())
+    let reserved: Vec<WindowOp<'f>> = (0..plan.ops.len())
         .filter(|&k| {
-            commits[now_len + k]
-                && !matches!(
-                    rules.heuristics[plan.on_allow[k].0].check,
-                    Check::ConversionRate { .. }
+            let check = &rules.heuristics[plan.owners[k].0].check;
+            plan.commits[k]
+                && matches!(
+                    check,
+                    Check::CountryBudget { .. } | Check::SpendBudget { .. }
                 )
         })
-        .map(|k| later_ops[k])
+        .map(|k| plan.ops[k])
         .collect();
 
-    let mut fired: Vec<(usize, Option<usize>, Reason)> = Vec::new();
-    for ((hi, at, op), r) in plan.now.iter().zip(&now_reads) {
-        let h = &rules.heuristics[*hi];
-        let reason = match &h.check {
-            Check::PrefixVelocity {
-                max_requests,
-                max_distinct,
-                ..
-            } => (max_requests.is_some_and(|m| r.total > m)
-                || max_distinct.is_some_and(|m| r.distinct > m))
-            .then_some(Reason::PrefixVelocity),
-            Check::AdjacentNumbers { max_near, .. } => {
-                (r.near >= *max_near).then_some(Reason::AdjacentNumbers)
-            }
-            Check::IpSpread {
-                max_countries,
-                max_numbers,
-                ..
-            } => {
-                let numbers = op.key.rule == h.id ^ NUMBERS;
-                let limit = if numbers {
-                    *max_numbers
-                } else {
-                    *max_countries
-                };
-                limit
-                    .is_some_and(|m| r.distinct > m)
-                    .then_some(Reason::IpSpread)
-            }
-            _ => None,
-        };
-        if let Some(reason) = reason {
-            fired.push((*hi, *at, reason));
-        }
-    }
-    // Pairs (sends, verified) for conversion and country budgets; spend in fours.
-    let mut i = 0;
-    while i < plan.on_allow.len() {
-        let (hi, at, _) = plan.on_allow[i];
-        let h = &rules.heuristics[hi];
-        match &h.check {
-            Check::ConversionRate {
-                min_sends,
-                min_rate,
-                ..
-            } => {
-                // The reading already includes this request.
-                let (sends, verified) = (later_reads[i].total, later_reads[i + 1].total);
-                if sends >= *min_sends && (verified as f64) < min_rate * sends as f64 {
-                    fired.push((hi, at, Reason::LowConversion));
-                }
-                i += 2;
-            }
-            Check::CountryBudget {
-                window,
-                baseline_window,
-                floor,
-                multiplier,
-                max,
-            } => {
-                let (sends, verified) = (later_reads[i].total, later_reads[i + 1].total);
-                let scaled = verified as f64 * multiplier * window.as_secs_f64()
-                    / baseline_window.as_secs_f64();
-                let mut cap = (*floor).max(scaled.ceil() as u64);
-                if let Some(m) = max {
-                    cap = cap.min(*m);
-                }
-                if sends > cap {
-                    fired.push((hi, at, Reason::CountryBudget));
-                }
-                i += 2;
-            }
-            Check::SpendBudget {
-                hourly,
-                daily,
-                country_hourly,
-                country_daily,
-            } => {
-                let budgets = [*hourly, *country_hourly, *daily, *country_daily];
-                let over = (0..4).any(|k| {
-                    budgets[k]
-                        .is_some_and(|b| (later_reads[i + k].total as f64) > (b * MICRO).round())
-                });
-                if over {
-                    fired.push((hi, at, Reason::SpendBudget));
-                }
-                i += 4;
-            }
-            _ => i += 1,
-        }
-    }
-
     let mut newly_blocked = Vec::new();
-    for (hi, at, reason) in fired.into_iter().filter(|(hi, _, _)| !blocked.contains(hi)) {
+    let mut k = 0;
+    while k < plan.ops.len() {
+        let (hi, at) = plan.owners[k];
         let h = &rules.heuristics[hi];
+        let (reason, len) = judge(h, &plan.ops[k], &reads[k..]);
+        k += len;
+        let Some(reason) = reason.filter(|_| !blocked.contains(&hi)) else {
+            continue;
+        };
         let enforced = h.mode == Mode::Enforce && !out.shadow_all;
         out.fire(
             h.mode,
@@ -610,6 +462,78 @@ pub(super) async fn evaluate<'f>(
         }
     }
     Ok(reserved)
+}
+
+/// Whether heuristic `h` fires on the readings of its group of operations starting with
+/// `op` (see [`Plan`]); and how many operations the group has.
+fn judge(h: &HeuristicRule, op: &WindowOp<'_>, reads: &[Reading]) -> (Option<Reason>, usize) {
+    let r = &reads[0];
+    match &h.check {
+        Check::PrefixVelocity {
+            max_requests,
+            max_distinct,
+            ..
+        } => {
+            let over = max_requests.is_some_and(|m| r.total > m)
+                || max_distinct.is_some_and(|m| r.distinct > m);
+            (over.then_some(Reason::PrefixVelocity), 1)
+        }
+        Check::AdjacentNumbers { max_near, .. } => {
+            ((r.near >= *max_near).then_some(Reason::AdjacentNumbers), 1)
+        }
+        Check::IpSpread {
+            max_countries,
+            max_numbers,
+            ..
+        } => {
+            let limit = if op.key.rule == h.id ^ NUMBERS {
+                *max_numbers
+            } else {
+                *max_countries
+            };
+            let over = limit.is_some_and(|m| r.distinct > m);
+            (over.then_some(Reason::IpSpread), 1)
+        }
+        Check::ConversionRate {
+            min_sends,
+            min_rate,
+            ..
+        } => {
+            // The reading already includes this request.
+            let (sends, verified) = (r.total, reads[1].total);
+            let low = sends >= *min_sends && (verified as f64) < min_rate * sends as f64;
+            (low.then_some(Reason::LowConversion), 2)
+        }
+        Check::CountryBudget {
+            window,
+            baseline_window,
+            floor,
+            multiplier,
+            max,
+        } => {
+            let (sends, verified) = (r.total, reads[1].total);
+            let scaled =
+                verified as f64 * multiplier * window.as_secs_f64() / baseline_window.as_secs_f64();
+            let mut cap = (*floor).max(scaled.ceil() as u64);
+            if let Some(m) = max {
+                cap = cap.min(*m);
+            }
+            ((sends > cap).then_some(Reason::CountryBudget), 2)
+        }
+        Check::SpendBudget {
+            hourly,
+            daily,
+            country_hourly,
+            country_daily,
+        } => {
+            let budgets = [*hourly, *country_hourly, *daily, *country_daily];
+            let over = budgets
+                .iter()
+                .zip(reads)
+                .any(|(b, r)| b.is_some_and(|b| (r.total as f64) > (b * MICRO).round()));
+            (over.then_some(Reason::SpendBudget), 4)
+        }
+    }
 }
 
 /// Blocks `entity` for `base × 2^(offences)`, capped at the rule's `max_block`.

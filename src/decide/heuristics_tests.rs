@@ -337,3 +337,28 @@ async fn a_heuristic_refusal_still_counts_against_the_limits() {
         Some(Reason::RateLimited)
     );
 }
+
+/// Two enforced heuristics fire on one request: the first in rule-file order is the
+/// verdict (here a conversion rate written before a prefix velocity), the other is still
+/// acted on (its auto-block is set).
+#[tokio::test]
+async fn the_first_heuristic_in_file_order_is_the_verdict() {
+    let r = rules(
+        "[[heuristic]]\nname = \"conv\"\nkind = \"conversion_rate\"\nkey = \"country\"\nwindow = \"1h\"\nmin_sends = 3\nmin_rate = 0.5\n\
+         [[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [3]\nwindow = \"10m\"\nmax_distinct = 2\nblock_for = \"1h\"\n",
+    );
+    let s = store();
+    for i in 0..2 {
+        let n = format!("+44740012310{i}");
+        assert_eq!(send(&r, &s, &n, at(i)).await, Verdict::Allow, "{i}");
+    }
+    // Third send: three unverified sends to GB and a third distinct number in the block.
+    let v = send(&r, &s, "+447400123102", at(2)).await;
+    assert_eq!(reason(&v), Some(Reason::LowConversion));
+    assert_eq!(v.hit().map(|h| &*h.rule), Some("conv"));
+    // The prefix velocity still blocked its block: another number in it is refused by the
+    // block even though conversion alone would refuse it too.
+    let v = send(&r, &s, "+447400123109", at(3)).await;
+    assert_eq!(reason(&v), Some(Reason::AutoBlocked));
+    assert_eq!(v.hit().map(|h| &*h.rule), Some("pv"));
+}

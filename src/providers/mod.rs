@@ -138,6 +138,43 @@ impl RequestKind {
     }
 }
 
+/// A set of request kinds (the scope of a rule): one bit each, so that the per-request
+/// check is a mask rather than a hash lookup.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Kinds(u8);
+
+impl Kinds {
+    /// Whether `kind` is in the set.
+    pub fn contains(self, kind: RequestKind) -> bool {
+        self.0 & (1 << kind as u8) != 0
+    }
+
+    /// Adds `kind`.
+    pub fn insert(&mut self, kind: RequestKind) {
+        self.0 |= 1 << kind as u8;
+    }
+
+    /// How many kinds the set holds.
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl FromIterator<RequestKind> for Kinds {
+    fn from_iter<I: IntoIterator<Item = RequestKind>>(kinds: I) -> Kinds {
+        let mut set = Kinds::default();
+        for k in kinds {
+            set.insert(k);
+        }
+        set
+    }
+}
+
 /// One recognised operation of one preset.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Op {

@@ -3,14 +3,14 @@
 //! Each heuristic kind takes its own fields; a field that does not apply to the kind is
 //! an error (a typo in a fraud rule must fail loudly), and so is a missing one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{stable_id, At, Compiler, HeuristicDef, KeyKind, Mode, PricesDef};
 use crate::clock::parse_duration;
 use crate::phone::Country;
-use crate::providers::RequestKind;
+use crate::providers::{Kinds, RequestKind};
 
 /// What a heuristic looks at.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,7 +93,7 @@ pub struct HeuristicRule {
     /// Enforce or shadow.
     pub mode: Mode,
     /// Which request kinds it looks at.
-    pub kinds: HashSet<RequestKind>,
+    pub kinds: Kinds,
     /// Auto-block the offending key for this long (doubling on repeat offences).
     pub block_for: Option<Duration>,
     /// The longest auto-block.
@@ -392,7 +392,7 @@ impl Compiler {
             Some(list) => list
                 .iter()
                 .filter_map(|k| RequestKind::parse(k))
-                .collect::<HashSet<_>>(),
+                .collect::<Kinds>(),
         };
         if d.kinds
             .as_ref()

@@ -23,7 +23,7 @@ use crate::clock::{parse_duration, Timestamp};
 use crate::config::line_of;
 use crate::decide::{Facts, Reason};
 use crate::phone::{Country, Destination, DigitPrefix, NumberType};
-use crate::providers::RequestKind;
+use crate::providers::{Kinds, RequestKind};
 use crate::store::Entity;
 
 pub mod heuristic;
@@ -176,7 +176,7 @@ pub struct LimitRule {
     /// Requests that may pass at once.
     pub burst: u32,
     /// Which request kinds it counts.
-    pub kinds: HashSet<RequestKind>,
+    pub kinds: Kinds,
     /// Whether it sends the IETF RateLimit headers.
     pub headers: bool,
     /// Behaviour when the shared store is unreachable.
@@ -188,7 +188,7 @@ pub struct LimitRule {
 impl LimitRule {
     /// Whether it counts requests of this kind.
     pub fn applies_to(&self, kind: RequestKind) -> bool {
-        self.kinds.contains(&kind)
+        self.kinds.contains(kind)
     }
 
     /// The entity of a destination-keyed limit (`None` for request-keyed ones).
@@ -820,7 +820,7 @@ impl Compiler {
                 .into_iter()
                 .collect(),
             Some(list) => {
-                let mut set = HashSet::new();
+                let mut set = Kinds::default();
                 for k in list {
                     match RequestKind::parse(k) {
                         Some(k) => {
