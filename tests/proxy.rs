@@ -57,6 +57,21 @@ async fn forwards_a_twilio_send_byte_for_byte() {
 }
 
 #[tokio::test]
+async fn route_prefix_is_replaced_by_the_upstream_base_path() {
+    let up = MockUpstream::with(|_| Reply::json(201, r#"{"sid":"SM1"}"#)).await;
+    let route = twilio_route(&format!("{}/base", up.url()), "path_prefix = \"/twilio\"\n");
+    let p = Proxy::start(&route, NO_RULES).await;
+    let body = "To=%2B14155550123&From=%2B15005550006&Body=hi";
+    let path = "/2010-04-01/Accounts/ACtest/Messages.json";
+    for query in ["?Foo=1", ""] {
+        let url = p.url(&format!("/twilio{path}{query}"));
+        assert_eq!(send("POST", &url, &[FORM, BASIC], body).await.status, 201);
+    }
+    let seen: Vec<String> = up.requests().iter().map(|r| r.uri.clone()).collect();
+    assert_eq!(seen, [format!("/base{path}?Foo=1"), format!("/base{path}")]);
+}
+
+#[tokio::test]
 async fn trusted_identity_headers_are_used_and_stripped() {
     let up = MockUpstream::start().await;
     let rules = r#"

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
+use hyper::http::uri::InvalidUri;
 use hyper::{Request, Response, StatusCode, Uri};
 
 use super::route::Target;
@@ -486,13 +487,7 @@ async fn forward<'a>(
             base_path,
         } => (scheme, authority, base_path),
     };
-    let path = parts.uri.path();
-    let rest = &path[route.path_prefix.len().min(path.len())..];
-    let pq = match parts.uri.query() {
-        Some(q) => format!("{base_path}{rest}?{q}"),
-        None => format!("{base_path}{rest}"),
-    };
-    let uri = match Uri::try_from(pq) {
+    let uri = match upstream_uri(&parts.uri, &route.path_prefix, base_path) {
         Ok(u) => u,
         Err(_) => {
             ctx.outcome = Outcome::BadRequest;
@@ -561,10 +556,11 @@ async fn forward<'a>(
     };
     let status = resp.status();
     ctx.upstream_status = Some(status.as_u16());
-    app.metrics
-        .upstream_duration
-        .with_label_values(&[ctx.provider, crate::metrics::status_class(status.as_u16())])
-        .observe(ctx.upstream_time.as_secs_f64());
+    app.observe_upstream(
+        ctx.provider,
+        status.as_u16(),
+        ctx.upstream_time.as_secs_f64(),
+    );
 
     let (mut head, incoming) = resp.into_parts();
     strip_hop_by_hop(&mut head.headers);
@@ -638,6 +634,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .collect();
     for h in HOP_BY_HOP.iter().chain(named.iter()) {
         headers.remove(h);
+    }
+}
+
+/// The origin-form URI sent upstream: the base path, then the request's path without the
+/// route's prefix, then its query. With neither prefix nor base path it is the request's
+/// own path and query, shared rather than formatted and parsed again.
+fn upstream_uri(uri: &Uri, prefix: &str, base_path: &str) -> Result<Uri, InvalidUri> {
+    if prefix.is_empty() && base_path.is_empty() {
+        if let Some(pq) = uri.path_and_query() {
+            return Ok(Uri::from(pq.clone()));
+        }
+    }
+    let path = uri.path();
+    let rest = &path[prefix.len().min(path.len())..];
+    match uri.query() {
+        Some(q) => Uri::try_from(format!("{base_path}{rest}?{q}")),
+        None => Uri::try_from(format!("{base_path}{rest}")),
     }
 }
 

@@ -71,7 +71,7 @@ fn verdict_bits(verdict: &str) -> u128 {
 }
 
 /// The address of a static label string: a key for it that needs no hashing of its text.
-fn static_bits(s: &'static str) -> u128 {
+pub(crate) fn static_bits(s: &'static str) -> u128 {
     s.as_ptr() as usize as u128
 }
 
@@ -193,6 +193,8 @@ pub struct App {
     pub route_series: Vec<crate::metrics::RouteSeries>,
     /// Decision metric series, resolved once per label set.
     decision_series: DecisionSeries,
+    /// Upstream latency series by (provider, status class), resolved once.
+    upstream_series: Series<prometheus::Histogram>,
     /// Request ids.
     next_id: AtomicU64,
     /// A per-process prefix for request ids.
@@ -255,6 +257,19 @@ impl App {
     /// Counts a decision in the metrics.
     pub fn observe_decision(&self, decision: &Decision, recipients: &[Recipient]) {
         count_decision(&self.metrics, &self.decision_series, decision, recipients);
+    }
+
+    /// Observes the upstream exchange's latency under (provider, status class).
+    pub fn observe_upstream(&self, provider: &'static str, status: u16, seconds: f64) {
+        let class = crate::metrics::status_class(status);
+        let resolve = || {
+            self.metrics
+                .upstream_duration
+                .with_label_values(&[provider, class])
+        };
+        let key = static_bits(provider) | static_bits(class) << 64;
+        self.upstream_series
+            .with(key, resolve, |h| h.observe(seconds));
     }
 
     /// Records a verification outcome for a number: the heuristics' state (conversion
@@ -401,6 +416,7 @@ impl Instance {
             table: route::RouteTable::new(&routes),
             route_series,
             decision_series: DecisionSeries::default(),
+            upstream_series: Series::default(),
             routes,
             rules: Arc::clone(&rules),
             store: Arc::clone(&store),
