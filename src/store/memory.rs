@@ -198,20 +198,19 @@ impl MemoryStore {
 
     /// See [`super::Store::flags`].
     pub fn flags(&self, keys: &[LimitKey<'_>], now: Timestamp) -> Vec<Option<Flag>> {
+        // Hashed before taking the lock every worker shares.
+        let hashes: Vec<u64> = keys.iter().map(|k| key_hash(&self.hasher, k)).collect();
         let flags = self.flags_lock();
-        keys.iter()
-            .map(|k| {
-                flags
-                    .get(&key_hash(&self.hasher, k))
-                    .filter(|f| f.until > now)
-                    .cloned()
-            })
+        hashes
+            .iter()
+            .map(|h| flags.get(h).filter(|f| f.until > now).cloned())
             .collect()
     }
 
     /// See [`super::Store::set_flag`]. Flags are few (one per offending key), but bounded
     /// all the same: past the ceiling, expired ones are dropped first.
     pub fn set_flag(&self, key: LimitKey<'_>, flag: Flag, now: Timestamp) {
+        let h = key_hash(&self.hasher, &key);
         let mut flags = self.flags_lock();
         if flags.len() >= self.max_keys {
             flags.retain(|_, f| f.until > now);
@@ -220,7 +219,7 @@ impl MemoryStore {
                 return;
             }
         }
-        flags.insert(key_hash(&self.hasher, &key), flag);
+        flags.insert(h, flag);
     }
 
     /// See [`super::Store::list_flags`].
