@@ -227,14 +227,18 @@ impl Code {
         })
     }
 
-    /// `validator::source_for`.
-    fn source_for(&self, national: &str) -> Option<&Region> {
+    /// `validator::source_for`; with the region's `number_type` of `national` when
+    /// choosing the region computed it (so that the caller need not do it again).
+    fn source_for(&self, national: &str) -> Option<(&Region, Option<Type>)> {
         if self.single {
-            return self.regions.first();
+            return self.regions.first().map(|r| (r, None));
         }
-        self.regions.iter().find(|r| match &r.leading {
-            Some(re) => re.is_match(national),
-            None => r.number_type(national) != Type::Unknown,
+        self.regions.iter().find_map(|r| match &r.leading {
+            Some(re) => re.is_match(national).then_some((r, None)),
+            None => {
+                let t = r.number_type(national);
+                (t != Type::Unknown).then_some((r, Some(t)))
+            }
         })
     }
 }
@@ -307,7 +311,8 @@ pub fn normalize(digits: &str) -> Option<Destination> {
     if national.len() < 2 || value_str.is_empty() || cc_len + national.len() > 15 {
         return None;
     }
-    let region = calling.source_for(value_str);
+    let source = calling.source_for(value_str);
+    let region = source.map(|(r, _)| r);
     if region.is_some_and(|r| r.strips_prefix(national)) {
         return None;
     }
@@ -315,13 +320,17 @@ pub fn normalize(digits: &str) -> Option<Destination> {
     let e164: u64 = digits.parse().ok()?;
     // PhoneNumber::metadata and ::number_type read the value without leading zeros;
     // is_valid_with reads it with them.
-    let t = region.map_or(Type::Unknown, |r| r.number_type(value_str));
+    let t = match source {
+        Some((_, Some(t))) => t,
+        Some((r, None)) => r.number_type(value_str),
+        None => Type::Unknown,
+    };
     let valid = if national.len() == value_str.len() {
         t != Type::Unknown
     } else {
-        calling
-            .source_for(national)
-            .is_some_and(|r| r.number_type(national) != Type::Unknown)
+        calling.source_for(national).is_some_and(|(r, known)| {
+            known.unwrap_or_else(|| r.number_type(national)) != Type::Unknown
+        })
     };
     let (country, number_type) = match region {
         Some(r) => (r.country, NumberType::from_metadata(t)),
