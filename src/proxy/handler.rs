@@ -340,8 +340,10 @@ async fn handle_inner<'a>(
             .await;
             if let Some(rl) = &decision.rate_limit {
                 let h = resp.headers_mut();
-                let policy = format!("\"{}\";q={};w={}", rl.rule, rl.quota, rl.window_secs);
-                let state = format!("\"{}\";r={};t={}", rl.rule, rl.remaining, rl.reset_secs);
+                let quota = u64::from(rl.quota);
+                let policy = rate_limit_item(&rl.rule, [("q", quota), ("w", rl.window_secs)]);
+                let remaining = u64::from(rl.remaining);
+                let state = rate_limit_item(&rl.rule, [("r", remaining), ("t", rl.reset_secs)]);
                 if let (Ok(p), Ok(s)) = (
                     HeaderValue::from_str(&policy),
                     HeaderValue::from_str(&state),
@@ -637,6 +639,33 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// One item of the IETF `RateLimit` / `RateLimit-Policy` fields: `"name";k=v;k=v`
+/// (written without the formatting machinery: it is on every allowed request).
+fn rate_limit_item(name: &str, params: [(&str, u64); 2]) -> String {
+    let mut s = String::with_capacity(name.len() + 48);
+    s.push('"');
+    s.push_str(name);
+    s.push('"');
+    for (key, value) in params {
+        s.push(';');
+        s.push_str(key);
+        s.push('=');
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut v = value;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        s.extend(digits[at..].iter().map(|&d| char::from(d)));
+    }
+    s
+}
+
 /// The origin-form URI sent upstream: the base path, then the request's path without the
 /// route's prefix, then its query. With neither prefix nor base path it is the request's
 /// own path and query, shared rather than formatted and parsed again.
@@ -819,5 +848,15 @@ mod tests {
         assert!(f.get("x-private").is_none());
         assert!(f.get("transfer-encoding").is_none());
         assert_eq!(f.get("authorization").unwrap(), "Basic abc");
+    }
+
+    #[test]
+    fn rate_limit_items_read_as_formatted() {
+        for (a, b) in [(0, 0), (1, 9), (10, 99), (u64::from(u32::MAX), u64::MAX)] {
+            assert_eq!(
+                rate_limit_item("per-number", [("q", a), ("w", b)]),
+                format!("\"per-number\";q={a};w={b}")
+            );
+        }
     }
 }
