@@ -308,40 +308,53 @@ impl MemoryStore {
             });
         }
         if commit {
-            // Room for new keys first, so that a refusal commits nothing.
+            // Room for new keys first, so that a refusal commits nothing. A stripe sweep
+            // can drop a key of this request that the pass already judged tracked: the
+            // pass then starts again (each stripe sweeps at most once a second, so it
+            // restarts at most once per stripe touched).
             let mut untracked = vec![false; checks.len()];
-            // New keys of this request already given room (they are inserted below).
-            let mut adding = 0;
-            for (i, (c, &h)) in checks.iter().zip(&hashes).enumerate() {
-                let g = stripe(&mut guards, h);
-                let is_new = !guards[g].1.contains_key(&h);
-                if is_new && self.tracked() + adding >= self.max_keys {
-                    let swept = &self.stripe_swept[guards[g].0];
-                    if now.saturating_sub(swept.load(Ordering::Relaxed)) >= 1_000_000_000 {
-                        swept.store(now, Ordering::Relaxed);
-                        self.sweep_stripe(&mut guards[g].1, now);
+            'room: loop {
+                untracked.fill(false);
+                // New keys of this request already given room (they are inserted below).
+                let mut adding = 0;
+                for (i, (c, &h)) in checks.iter().zip(&hashes).enumerate() {
+                    let g = stripe(&mut guards, h);
+                    let is_new = !guards[g].1.contains_key(&h);
+                    if is_new && self.tracked() + adding >= self.max_keys {
+                        let swept = &self.stripe_swept[guards[g].0];
+                        if now.saturating_sub(swept.load(Ordering::Relaxed)) >= 1_000_000_000 {
+                            swept.store(now, Ordering::Relaxed);
+                            if self.sweep_stripe(&mut guards[g].1, now) > 0 {
+                                continue 'room;
+                            }
+                        }
+                        if self.tracked() + adding >= self.max_keys {
+                            let last = self.last_full_sweep.load(Ordering::Relaxed);
+                            if may_sweep && now.saturating_sub(last) >= 1_000_000_000 {
+                                self.last_full_sweep.store(now, Ordering::Relaxed);
+                                return None;
+                            }
+                            if c.on_overflow_closed {
+                                let counted = untracked.iter().filter(|&&u| u).count() + 1;
+                                self.rejected.fetch_add(counted as u64, Ordering::Relaxed);
+                                return Some(GcraOutcome::Refused {
+                                    index: i,
+                                    retry_after: c.interval,
+                                    capacity: true,
+                                });
+                            }
+                            untracked[i] = true;
+                            continue;
+                        }
                     }
-                    if self.tracked() + adding >= self.max_keys {
-                        let last = self.last_full_sweep.load(Ordering::Relaxed);
-                        if may_sweep && now.saturating_sub(last) >= 1_000_000_000 {
-                            self.last_full_sweep.store(now, Ordering::Relaxed);
-                            return None;
-                        }
-                        self.rejected.fetch_add(1, Ordering::Relaxed);
-                        if c.on_overflow_closed {
-                            return Some(GcraOutcome::Refused {
-                                index: i,
-                                retry_after: c.interval,
-                                capacity: true,
-                            });
-                        }
-                        untracked[i] = true;
-                        continue;
+                    if is_new {
+                        adding += 1;
                     }
                 }
-                if is_new {
-                    adding += 1;
-                }
+                // Counted once the pass stands (a restarted pass judges them again).
+                let rejected = untracked.iter().filter(|&&u| u).count();
+                self.rejected.fetch_add(rejected as u64, Ordering::Relaxed);
+                break;
             }
             for (i, &h) in hashes.iter().enumerate() {
                 if untracked[i] {
@@ -500,6 +513,26 @@ mod tests {
         let later = Timestamp::from_unix_secs(1_061);
         assert!(matches!(
             s.gcra(&[check(c, 1), check(a, 1)], later, true),
+            GcraOutcome::Allowed { .. }
+        ));
+        assert_eq!(s.stats().keys, 1, "the ceiling holds");
+        assert_eq!(s.stats().rejected, 1);
+    }
+
+    /// The same, with the idle key first in the request: it was judged "tracked" before the
+    /// sweep dropped it, and must not come back in over the ceiling.
+    #[test]
+    fn a_key_swept_after_it_was_judged_does_not_overshoot() {
+        let s = MemoryStore::new(1);
+        let stripe = |n: u64| stripe_of(key_hash(&s.hasher, &check(n, 1).key));
+        let a = 0;
+        let c = (1..10_000)
+            .find(|&n| stripe(n) == stripe(a))
+            .expect("64 stripes: a match within 10,000 numbers");
+        s.gcra(&[check(a, 1)], Timestamp::from_unix_secs(1_000), true);
+        let later = Timestamp::from_unix_secs(1_061);
+        assert!(matches!(
+            s.gcra(&[check(a, 1), check(c, 1)], later, true),
             GcraOutcome::Allowed { .. }
         ));
         assert_eq!(s.stats().keys, 1, "the ceiling holds");
