@@ -493,3 +493,50 @@ async fn pool_settings_bound_the_idle_connections() {
     assert_eq!(conns, 3);
     assert_eq!(p.instance.app.upstream.idle_connections(), 0);
 }
+
+/// The background sweep (off the event loop, on a blocking thread) drops keys once the
+/// test clock has moved past them, and publishes the store gauges.
+#[tokio::test]
+async fn the_sweeper_drops_idle_keys_and_reports_them() {
+    let up = MockUpstream::start().await;
+    let config = format!(
+        "[store]\nsweep_interval = \"100ms\"\n{}",
+        twilio_route(&up.url(), "")
+    );
+    let limit = "[[limit]]\nname = \"cooldown\"\nkey = \"number\"\nrate = \"1/60s\"\nburst = 1\n";
+    let p = Proxy::start(&config, &[("limits.toml", limit)]).await;
+    assert_eq!(twilio_send(&p, "+447400123456", &[]).await.status, 201);
+    let gauge = |m: &str, name: &str| {
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    let metric = |name: &'static str| {
+        let url = p.admin("/metrics");
+        async move { gauge(&send("GET", &url, &[], "").await.text(), name) }
+    };
+    // Bounded waits for a 100 ms background tick (at most 5 s each).
+    let mut tracked = None;
+    for _ in 0..50 {
+        tracked = metric("smsfence_store_keys{store=\"memory\"}").await;
+        if tracked == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(tracked, Some(1), "the key is tracked and reported");
+    p.advance(Duration::from_secs(61));
+    let mut evicted = None;
+    for _ in 0..50 {
+        evicted = metric("smsfence_store_evictions_total{store=\"memory\"}").await;
+        if evicted == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(evicted, Some(1), "the idle key was swept");
+    assert_eq!(
+        metric("smsfence_store_keys{store=\"memory\"}").await,
+        Some(0)
+    );
+}
