@@ -506,37 +506,38 @@ async fn the_sweeper_drops_idle_keys_and_reports_them() {
     let limit = "[[limit]]\nname = \"cooldown\"\nkey = \"number\"\nrate = \"1/60s\"\nburst = 1\n";
     let p = Proxy::start(&config, &[("limits.toml", limit)]).await;
     assert_eq!(twilio_send(&p, "+447400123456", &[]).await.status, 201);
-    let gauge = |m: &str, name: &str| {
-        m.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-    };
-    let metric = |name: &'static str| {
-        let url = p.admin("/metrics");
-        async move { gauge(&send("GET", &url, &[], "").await.text(), name) }
-    };
-    // Bounded waits for a 100 ms background tick (at most 5 s each).
-    let mut tracked = None;
-    for _ in 0..50 {
-        tracked = metric("smsfence_store_keys{store=\"memory\"}").await;
-        if tracked == Some(1) {
-            break;
+    let admin = p.admin("/metrics");
+    // A metric's value once the 100 ms background tick has published `want` (bounded: 5 s).
+    let published = |name: &'static str, want: u64| {
+        let admin = admin.clone();
+        async move {
+            let mut seen = None;
+            for _ in 0..50 {
+                let text = send("GET", &admin, &[], "").await.text();
+                seen = text
+                    .lines()
+                    .find(|l| l.starts_with(name))
+                    .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+                if seen == Some(want) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            seen
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(tracked, Some(1), "the key is tracked and reported");
-    p.advance(Duration::from_secs(61));
-    let mut evicted = None;
-    for _ in 0..50 {
-        evicted = metric("smsfence_store_evictions_total{store=\"memory\"}").await;
-        if evicted == Some(1) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(evicted, Some(1), "the idle key was swept");
+    };
+    let keys = "smsfence_store_keys{store=\"memory\"}";
     assert_eq!(
-        metric("smsfence_store_keys{store=\"memory\"}").await,
-        Some(0)
+        published(keys, 1).await,
+        Some(1),
+        "the key is tracked and reported"
     );
+    p.advance(Duration::from_secs(61));
+    let evictions = "smsfence_store_evictions_total{store=\"memory\"}";
+    assert_eq!(
+        published(evictions, 1).await,
+        Some(1),
+        "the idle key was swept"
+    );
+    assert_eq!(published(keys, 0).await, Some(0));
 }
