@@ -129,7 +129,7 @@ fn label(h: &HeuristicRule, e: &Entity<'_>) -> String {
 struct Plan<'f> {
     ops: Vec<WindowOp<'f>>,
     /// Per op: (heuristic index, recipient).
-    owners: Vec<(usize, Option<usize>)>,
+    owners: Vec<(usize, usize)>,
     /// Per op: whether the store records it now.
     commits: Vec<bool>,
     /// Whether this is a real request (not a dry run).
@@ -151,7 +151,7 @@ impl<'f> Plan<'f> {
 
     fn push(&mut self, hi: usize, at: usize, op: WindowOp<'f>, commit: bool) {
         self.ops.push(op);
-        self.owners.push((hi, Some(at)));
+        self.owners.push((hi, at));
         self.commits.push(commit);
     }
 }
@@ -446,12 +446,12 @@ pub(super) async fn evaluate<'f>(
             Hit {
                 reason,
                 rule: h.name.clone(),
-                recipient: at,
+                recipient: Some(at),
             },
             None,
         );
         if let (true, true, Some(base)) = (enforced, commit, h.block_for) {
-            let d = at.and_then(|i| dests[i]);
+            let d = dests[at];
             if let Some(e) = block_entity(h, d, facts) {
                 // One offence per key per request, however many recipients tripped it.
                 if !newly_blocked.contains(&(hi, e)) {
