@@ -342,9 +342,10 @@ impl RouteSeries {
     }
 }
 
-/// Most label sets a [`Series`] keeps; past it, it starts again (label sets only change
-/// when rules are renamed, so this is reached after many reloads, if ever).
-const SERIES_MAX: usize = 4096;
+/// Most label sets a [`Series`] keeps; past it, it starts again. The registry itself keeps
+/// every series it ever made (rules × reasons × ~250 countries × modes can pass 10,000), so
+/// this only bounds what rule renames across reloads leave behind: ≈ 64 bytes an entry.
+const SERIES_MAX: usize = 65_536;
 
 /// Series of one labelled family resolved once per distinct label set and then reused,
 /// like [`RouteSeries`], for families whose label sets are not known up front (rule names,
