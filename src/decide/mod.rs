@@ -306,7 +306,6 @@ pub async fn decide(
         shadow: Vec::new(),
         shadow_all: rules.shadow_all,
     };
-    let builtin: Arc<str> = rules.builtin_name.clone();
 
     // Allow lists on the request (IP, user, account, sender), then per recipient.
     let request_skip = rules
@@ -325,7 +324,7 @@ pub async fn decide(
                     Mode::Enforce,
                     Hit {
                         reason: Reason::InvalidNumber,
-                        rule: builtin.clone(),
+                        rule: rules.builtin_name.clone(),
                         recipient: at,
                     },
                     None,

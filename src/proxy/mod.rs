@@ -71,7 +71,7 @@ fn verdict_bits(verdict: &str) -> u128 {
 }
 
 /// The address of a static label string: a key for it that needs no hashing of its text.
-pub(crate) fn static_bits(s: &'static str) -> u128 {
+fn static_bits(s: &'static str) -> u128 {
     s.as_ptr() as usize as u128
 }
 
