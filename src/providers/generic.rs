@@ -487,11 +487,23 @@ pub fn refusal(g: Option<&Generic>, refusal: &Refusal<'_>) -> NativeResponse {
                 RefusalKind::Throttle { .. } => StatusCode::TOO_MANY_REQUESTS,
                 RefusalKind::Block => StatusCode::FORBIDDEN,
             };
-            NativeResponse::json(
-                status,
-                &serde_json::json!({"error": {"code": refusal.reason.as_str(), "rule": refusal.rule, "message": refusal.message()}}),
-            )
-            .with_retry_after(refusal)
+            /// smsfence's own refusal body, for routes without a template.
+            #[derive(serde::Serialize)]
+            struct Body<'a> {
+                error: Error<'a>,
+            }
+            #[derive(serde::Serialize)]
+            struct Error<'a> {
+                code: &'static str,
+                message: String,
+                rule: &'a str,
+            }
+            let error = Error {
+                code: refusal.reason.as_str(),
+                message: refusal.message(),
+                rule: refusal.rule,
+            };
+            NativeResponse::json(status, &Body { error }).with_retry_after(refusal)
         }
     }
 }

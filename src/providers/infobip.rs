@@ -96,19 +96,66 @@ pub fn refusal(op: Op, refusal: &Refusal<'_>) -> NativeResponse {
         RefusalKind::Throttle { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS"),
         RefusalKind::Block => (StatusCode::FORBIDDEN, "REJECTED"),
     };
-    let body = match op {
-        Op::SendV2 => {
-            json!({"requestError": {"serviceException": {"messageId": id, "text": refusal.message()}}})
-        }
-        Op::SendV3 => json!({
-            "errorCode": format!("E{}", status.as_u16()),
-            "description": refusal.message(),
-            "action": if status == StatusCode::TOO_MANY_REQUESTS { "Retry later." } else { "Do not retry: the destination is refused by policy." },
-            "violations": [],
-            "resources": [],
-        }),
+    let message = refusal.message();
+    let resp = match op {
+        Op::SendV2 => NativeResponse::json(
+            status,
+            &V2 {
+                request_error: RequestError {
+                    service_exception: ServiceException {
+                        message_id: id,
+                        text: message,
+                    },
+                },
+            },
+        ),
+        Op::SendV3 => NativeResponse::json(
+            status,
+            &V3 {
+                error_code: format!("E{}", status.as_u16()),
+                description: message,
+                action: if status == StatusCode::TOO_MANY_REQUESTS {
+                    "Retry later."
+                } else {
+                    "Do not retry: the destination is refused by policy."
+                },
+                violations: [],
+                resources: [],
+            },
+        ),
     };
-    NativeResponse::json(status, &body).with_retry_after(refusal)
+    resp.with_retry_after(refusal)
+}
+
+/// The v2 API's error body.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct V2 {
+    request_error: RequestError,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestError {
+    service_exception: ServiceException,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceException {
+    message_id: &'static str,
+    text: String,
+}
+
+/// The v3 API's error body.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct V3 {
+    error_code: String,
+    description: String,
+    action: &'static str,
+    violations: [(); 0],
+    resources: [(); 0],
 }
 
 /// The sandbox's Infobip answer.

@@ -488,23 +488,29 @@ pub struct Refusal<'a> {
 impl Refusal<'_> {
     /// A human sentence with the stable reason code and rule; never the number or text.
     pub fn message(&self) -> String {
-        let who = match (self.recipient, self.recipients) {
-            (Some(i), n) if n > 1 => format!(" (recipient {} of {n})", i + 1),
-            _ => String::new(),
-        };
-        let what = match self.kind {
-            RefusalKind::Throttle { retry_after } => format!(
-                "Too many messages: {}{who}; retry after {} s",
-                self.reason.sentence(),
-                retry_after_secs(retry_after)
-            ),
-            RefusalKind::Block => format!("Message refused: {}{who}", self.reason.sentence()),
-        };
-        format!(
-            "{what}. [smsfence reason={} rule={}]",
+        use std::fmt::Write as _;
+        let mut m = String::with_capacity(128 + self.rule.len());
+        m.push_str(match self.kind {
+            RefusalKind::Throttle { .. } => "Too many messages: ",
+            RefusalKind::Block => "Message refused: ",
+        });
+        m.push_str(self.reason.sentence());
+        // Writing into a String cannot fail.
+        if let (Some(i), n) = (self.recipient, self.recipients) {
+            if n > 1 {
+                let _ = write!(m, " (recipient {} of {n})", i + 1);
+            }
+        }
+        if let Some(secs) = self.retry_after_secs() {
+            let _ = write!(m, "; retry after {secs} s");
+        }
+        let _ = write!(
+            m,
+            ". [smsfence reason={} rule={}]",
             self.reason.as_str(),
             self.rule
-        )
+        );
+        m
     }
 
     /// The `Retry-After` value in whole seconds (rounded up, at least 1), for throttles.
@@ -536,13 +542,14 @@ pub struct NativeResponse {
 }
 
 impl NativeResponse {
-    /// A JSON response.
-    pub fn json(status: StatusCode, body: &serde_json::Value) -> Self {
+    /// A JSON response: a `json!` value, or a typed body (refusals: no map is built).
+    pub fn json(status: StatusCode, body: &impl serde::Serialize) -> Self {
         NativeResponse {
             status,
             headers: Vec::new(),
             content_type: "application/json",
-            body: Bytes::from(body.to_string()),
+            // Values and derived structs with string keys always serialize.
+            body: Bytes::from(serde_json::to_vec(body).unwrap_or_default()),
         }
     }
 
@@ -821,6 +828,105 @@ pub(crate) mod tests {
         );
         assert_eq!(form_value(b"Body=a%20b", "Body").as_deref(), Some("a b"));
         assert_eq!(form_value(b"\xff\xfe=\xff", "To"), None);
+    }
+
+    /// Every preset's refusal body, whole: the typed bodies give exactly the JSON each
+    /// provider's SDK parses (the fields that are random per answer checked by shape).
+    #[test]
+    fn refusal_bodies_keep_each_providers_shape() {
+        use serde_json::json;
+        let throttle = Refusal {
+            kind: RefusalKind::Throttle {
+                retry_after: Duration::from_millis(1500),
+            },
+            reason: Reason::RateLimited,
+            rule: "number-cooldown",
+            recipient: Some(1),
+            recipients: 2,
+        };
+        let block = Refusal {
+            kind: RefusalKind::Block,
+            reason: Reason::DeniedCountry,
+            rule: "deny \"xx\"",
+            recipient: None,
+            recipients: 1,
+        };
+        let (t, b) = (throttle.message(), block.message());
+        assert_eq!(
+            t,
+            "Too many messages: a rate limit was reached (recipient 2 of 2); retry after 2 s. \
+             [smsfence reason=rate_limited rule=number-cooldown]"
+        );
+        let body = |op: Op, r: &Refusal<'_>| -> serde_json::Value {
+            let n = refusal(op, r, None);
+            assert_eq!(
+                n.headers.iter().any(|(k, _)| k == "retry-after"),
+                r.retry_after_secs().is_some(),
+                "{op:?}"
+            );
+            serde_json::from_slice(&n.body).unwrap()
+        };
+        let cases = [
+            (
+                Op::Twilio(twilio::Op::Message),
+                &throttle,
+                json!({"code": 20429, "message": t, "more_info": "https://www.twilio.com/docs/errors/20429", "status": 429}),
+            ),
+            (
+                Op::Twilio(twilio::Op::VerifyStart),
+                &block,
+                json!({"code": 60605, "message": b, "more_info": "https://www.twilio.com/docs/errors/60605", "status": 403}),
+            ),
+            (
+                Op::Vonage(vonage::Op::Sms),
+                &block,
+                json!({"message-count": "1", "messages": [{"status": "7", "error-text": format!("Number Barred: {b}")}]}),
+            ),
+            (
+                Op::Telnyx(telnyx::Op::Send),
+                &throttle,
+                json!({"errors": [{"code": "10011", "title": "Too many requests", "detail": t}]}),
+            ),
+            (
+                Op::Sinch(sinch::Op::Send),
+                &block,
+                json!({"code": "forbidden", "text": b}),
+            ),
+            (
+                Op::Infobip(infobip::Op::SendV2),
+                &throttle,
+                json!({"requestError": {"serviceException": {"messageId": "TOO_MANY_REQUESTS", "text": t}}}),
+            ),
+            (
+                Op::Infobip(infobip::Op::SendV3),
+                &block,
+                json!({"errorCode": "E403", "description": b, "action": "Do not retry: the destination is refused by policy.", "violations": [], "resources": []}),
+            ),
+            (
+                Op::Generic,
+                &block,
+                json!({"error": {"code": "denied_country", "rule": "deny \"xx\"", "message": b}}),
+            ),
+        ];
+        for (op, r, want) in cases {
+            assert_eq!(body(op, r), want, "{op:?}");
+        }
+        // Random per answer: Vonage Verify's problem instance, Plivo's api_id.
+        let v = body(Op::Vonage(vonage::Op::VerifyStart), &throttle);
+        assert_eq!(
+            v["type"],
+            "https://developer.vonage.com/api-errors#throttled"
+        );
+        assert_eq!(
+            (&v["title"], &v["detail"]),
+            (&json!("Rate Limit Hit"), &json!(t))
+        );
+        assert_eq!(v["instance"].as_str().map(str::len), Some(32));
+        assert_eq!(v.as_object().map(|o| o.len()), Some(4));
+        let p = body(Op::Plivo(plivo::Op::Send), &block);
+        assert_eq!(p["error"], json!(b));
+        assert_eq!(p["api_id"].as_str().map(str::len), Some(36));
+        assert_eq!(p.as_object().map(|o| o.len()), Some(2));
     }
 
     #[test]

@@ -63,11 +63,17 @@ pub fn refusal(refusal: &Refusal<'_>) -> NativeResponse {
         RefusalKind::Throttle { .. } => StatusCode::TOO_MANY_REQUESTS,
         RefusalKind::Block => StatusCode::BAD_REQUEST,
     };
-    NativeResponse::json(
-        status,
-        &json!({"api_id": uuid(), "error": refusal.message()}),
-    )
-    .with_retry_after(refusal)
+    /// Plivo's error body.
+    #[derive(serde::Serialize)]
+    struct Error {
+        api_id: String,
+        error: String,
+    }
+    let body = Error {
+        api_id: uuid(),
+        error: refusal.message(),
+    };
+    NativeResponse::json(status, &body).with_retry_after(refusal)
 }
 
 fn uuid() -> String {

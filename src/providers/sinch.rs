@@ -75,8 +75,17 @@ pub fn refusal(refusal: &Refusal<'_>) -> NativeResponse {
         }
         _ => (StatusCode::FORBIDDEN, "forbidden"),
     };
-    NativeResponse::json(status, &json!({"code": code, "text": refusal.message()}))
-        .with_retry_after(refusal)
+    /// Sinch's error body.
+    #[derive(serde::Serialize)]
+    struct Error {
+        code: &'static str,
+        text: String,
+    }
+    let body = Error {
+        code,
+        text: refusal.message(),
+    };
+    NativeResponse::json(status, &body).with_retry_after(refusal)
 }
 
 /// The sandbox's Sinch answer: the created batch.

@@ -74,12 +74,25 @@ pub fn refusal(refusal: &Refusal<'_>) -> NativeResponse {
         }
         _ => (StatusCode::FORBIDDEN, "40300", "Message blocked"),
     };
-    NativeResponse::json(
-        status,
-        &json!({"errors": [{"code": code, "title": title, "detail": refusal.message()}]}),
-    )
-    .with_retry_after(refusal)
-    .with_header("x-should-retry", "false")
+    /// Telnyx's error list (one error).
+    #[derive(serde::Serialize)]
+    struct Errors {
+        errors: [Error; 1],
+    }
+    #[derive(serde::Serialize)]
+    struct Error {
+        code: &'static str,
+        title: &'static str,
+        detail: String,
+    }
+    let error = Error {
+        code,
+        title,
+        detail: refusal.message(),
+    };
+    NativeResponse::json(status, &Errors { errors: [error] })
+        .with_retry_after(refusal)
+        .with_header("x-should-retry", "false")
 }
 
 /// The sandbox's Telnyx answer.

@@ -157,15 +157,23 @@ fn code_for(op: Op, refusal: &Refusal<'_>) -> (StatusCode, u32) {
 
 /// Twilio's native error for a refusal.
 pub fn refusal(op: Op, refusal: &Refusal<'_>) -> NativeResponse {
+    /// Twilio's REST error body.
+    #[derive(serde::Serialize)]
+    struct Error {
+        code: u32,
+        message: String,
+        more_info: String,
+        status: u16,
+    }
     let (status, code) = code_for(op, refusal);
     NativeResponse::json(
         status,
-        &json!({
-            "code": code,
-            "message": refusal.message(),
-            "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
-            "status": status.as_u16(),
-        }),
+        &Error {
+            code,
+            message: refusal.message(),
+            more_info: format!("https://www.twilio.com/docs/errors/{code}"),
+            status: status.as_u16(),
+        },
     )
     .with_retry_after(refusal)
 }

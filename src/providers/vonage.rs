@@ -154,12 +154,28 @@ pub fn refusal(op: Op, refusal: &Refusal<'_>) -> NativeResponse {
                 (_, Reason::InvalidNumber | Reason::UnsupportedRequest) => ("3", "Invalid Message"),
                 _ => ("7", "Number Barred"),
             };
+            /// The SMS API's answer: HTTP 200, the error in the message's status.
+            #[derive(serde::Serialize)]
+            struct Answer {
+                #[serde(rename = "message-count")]
+                count: &'static str,
+                messages: [Message; 1],
+            }
+            #[derive(serde::Serialize)]
+            struct Message {
+                status: &'static str,
+                #[serde(rename = "error-text")]
+                error_text: String,
+            }
             NativeResponse::json(
                 StatusCode::OK,
-                &json!({
-                    "message-count": "1",
-                    "messages": [{"status": status, "error-text": format!("{text}: {}", refusal.message())}],
-                }),
+                &Answer {
+                    count: "1",
+                    messages: [Message {
+                        status,
+                        error_text: format!("{text}: {}", refusal.message()),
+                    }],
+                },
             )
             .with_retry_after(refusal)
         }
@@ -175,14 +191,23 @@ pub fn refusal(op: Op, refusal: &Refusal<'_>) -> NativeResponse {
                 ),
                 _ => (StatusCode::FORBIDDEN, "fraud-check", "Forbidden"),
             };
+            /// An RFC 7807 problem, as Vonage's newer APIs answer.
+            #[derive(serde::Serialize)]
+            struct Problem {
+                #[serde(rename = "type")]
+                kind: String,
+                title: &'static str,
+                detail: String,
+                instance: String,
+            }
             let mut r = NativeResponse::json(
                 status,
-                &json!({
-                    "type": format!("https://developer.vonage.com/api-errors#{kind}"),
-                    "title": title,
-                    "detail": refusal.message(),
-                    "instance": sandbox_id("", 32),
-                }),
+                &Problem {
+                    kind: format!("https://developer.vonage.com/api-errors#{kind}"),
+                    title,
+                    detail: refusal.message(),
+                    instance: sandbox_id("", 32),
+                },
             )
             .with_retry_after(refusal);
             r.content_type = "application/problem+json";

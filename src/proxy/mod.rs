@@ -251,7 +251,7 @@ impl App {
     /// A new request id.
     pub fn next_request_id(&self) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        format!("sf-{:08x}-{n:x}", self.id_prefix)
+        request_id(self.id_prefix, n)
     }
 
     /// Counts a decision in the metrics.
@@ -316,6 +316,22 @@ impl App {
             });
         }
     }
+}
+
+/// `sf-{prefix:08x}-{n:x}`, written without the formatting machinery (one per refusal).
+fn request_id(prefix: u32, n: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let nibble = |v: u64, i: u32| char::from(HEX[((v >> (4 * i)) & 15) as usize]);
+    let mut out = String::with_capacity(3 + 8 + 1 + 16);
+    out.push_str("sf-");
+    for i in (0..8).rev() {
+        out.push(nibble(u64::from(prefix), i));
+    }
+    out.push('-');
+    for i in (0..(u64::BITS - n.leading_zeros()).div_ceil(4).max(1)).rev() {
+        out.push(nibble(n, i));
+    }
+    out
 }
 
 fn parse_ip(s: &str) -> Option<IpAddr> {
@@ -643,6 +659,18 @@ mod tests {
             reason,
             rule: Arc::from(rule),
             recipient,
+        }
+    }
+
+    #[test]
+    fn request_ids_read_as_formatted() {
+        let mut values = vec![0, 1, 9, 10, 15, 16, 255, 256, u64::MAX];
+        values.extend((0..64).map(|b| 1u64 << b));
+        values.extend((1..64).map(|b| (1u64 << b) - 1));
+        for prefix in [0, 1, 0xabc, 0xdead_beef, u32::MAX] {
+            for &n in &values {
+                assert_eq!(request_id(prefix, n), format!("sf-{prefix:08x}-{n:x}"));
+            }
         }
     }
 
