@@ -27,6 +27,8 @@ const STRIKE: u64 = 0x5354_5249_4b45_0000;
 const NUMBERS: u64 = 0x4e55_4d42_4552_5300;
 const HOURLY: u64 = 0x484f_5552_4c59_0000;
 const DAILY: u64 = 0x4441_494c_5900_0000;
+/// The spend budget's share of numbers that belong to no country (+800, +870, +979 …).
+const NO_COUNTRY: u64 = 0x4e4f_434f_554e_5452;
 /// The rule id of "this number verified recently".
 const TRUST: u64 = 0x5452_5553_5400_0000;
 
@@ -361,13 +363,18 @@ pub(super) async fn evaluate<'f>(
                         * f64::from(facts.segments.max(1))
                         * MICRO)
                         .round() as u64;
-                    let country = d.country().map_or(Entity::Global, Entity::Country);
+                    // Numbers of no country share one country budget of their own: not
+                    // the global key, which they are charged to already.
+                    let (country_ns, country) = match d.country() {
+                        Some(c) => (0, Entity::Country(c)),
+                        None => (NO_COUNTRY, Entity::Global),
+                    };
                     // In the order the budgets are read: hourly, country hourly, daily,
                     // country daily.
                     for (ns, window) in [(HOURLY, HOUR), (DAILY, DAY)] {
-                        for entity in [Entity::Global, country] {
-                            plan.send(hi, i, sum_op(h.id ^ ns, entity, window, micros));
-                        }
+                        plan.send(hi, i, sum_op(h.id ^ ns, Entity::Global, window, micros));
+                        let op = sum_op(h.id ^ ns ^ country_ns, country, window, micros);
+                        plan.send(hi, i, op);
                     }
                 }
             }

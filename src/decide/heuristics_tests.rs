@@ -362,3 +362,21 @@ async fn the_first_heuristic_in_file_order_is_the_verdict() {
     assert_eq!(reason(&v), Some(Reason::AutoBlocked));
     assert_eq!(v.hit().map(|h| &*h.rule), Some("pv"));
 }
+
+/// A valid number of no country (+870, Inmarsat) is charged once to the global budget,
+/// and to a country budget of its own (it was charged to the global key twice).
+#[tokio::test]
+async fn a_number_of_no_country_is_charged_once_and_has_its_own_country_budget() {
+    let d = normalize("+870773111632", NumberFormat::E164, None).unwrap();
+    assert!(d.is_valid() && d.country().is_none());
+    let text = "[prices]\ndefault = 0.10\n\
+[[heuristic]]\nname = \"spend\"\nkind = \"spend_budget\"\nhourly = 0.25\ncountry_hourly = 0.15\n";
+    let r = rules(text);
+    let s = store();
+    assert_eq!(send(&r, &s, "+870773111632", at(0)).await, Verdict::Allow);
+    // 0.20 of the 0.25 global budget: allowed (the double charge made it 0.30).
+    assert_eq!(send(&r, &s, "+4915112345001", at(0)).await, Verdict::Allow);
+    // A second number of no country: 0.20 of its own 0.15 country budget.
+    let v = send(&r, &s, "+870773111633", at(0)).await;
+    assert_eq!(reason(&v), Some(Reason::SpendBudget));
+}

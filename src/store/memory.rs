@@ -94,8 +94,10 @@ pub struct MemoryStore {
     stripes: Box<[Mutex<Stripe>]>,
     /// Per-process random keys for hashing, so attackers cannot aim for collisions.
     hasher: RandomState,
-    /// Keys tracked across all stripes.
-    len: AtomicUsize,
+    /// Keys tracked across all stripes, rate-limit keys and windows together. A slot is
+    /// reserved here before a key is inserted ([`Self::reserve`]), so that concurrent
+    /// requests on different stripes cannot all pass the ceiling at once.
+    tracked: AtomicUsize,
     /// The ceiling on `len`.
     max_keys: usize,
     /// Idle keys dropped.
@@ -112,8 +114,6 @@ pub struct MemoryStore {
     windows: Box<[Mutex<HashedMap<Window>>]>,
     /// Flags (auto-blocks, verified numbers) by key hash.
     flags: Mutex<HashedMap<Flag>>,
-    /// Tracked windows.
-    windows_len: AtomicUsize,
 }
 
 impl MemoryStore {
@@ -125,7 +125,7 @@ impl MemoryStore {
                 .collect(),
             hasher: RandomState::new(),
             stripe_swept: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
-            len: AtomicUsize::new(0),
+            tracked: AtomicUsize::new(0),
             max_keys,
             evicted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -134,7 +134,6 @@ impl MemoryStore {
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
             flags: Mutex::new(HashMap::default()),
-            windows_len: AtomicUsize::new(0),
         }
     }
 
@@ -162,11 +161,10 @@ impl MemoryStore {
                 let mut w = Window::new(window_ns);
                 let reading = w.apply(now, op.amount, op.member, cap, op.near, commit);
                 if commit {
-                    if self.tracked() >= self.max_keys {
-                        self.rejected.fetch_add(1, Ordering::Relaxed);
-                    } else {
+                    if self.reserve() {
                         stripe.insert(h, w);
-                        self.windows_len.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.rejected.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 reading
@@ -187,9 +185,22 @@ impl MemoryStore {
         }
     }
 
-    /// Rate-limit keys and heuristic windows together: `max_keys` bounds their sum.
-    fn tracked(&self) -> usize {
-        self.len.load(Ordering::Relaxed) + self.windows_len.load(Ordering::Relaxed)
+    /// Takes room for one new key (a rate-limit key or a window: `max_keys` bounds their
+    /// sum) before it is inserted; `false` at the ceiling. Atomic, so the ceiling holds
+    /// exactly however many workers insert at once.
+    fn reserve(&self) -> bool {
+        self.tracked
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max_keys).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back room taken by [`Self::reserve`] or held by keys that were dropped.
+    fn release(&self, n: usize) {
+        if n > 0 {
+            self.tracked.fetch_sub(n, Ordering::Relaxed);
+        }
     }
 
     fn flags_lock(&self) -> MutexGuard<'_, HashedMap<Flag>> {
@@ -313,43 +324,49 @@ impl MemoryStore {
             // pass then starts again (each stripe sweeps at most once a second, so it
             // restarts at most once per stripe touched).
             let mut untracked = vec![false; checks.len()];
+            // Room reserved in this pass for new keys (given back if the pass starts
+            // again or refuses).
+            let mut reserved = 0;
             'room: loop {
                 untracked.fill(false);
-                // New keys of this request already given room (they are inserted below).
-                let mut adding = 0;
+                self.release(std::mem::take(&mut reserved));
                 for (i, (c, &h)) in checks.iter().zip(&hashes).enumerate() {
                     let g = stripe(&mut guards, h);
-                    let is_new = !guards[g].1.contains_key(&h);
-                    if is_new && self.tracked() + adding >= self.max_keys {
-                        let swept = &self.stripe_swept[guards[g].0];
-                        if now.saturating_sub(swept.load(Ordering::Relaxed)) >= 1_000_000_000 {
-                            swept.store(now, Ordering::Relaxed);
-                            if self.sweep_stripe(&mut guards[g].1, now) > 0 {
-                                continue 'room;
-                            }
-                        }
-                        if self.tracked() + adding >= self.max_keys {
-                            let last = self.last_full_sweep.load(Ordering::Relaxed);
-                            if may_sweep && now.saturating_sub(last) >= 1_000_000_000 {
-                                self.last_full_sweep.store(now, Ordering::Relaxed);
-                                return None;
-                            }
-                            if c.on_overflow_closed {
-                                let counted = untracked.iter().filter(|&&u| u).count() + 1;
-                                self.rejected.fetch_add(counted as u64, Ordering::Relaxed);
-                                return Some(GcraOutcome::Refused {
-                                    index: i,
-                                    retry_after: c.interval,
-                                    capacity: true,
-                                });
-                            }
-                            untracked[i] = true;
-                            continue;
+                    if guards[g].1.contains_key(&h) {
+                        continue;
+                    }
+                    if self.reserve() {
+                        reserved += 1;
+                        continue;
+                    }
+                    let swept = &self.stripe_swept[guards[g].0];
+                    if now.saturating_sub(swept.load(Ordering::Relaxed)) >= 1_000_000_000 {
+                        swept.store(now, Ordering::Relaxed);
+                        if self.sweep_stripe(&mut guards[g].1, now) > 0 {
+                            continue 'room;
                         }
                     }
-                    if is_new {
-                        adding += 1;
+                    if self.reserve() {
+                        reserved += 1;
+                        continue;
                     }
+                    let last = self.last_full_sweep.load(Ordering::Relaxed);
+                    if may_sweep && now.saturating_sub(last) >= 1_000_000_000 {
+                        self.last_full_sweep.store(now, Ordering::Relaxed);
+                        self.release(reserved);
+                        return None;
+                    }
+                    if c.on_overflow_closed {
+                        self.release(reserved);
+                        let counted = untracked.iter().filter(|&&u| u).count() + 1;
+                        self.rejected.fetch_add(counted as u64, Ordering::Relaxed);
+                        return Some(GcraOutcome::Refused {
+                            index: i,
+                            retry_after: c.interval,
+                            capacity: true,
+                        });
+                    }
+                    untracked[i] = true;
                 }
                 // Counted once the pass stands (a restarted pass judges them again).
                 let rejected = untracked.iter().filter(|&&u| u).count();
@@ -362,9 +379,11 @@ impl MemoryStore {
                 }
                 let g = stripe(&mut guards, h);
                 if guards[g].1.insert(h, steps[i].0).is_none() {
-                    self.len.fetch_add(1, Ordering::Relaxed);
+                    reserved -= 1;
                 }
             }
+            // Nothing is left over unless two keys of the request share a hash.
+            self.release(reserved);
         }
         Some(GcraOutcome::Allowed {
             states: steps.into_iter().map(|(_, s, _)| s).collect(),
@@ -376,7 +395,7 @@ impl MemoryStore {
         stripe.retain(|_, tat| *tat > now);
         let dropped = before - stripe.len();
         if dropped > 0 {
-            self.len.fetch_sub(dropped, Ordering::Relaxed);
+            self.release(dropped);
             self.evicted.fetch_add(dropped as u64, Ordering::Relaxed);
         }
         dropped
@@ -391,7 +410,7 @@ impl MemoryStore {
             g.retain(|_, w| !w.idle(now.as_nanos()));
             windows += before - g.len();
         }
-        self.windows_len.fetch_sub(windows, Ordering::Relaxed);
+        self.release(windows);
         self.evicted.fetch_add(windows as u64, Ordering::Relaxed);
         self.flags_lock().retain(|_, f| f.until > now);
         windows
@@ -410,8 +429,7 @@ impl MemoryStore {
     /// Counters for metrics.
     pub fn stats(&self) -> StoreStats {
         StoreStats {
-            keys: (self.len.load(Ordering::Relaxed) + self.windows_len.load(Ordering::Relaxed))
-                as u64,
+            keys: self.tracked.load(Ordering::Relaxed) as u64,
             evictions: self.evicted.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
             ..StoreStats::default()
@@ -523,6 +541,61 @@ mod tests {
             assert_eq!(s.stats().keys, 1, "the ceiling holds ({idle_first})");
             assert_eq!(s.stats().rejected, 1, "({idle_first})");
         }
+    }
+
+    /// Workers inserting new keys at once, on different stripes and into both maps: the
+    /// ceiling holds exactly (it used to be checked under each stripe's own lock only, and
+    /// 8 threads could track 3 keys under `max_keys = 1`).
+    #[test]
+    fn the_ceiling_holds_when_workers_insert_at_once() {
+        use std::sync::Barrier;
+        const THREADS: usize = 8;
+        let now = Timestamp::from_unix_secs(1_000);
+        let window = |n: u64| WindowOp {
+            key: LimitKey {
+                rule: 2,
+                entity: Entity::Number(n),
+            },
+            window: Duration::from_secs(60),
+            amount: 1,
+            member: None,
+            cap: 0,
+            near: None,
+        };
+        let mut worst = 0;
+        for trial in 0..1_500u64 {
+            let s = MemoryStore::new(1);
+            // Numbers on distinct stripes, so that no two threads share a lock.
+            let mut numbers: Vec<u64> = Vec::new();
+            let mut stripes = Vec::new();
+            for n in trial * 1_000.. {
+                let st = stripe_of(key_hash(&s.hasher, &check(n, 1).key));
+                if !stripes.contains(&st) {
+                    stripes.push(st);
+                    numbers.push(n);
+                    if numbers.len() == THREADS {
+                        break;
+                    }
+                }
+            }
+            let start = Barrier::new(THREADS);
+            std::thread::scope(|sc| {
+                for (t, &n) in numbers.iter().enumerate() {
+                    let (s, start) = (&s, &start);
+                    sc.spawn(move || {
+                        start.wait();
+                        if t % 2 == 0 {
+                            s.gcra(&[check(n, 5)], now, true);
+                        } else {
+                            s.windows(&[window(n)], now, &[true]);
+                        }
+                    });
+                }
+            });
+            worst = worst.max(s.stats().keys);
+            assert_eq!(s.stats().keys + s.stats().rejected, THREADS as u64);
+        }
+        assert_eq!(worst, 1, "max_keys = 1, but {worst} keys were tracked at once");
     }
 
     #[test]
