@@ -675,18 +675,39 @@ async fn scripts_flushed_from_redis_are_loaded_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_request_gives_its_budget_reservation_back() {
+    refused_requests_give_their_reservation_back(false).await;
+}
+
+/// The same, when the refusing heuristic's auto-block cannot be written (Redis denies
+/// SET): the decision is degraded, yet every heuristic is judged and the reservation is
+/// still given back (it used to be kept: the error ended the evaluation early).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_auto_block_still_gives_the_reservation_back() {
+    refused_requests_give_their_reservation_back(true).await;
+}
+
+async fn refused_requests_give_their_reservation_back(failing_auto_block: bool) {
     let redis = Redis::start(false);
     let up = MockUpstream::start().await;
     // 0.10 a send, 0.55 an hour: five sends. At most 2 distinct numbers per 1k block.
-    let rules = "[prices]\ndefault = 0.10\n\
-                 [[heuristic]]\nname = \"spend\"\nkind = \"spend_budget\"\nhourly = 0.55\n\
-                 [[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [3]\nwindow = \"10m\"\nmax_distinct = 2\n";
+    let block_for = if failing_auto_block {
+        // The windows script never calls SET; the auto-block does.
+        redis.cli(&["ACL", "SETUSER", "default", "-set"]).unwrap();
+        "block_for = \"1m\"\n"
+    } else {
+        ""
+    };
+    let rules = format!(
+        "[prices]\ndefault = 0.10\n\
+         [[heuristic]]\nname = \"spend\"\nkind = \"spend_budget\"\nhourly = 0.55\n\
+         [[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [3]\nwindow = \"10m\"\nmax_distinct = 2\n{block_for}"
+    );
     let cfg = format!(
         "{}{}",
         store_config(&[redis.url()], false, "2s", ""),
         all_presets_to(&up.url())
     );
-    let p = Proxy::start(&cfg, &[("r.toml", rules)]).await;
+    let p = Proxy::start(&cfg, &[("r.toml", &rules)]).await;
     for (to, want) in [
         ("+447400123001", 201),
         ("+447400123002", 201),
@@ -705,7 +726,8 @@ async fn a_refused_request_gives_its_budget_reservation_back() {
     let last = twilio_send(&p, "+447400999001", &[]).await;
     assert_eq!(last.header("smsfence-reason"), Some("spend_budget"));
     assert_eq!(up.requests().len(), 5);
-    assert_eq!(degraded(&p).await, 0);
+    // Only the refusal whose auto-block failed is degraded.
+    assert_eq!(degraded(&p).await, u64::from(failing_auto_block));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

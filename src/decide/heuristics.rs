@@ -170,8 +170,19 @@ fn sum_op(rule: u64, entity: Entity<'_>, window: Duration, amount: u64) -> Windo
     }
 }
 
-/// Evaluates every heuristic; fires hits into `out`; returns the budget reservations to
-/// give back if the request is finally refused.
+/// What [`evaluate`] leaves behind once its windows are written.
+#[derive(Debug, Default)]
+pub(super) struct Evaluated<'f> {
+    /// The budget reservations to give back if the request is finally refused.
+    pub reserved: Vec<WindowOp<'f>>,
+    /// An auto-block could not be set (the store failed after the windows were written):
+    /// every heuristic was still judged, and the reservations still stand to be given back.
+    pub degraded: bool,
+}
+
+/// Evaluates every heuristic; fires hits into `out`. A store error before the windows
+/// are written is returned (nothing was reserved); one after is reported in
+/// [`Evaluated::degraded`].
 pub(super) async fn evaluate<'f>(
     rules: &RuleSet,
     store: &Store,
@@ -180,10 +191,10 @@ pub(super) async fn evaluate<'f>(
     now: Timestamp,
     commit: bool,
     out: &mut Outcome,
-) -> Result<Vec<WindowOp<'f>>, StoreError> {
+) -> Result<Evaluated<'f>, StoreError> {
     let active = |h: &HeuristicRule| h.kinds.contains(facts.kind);
     if !rules.heuristics.iter().any(active) {
-        return Ok(Vec::new());
+        return Ok(Evaluated::default());
     }
     let dests: Vec<Option<&Destination>> = facts
         .recipients
@@ -438,6 +449,7 @@ pub(super) async fn evaluate<'f>(
         .collect();
 
     let mut newly_blocked = Vec::new();
+    let mut degraded = false;
     let mut k = 0;
     while k < plan.ops.len() {
         let (hi, at) = plan.owners[k];
@@ -463,12 +475,14 @@ pub(super) async fn evaluate<'f>(
                 // One offence per key per request, however many recipients tripped it.
                 if !newly_blocked.contains(&(hi, e)) {
                     newly_blocked.push((hi, e));
-                    auto_block(store, h, e, base, now).await?;
+                    if auto_block(store, h, e, base, now).await.is_err() {
+                        degraded = true;
+                    }
                 }
             }
         }
     }
-    Ok(reserved)
+    Ok(Evaluated { reserved, degraded })
 }
 
 /// Whether heuristic `h` fires on the readings of its group of operations starting with

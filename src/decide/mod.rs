@@ -488,14 +488,17 @@ pub async fn decide(
         )
         .await
         {
-            Ok(reserved) => {
+            Ok(evaluated) => {
+                degraded |= evaluated.degraded;
                 // Refused by a heuristic: its budget reservations are given back. The
                 // limits it passed keep counting it — an attack that a heuristic refuses
                 // goes on filling the limits, which then refuse it before any heuristic
                 // runs, far more cheaply (and without a store key per attempt).
                 if commit == Commit::Yes
                     && !out.allowed()
-                    && heuristics::give_back(store, &reserved, now).await.is_err()
+                    && heuristics::give_back(store, &evaluated.reserved, now)
+                        .await
+                        .is_err()
                 {
                     degraded = true;
                 }

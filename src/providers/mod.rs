@@ -345,10 +345,15 @@ fn form_pairs(body: &[u8]) -> impl Iterator<Item = (FormName<'_>, &[u8])> {
 struct FormName<'b>(&'b [u8]);
 
 impl FormName<'_> {
-    /// Whether the name decodes to `key`. A name with no `%` or `+` is its own decoding,
-    /// so it is compared as it is: only names that need it are decoded.
+    /// Whether the name decodes to `key`. An ASCII name with no `%` or `+` is its own
+    /// decoding, so it is compared as it is: only names that need it are decoded (a
+    /// name of invalid UTF-8 decodes to U+FFFD, which a key may hold).
     fn is(self, key: &str) -> bool {
-        if self.0.iter().any(|&b| b == b'%' || b == b'+') {
+        if self
+            .0
+            .iter()
+            .any(|&b| b == b'%' || b == b'+' || !b.is_ascii())
+        {
             form_decode(self.0) == key
         } else {
             self.0 == key.as_bytes()
@@ -697,7 +702,7 @@ pub(crate) mod tests {
 
     #[test]
     fn form_fields_read_as_form_urlencoded_does() {
-        let bodies: [&[u8]; 9] = [
+        let bodies: [&[u8]; 11] = [
             b"To=%2B447400123456&From=%2B15005550006&Body=Your+code+is+123456",
             b"T%6F=%2B1&To=second&To=third",
             b"To&To=&=x&&To=a=b&",
@@ -707,9 +712,15 @@ pub(crate) mod tests {
             b"",
             b"&&&",
             b"To=+44+7400+123456",
+            b"\xff=lossy&\xc3\xa9=e-acute&%C3%A9=encoded",
+            b"\xff\xfe=two&\xef\xbf\xbd=replacement",
         ];
         for body in bodies {
-            for key in ["To", "Body", "B ody", "Body ", "", "to", "From"] {
+            let keys = ["To", "Body", "B ody", "Body ", "", "to", "From"];
+            for key in keys
+                .into_iter()
+                .chain(["\u{fffd}", "\u{fffd}\u{fffd}", "é"])
+            {
                 let expected: Vec<String> = form_urlencoded::parse(body)
                     .filter(|(k, _)| k == key)
                     .map(|(_, v)| v.into_owned())

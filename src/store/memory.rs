@@ -595,7 +595,10 @@ mod tests {
             worst = worst.max(s.stats().keys);
             assert_eq!(s.stats().keys + s.stats().rejected, THREADS as u64);
         }
-        assert_eq!(worst, 1, "max_keys = 1, but {worst} keys were tracked at once");
+        assert_eq!(
+            worst, 1,
+            "max_keys = 1, but {worst} keys were tracked at once"
+        );
     }
 
     #[test]
