@@ -541,3 +541,155 @@ async fn the_sweeper_drops_idle_keys_and_reports_them() {
     );
     assert_eq!(published(keys, 0).await, Some(0));
 }
+
+/// An upstream on a raw socket: reads each request (head and Content-Length body), then
+/// writes `answer`'s pieces, each after its delay. Returns its address and the heads it
+/// read (lower-cased).
+async fn scripted_upstream(
+    answer: Vec<(Duration, Vec<u8>)>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&heads);
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (seen, answer) = (Arc::clone(&seen), Arc::clone(&answer));
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while buf.len() < head_end + len {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                seen.lock().unwrap().push(head);
+                for (delay, bytes) in answer.iter() {
+                    tokio::time::sleep(*delay).await;
+                    if s.write_all(bytes).await.is_err() {
+                        return;
+                    }
+                }
+                // Hold the connection until the proxy is done with it.
+                let _ = s.read(&mut chunk).await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// An empty POST goes on with `Content-Length: 0` (hyper would send no length at all,
+/// and upstreams that require one on a POST answer 411); a GET goes on without one.
+#[tokio::test]
+async fn an_empty_post_is_forwarded_with_content_length_zero() {
+    let up = MockUpstream::start().await;
+    let p = Proxy::start(&twilio_route(&up.url(), ""), NO_RULES).await;
+    let path = "/2010-04-01/Accounts/ACtest/Calls/CA1.json";
+    let a = send("POST", &p.url(path), &[BASIC, ("content-length", "0")], "").await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let a = send("GET", &p.url(path), &[BASIC], "").await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let got = up.requests();
+    assert_eq!(got[0].headers.get("content-length").unwrap(), "0");
+    assert_eq!(got[1].headers.get("content-length"), None);
+}
+
+/// Empty segments around the route prefix (`//twilio/…` matches `/twilio`) do not shift
+/// the path the upstream receives.
+#[tokio::test]
+async fn empty_segments_around_the_prefix_do_not_shift_the_upstream_path() {
+    let up = MockUpstream::start().await;
+    let route = twilio_route(&format!("{}/base", up.url()), "path_prefix = \"/twilio\"\n");
+    let p = Proxy::start(&route, NO_RULES).await;
+    let body = "To=%2B14155550123&From=%2B15005550006&Body=hi";
+    for path in [
+        "//twilio/2010-04-01/Accounts/ACtest/Messages.json",
+        "/twilio/2010-04-01/Accounts/ACtest/Messages.json",
+    ] {
+        let a = send("POST", &p.url(path), &[FORM, BASIC], body).await;
+        assert_eq!(a.status, 201, "{path}: {}", a.text());
+    }
+    let uris: Vec<String> = up.requests().into_iter().map(|r| r.uri).collect();
+    assert_eq!(uris, ["/base/2010-04-01/Accounts/ACtest/Messages.json"; 2]);
+}
+
+/// An answer that comes chunked with a Content-Length as well reaches the client whole:
+/// the length, which does not describe a chunked body, is not passed on.
+#[tokio::test]
+async fn a_chunked_answer_with_a_content_length_reaches_the_client_whole() {
+    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+transfer-encoding: chunked\r\ncontent-length: 2\r\n\r\nc\r\n{\"sid\":\"X1\"}\r\n0\r\n\r\n";
+    let (addr, _) = scripted_upstream(vec![(Duration::ZERO, answer.to_vec())]).await;
+    let p = Proxy::start(&twilio_route(&format!("http://{addr}"), ""), NO_RULES).await;
+    let a = send(
+        "GET",
+        &p.url("/2010-04-01/Accounts/ACtest/Messages/SM1.json"),
+        &[BASIC],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.text(), r#"{"sid":"X1"}"#);
+}
+
+/// A Verify answer is read whole for its conversion signal; one that is larger than the
+/// proxy buffers, or slower than the upstream timeout leaves, is streamed to the client
+/// as the upstream sent it (it used to be replaced by a 502: the code was sent, and a
+/// client retrying on 502 would send another).
+#[tokio::test]
+async fn a_verify_answer_too_large_or_too_slow_to_read_is_streamed_not_replaced() {
+    let large = format!(r#"{{"sid":"VE1","pad":"{}"}}"#, "x".repeat(1_100_000));
+    let small = r#"{"sid":"VE2","status":"pending"}"#.to_owned();
+    for (body, delay) in [(large, Duration::ZERO), (small, Duration::from_millis(400))] {
+        let head = format!(
+            "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let (addr, heads) = scripted_upstream(vec![
+            (Duration::ZERO, head.into_bytes()),
+            (delay, body.clone().into_bytes()),
+        ])
+        .await;
+        let cfg = format!(
+            "{}\n[upstream]\ntimeout = \"150ms\"\n",
+            twilio_route(&format!("http://{addr}"), "")
+        );
+        let p = Proxy::start(&cfg, NO_RULES).await;
+        let form = "To=%2B14155550123&Channel=sms";
+        let a = send(
+            "POST",
+            &p.url("/v2/Services/VA1/Verifications"),
+            &[FORM, BASIC],
+            form,
+        )
+        .await;
+        assert_eq!(a.status, 201, "{}", &a.text()[..a.text().len().min(200)]);
+        assert_eq!(
+            a.header("content-length"),
+            Some(body.len().to_string().as_str())
+        );
+        assert_eq!(a.body.len(), body.len());
+        assert_eq!(heads.lock().unwrap().len(), 1, "sent upstream once");
+    }
+}

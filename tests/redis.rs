@@ -766,3 +766,58 @@ async fn a_frozen_redis_costs_a_request_one_timeout_not_one_per_call() {
         "it did wait for the store: {took:?}"
     );
 }
+
+/// Redis comes back with an empty script cache (a restart or failover, here SCRIPT FLUSH)
+/// while the breaker is open after timeouts: the half-open probe is an EVALSHA that gets
+/// NOSCRIPT. That answer closes the breaker, so the EVAL that follows runs (it used to be
+/// refused by the still-open breaker, and every later probe failed the same way: the
+/// store was never used again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_closes_when_redis_returns_without_its_scripts() {
+    use smsfence::clock::Timestamp;
+    use smsfence::config::{StoreConfig, StoreKind};
+    use smsfence::store::redis::RedisStore;
+    use smsfence::store::{Entity, GcraCheck, LimitKey};
+
+    let redis = Redis::start(false);
+    let cfg = StoreConfig {
+        kind: StoreKind::Redis,
+        urls: vec![redis.url()],
+        timeout: Duration::from_millis(100),
+        breaker_failures: 1,
+        breaker_cooldown: Duration::from_millis(200),
+        pool_size: 1,
+        ..StoreConfig::default()
+    };
+    let store = RedisStore::connect(&cfg).await.unwrap();
+    let check = GcraCheck {
+        key: LimitKey {
+            rule: 1,
+            entity: Entity::Number(447400123456),
+        },
+        interval: Duration::from_secs(60),
+        burst: 1000,
+        cost: 1,
+        on_overflow_closed: false,
+    };
+    let now = Timestamp::from_unix_secs(1);
+    assert!(store.gcra(&[check], now, true).await.is_ok());
+    // A timeout opens the breaker (Redis paused for 500 ms).
+    redis.cli(&["CLIENT", "PAUSE", "500", "ALL"]).unwrap();
+    assert!(store.gcra(&[check], now, true).await.is_err());
+    wait_until(Duration::from_secs(5), || {
+        redis.cli(&["PING"]).is_some_and(|o| o.trim() == "PONG")
+    });
+    redis.cli(&["SCRIPT", "FLUSH"]).unwrap();
+    let start = Instant::now();
+    let mut errors = Vec::new();
+    while start.elapsed() < Duration::from_secs(3) {
+        match store.gcra(&[check], now, true).await {
+            Ok(_) => return,
+            Err(e) => errors.push(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    errors.dedup();
+    panic!("Redis answers, yet every call failed for 3 s: {errors:?}");
+}

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::http::uri::InvalidUri;
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 
 use super::route::Target;
 use super::upstream::{UpstreamBody, UpstreamError};
@@ -103,6 +103,8 @@ struct Ctx<'a> {
     route: &'a str,
     /// Index of the matched route, for its cached metric series.
     route_index: Option<usize>,
+    /// Where the route's prefix ends in the request's path.
+    prefix_end: usize,
     outcome: Outcome,
     upstream_time: Duration,
     upstream_status: Option<u16>,
@@ -119,6 +121,7 @@ pub async fn handle(
         provider: "none",
         route: "none",
         route_index: None,
+        prefix_end: 0,
         outcome: Outcome::NotFound,
         upstream_time: Duration::ZERO,
         upstream_status: None,
@@ -168,6 +171,7 @@ async fn handle_inner<'a>(
     ctx.provider = route.preset.as_str();
     ctx.route = &route.name;
     ctx.route_index = Some(m.route);
+    ctx.prefix_end = m.prefix_end;
 
     let body = match read_body(app, &parts.headers, body).await {
         Ok(b) => b,
@@ -190,7 +194,7 @@ async fn handle_inner<'a>(
     };
 
     let full_path = parts.uri.path();
-    let path = &full_path[route.path_prefix.len().min(full_path.len())..];
+    let path = &full_path[m.prefix_end..];
     let params: Vec<&str> = m.captures.iter().map(|&(s, e)| &full_path[s..e]).collect();
     let view = RequestView {
         method: &parts.method,
@@ -489,7 +493,7 @@ async fn forward<'a>(
             base_path,
         } => (scheme, authority, base_path),
     };
-    let uri = match upstream_uri(&parts.uri, &route.path_prefix, base_path) {
+    let uri = match upstream_uri(&parts.uri, ctx.prefix_end, base_path) {
         Ok(u) => u,
         Err(_) => {
             ctx.outcome = Outcome::BadRequest;
@@ -503,10 +507,21 @@ async fn forward<'a>(
             );
         }
     };
+    // hyper frames an empty body with no Content-Length at all; upstreams that require
+    // one on a POST answer 411. An empty body the client framed, or sent with a method
+    // that carries one, goes on as `Content-Length: 0`.
+    let empty_framed = body.is_empty()
+        && (parts.headers.contains_key(header::CONTENT_LENGTH)
+            || parts.headers.contains_key(header::TRANSFER_ENCODING)
+            || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH));
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = forward_headers(&parts.headers);
+    if empty_framed {
+        req.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
     if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
         req.headers_mut().insert(header::HOST, host);
     }
@@ -565,48 +580,99 @@ async fn forward<'a>(
     );
 
     let (mut head, incoming) = resp.into_parts();
+    // A body that came chunked goes on chunked (or whole): a Content-Length sent along
+    // with Transfer-Encoding does not describe it (RFC 9112 §6.3).
+    if head.headers.contains_key(header::TRANSFER_ENCODING) {
+        head.headers.remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(&mut head.headers);
     match op {
         Some((op, view, extracted, recipients)) if providers::wants_response_body(op) => {
             let left = app.upstream.timeout().saturating_sub(ctx.upstream_time);
-            let collected = tokio::time::timeout(
-                left,
-                Limited::new(incoming, MAX_BUFFERED_RESPONSE).collect(),
-            )
-            .await;
-            let bytes = match collected {
-                Ok(Ok(c)) => c.to_bytes(),
-                _ => {
+            match read_upstream_body(incoming, left).await {
+                UpstreamRead::Whole(bytes) => {
+                    app.apply_signal(
+                        providers::conversion(op, view, extracted, status, &bytes),
+                        recipients,
+                    )
+                    .await;
+                    head.headers.remove(header::CONTENT_LENGTH);
+                    (
+                        Response::from_parts(head, Either::Left(Full::new(bytes))),
+                        Some(status.as_u16()),
+                    )
+                }
+                UpstreamRead::Partial(read, rest) => {
+                    // The upstream answered; its answer goes to the client as it comes,
+                    // without a conversion signal.
+                    tracing::debug!(
+                        route = %route.name,
+                        "upstream body too slow or too large to read for a conversion signal"
+                    );
+                    (
+                        Response::from_parts(head, Either::Right(rest.after(read))),
+                        Some(status.as_u16()),
+                    )
+                }
+                UpstreamRead::Broken => {
                     app.metrics
                         .upstream_errors
                         .with_label_values(&[ctx.provider, "reset"])
                         .inc();
                     ctx.outcome = Outcome::UpstreamError;
-                    return (
+                    (
                         own_error(
                             StatusCode::BAD_GATEWAY,
                             "upstream_body",
-                            "the upstream response body could not be read",
+                            "the upstream response body broke off",
                         ),
                         Some(status.as_u16()),
-                    );
+                    )
                 }
-            };
-            app.apply_signal(
-                providers::conversion(op, view, extracted, status, &bytes),
-                recipients,
-            )
-            .await;
-            head.headers.remove(header::CONTENT_LENGTH);
-            (
-                Response::from_parts(head, Either::Left(Full::new(bytes))),
-                Some(status.as_u16()),
-            )
+            }
         }
         _ => (
             Response::from_parts(head, Either::Right(incoming)),
             Some(status.as_u16()),
         ),
+    }
+}
+
+/// An upstream response body read for its conversion signal.
+enum UpstreamRead {
+    /// All of it.
+    Whole(Bytes),
+    /// Not all within the time left or [`MAX_BUFFERED_RESPONSE`]: what was read, and the
+    /// body to go on with.
+    Partial(Bytes, UpstreamBody),
+    /// The upstream broke the body off.
+    Broken,
+}
+
+async fn read_upstream_body(mut body: UpstreamBody, left: Duration) -> UpstreamRead {
+    let deadline = tokio::time::Instant::now() + left;
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut len = 0;
+    let joined = |parts: Vec<Bytes>| match <[Bytes; 1]>::try_from(parts) {
+        Ok([one]) => one,
+        Err(parts) => Bytes::from(parts.concat()),
+    };
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(None) => return UpstreamRead::Whole(joined(parts)),
+            Ok(Some(Err(_))) => return UpstreamRead::Broken,
+            Ok(Some(Ok(frame))) => {
+                // Trailers are dropped, as when the whole body is sent on.
+                if let Ok(data) = frame.into_data() {
+                    len += data.len();
+                    parts.push(data);
+                    if len > MAX_BUFFERED_RESPONSE {
+                        return UpstreamRead::Partial(joined(parts), body);
+                    }
+                }
+            }
+            Err(_) => return UpstreamRead::Partial(joined(parts), body),
+        }
     }
 }
 
@@ -669,17 +735,23 @@ fn rate_limit_item(name: &str, params: [(&str, u64); 2]) -> String {
 /// The origin-form URI sent upstream: the base path, then the request's path without the
 /// route's prefix, then its query. With neither prefix nor base path it is the request's
 /// own path and query, shared rather than formatted and parsed again.
-fn upstream_uri(uri: &Uri, prefix: &str, base_path: &str) -> Result<Uri, InvalidUri> {
-    if prefix.is_empty() && base_path.is_empty() {
+fn upstream_uri(uri: &Uri, prefix_end: usize, base_path: &str) -> Result<Uri, InvalidUri> {
+    if prefix_end == 0 && base_path.is_empty() {
         if let Some(pq) = uri.path_and_query() {
             return Ok(Uri::from(pq.clone()));
         }
     }
     let path = uri.path();
-    let rest = &path[prefix.len().min(path.len())..];
+    let rest = &path[prefix_end.min(path.len())..];
+    // A request for the prefix itself, on a route with no base path: the root.
+    let root = if base_path.is_empty() && rest.is_empty() {
+        "/"
+    } else {
+        ""
+    };
     match uri.query() {
-        Some(q) => Uri::try_from(format!("{base_path}{rest}?{q}")),
-        None => Uri::try_from(format!("{base_path}{rest}")),
+        Some(q) => Uri::try_from(format!("{base_path}{root}{rest}?{q}")),
+        None => Uri::try_from(format!("{base_path}{root}{rest}")),
     }
 }
 
@@ -848,6 +920,26 @@ mod tests {
         assert!(f.get("x-private").is_none());
         assert!(f.get("transfer-encoding").is_none());
         assert_eq!(f.get("authorization").unwrap(), "Basic abc");
+    }
+
+    #[test]
+    fn upstream_uris_keep_what_follows_the_prefix() {
+        let cases = [
+            // (request, prefix end, base path, upstream)
+            ("/a/b?x=1", 0, "", "/a/b?x=1"),
+            ("/p/a/b?x=1", 2, "", "/a/b?x=1"),
+            ("/p/a/b", 2, "/base", "/base/a/b"),
+            ("//p/a", 3, "/base", "/base/a"),
+            // The prefix itself, with no base path: the upstream's root.
+            ("/p", 2, "", "/"),
+            ("/p?x=1", 2, "", "/?x=1"),
+            ("/p", 2, "/base", "/base"),
+        ];
+        for (request, end, base, want) in cases {
+            let uri: Uri = request.parse().unwrap();
+            let got = upstream_uri(&uri, end, base).unwrap();
+            assert_eq!(got.to_string(), want, "{request} {end} {base}");
+        }
     }
 
     #[test]

@@ -24,6 +24,8 @@ struct Entry {
     method: Option<Method>,
     /// Route prefix segments followed by pattern segments; `None` = capture.
     segments: Vec<Option<String>>,
+    /// How many of `segments` are the route's prefix.
+    prefix: usize,
     /// Ends in `/**`: any remainder matches.
     tail: bool,
     target: Target,
@@ -38,6 +40,9 @@ pub struct Match {
     pub target: Target,
     /// Byte ranges of captured segments in the path.
     pub captures: Vec<(usize, usize)>,
+    /// Where the route's prefix ends in the path (0 without a prefix): what follows is
+    /// the provider's own path, whatever empty segments the prefix was written with.
+    pub prefix_end: usize,
 }
 
 /// The compiled table.
@@ -85,6 +90,7 @@ impl RouteTable {
                     route: i,
                     method: Method::from_bytes(method.as_bytes()).ok(),
                     segments,
+                    prefix: prefix.len(),
                     tail,
                     target: Target::Op(op),
                 });
@@ -99,6 +105,7 @@ impl RouteTable {
                     route: i,
                     method: None,
                     segments,
+                    prefix: prefix.len(),
                     tail,
                     target: Target::Passthrough,
                 });
@@ -118,11 +125,15 @@ impl RouteTable {
                 continue;
             }
             let mut captures = Vec::new();
+            let mut prefix_end = 0;
             let mut segs = path_segments(path);
-            for want in &e.segments {
+            for (i, want) in e.segments.iter().enumerate() {
                 let Some((start, end)) = segs.next() else {
                     continue 'entries;
                 };
+                if i + 1 == e.prefix {
+                    prefix_end = end;
+                }
                 match want {
                     Some(lit) if lit.as_str() != &path[start..end] => continue 'entries,
                     Some(_) => {}
@@ -136,6 +147,7 @@ impl RouteTable {
                 route: e.route,
                 target: e.target,
                 captures,
+                prefix_end,
             });
         }
         None
@@ -215,5 +227,14 @@ mod tests {
         assert!(t
             .find(&Method::POST, "/2010-04-01/Accounts/A/Messages.json")
             .is_none());
+        // The prefix ends where its last segment does, however it was written.
+        for (path, end) in [
+            ("/eu/2010-04-01/Accounts/A/Messages.json", 3),
+            ("//eu/2010-04-01/Accounts/A/Messages.json", 4),
+            ("/eu//2010-04-01/Accounts/A/Messages.json", 3),
+        ] {
+            let m = t.find(&Method::POST, path).unwrap();
+            assert_eq!(m.prefix_end, end, "{path}");
+        }
     }
 }

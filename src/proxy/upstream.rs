@@ -177,6 +177,7 @@ impl Upstream {
                         sender,
                     };
                     return Ok(resp.map(|inner| UpstreamBody {
+                        read: None,
                         inner,
                         back: Some(back),
                     }));
@@ -294,11 +295,19 @@ struct Return {
 /// An upstream response body. Read to its end, it returns its connection to the pool;
 /// dropped early, the connection is closed (HTTP/1.1 cannot abandon a response).
 pub struct UpstreamBody {
+    /// Bytes already read from `inner`, given out first (see [`UpstreamBody::after`]).
+    read: Option<Bytes>,
     inner: Incoming,
     back: Option<Return>,
 }
 
 impl UpstreamBody {
+    /// The body with `read` — bytes taken from it already — given out first.
+    pub fn after(mut self, read: Bytes) -> Self {
+        self.read = Some(read).filter(|b| !b.is_empty());
+        self
+    }
+
     fn release(&mut self) {
         if let Some(r) = self.back.take() {
             if r.sender.is_ready() {
@@ -331,6 +340,9 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
+        if let Some(read) = this.read.take() {
+            return Poll::Ready(Some(Ok(Frame::data(read))));
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => this.release(),
@@ -342,11 +354,18 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.read.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let hint = self.inner.size_hint();
+        let read = self.read.as_ref().map_or(0, |b| b.len() as u64);
+        let mut sum = SizeHint::new();
+        sum.set_lower(hint.lower() + read);
+        if let Some(upper) = hint.upper() {
+            sum.set_upper(upper + read);
+        }
+        sum
     }
 }
 

@@ -343,8 +343,12 @@ impl RedisStore {
                 Ok(v)
             }
             Ok(Err(e)) => {
-                // NOSCRIPT is answered by EVAL, not an outage: do not trip the breaker.
-                if !matches!(e.kind(), ErrorKind::Server(ServerErrorKind::NoScript)) {
+                // NOSCRIPT is answered by EVAL, not an outage: Redis answered, so it counts
+                // as a success (a half-open breaker's probe must close it, or the EVAL that
+                // follows would be refused and the breaker would never close again).
+                if matches!(e.kind(), ErrorKind::Server(ServerErrorKind::NoScript)) {
+                    self.breaker.success();
+                } else {
                     self.failures.fetch_add(1, Ordering::Relaxed);
                     // Broken connections get a fresh set in the background; a slow but
                     // connected Redis keeps its connections.
