@@ -821,3 +821,54 @@ async fn the_breaker_closes_when_redis_returns_without_its_scripts() {
     errors.dedup();
     panic!("Redis answers, yet every call failed for 3 s: {errors:?}");
 }
+
+/// The flag index has no TTL of its own: the sweeper's refresh drops the entries of
+/// expired flags (it used to be pruned only when someone listed the blocks), and only
+/// those that still hold the value that was read (a flag set again meanwhile stays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_flags_leave_the_index_and_a_flag_set_again_stays() {
+    use smsfence::clock::Timestamp;
+    use smsfence::config::{StoreConfig, StoreKind};
+    use smsfence::store::redis::RedisStore;
+    use smsfence::store::{Entity, Flag, LimitKey};
+
+    let redis = Redis::start(false);
+    let cfg = StoreConfig {
+        kind: StoreKind::Redis,
+        urls: vec![redis.url()],
+        ..StoreConfig::default()
+    };
+    let store = RedisStore::connect(&cfg).await.unwrap();
+    let now = Timestamp::from_unix_secs(1_000);
+    for n in 0..50u64 {
+        let key = LimitKey {
+            rule: 7,
+            entity: Entity::Prefix(447400000 + n),
+        };
+        let flag = Flag {
+            until: Timestamp::from_unix_secs(1_000 + 1 + n % 2),
+            level: 0,
+            label: format!("block {n}"),
+        };
+        store.set_flag(key, flag, now).await.unwrap();
+    }
+    assert_eq!(redis.cli(&["HLEN", "sf:flags"]).unwrap().trim(), "50");
+    // Half of them expired by then.
+    store.refresh(Timestamp::from_unix_secs(1_001)).await;
+    assert_eq!(redis.cli(&["HLEN", "sf:flags"]).unwrap().trim(), "25");
+    store.refresh(Timestamp::from_unix_secs(1_002)).await;
+    assert_eq!(redis.cli(&["HLEN", "sf:flags"]).unwrap().trim(), "0");
+
+    // Compare-and-delete: an entry rewritten after it was read is not dropped.
+    let script = include_str!("../src/store/lua/unflag.lua");
+    redis.cli(&["HSET", "sf:flags", "f", "new"]).unwrap();
+    let dropped = redis
+        .cli(&["EVAL", script, "1", "sf:flags", "f", "old"])
+        .unwrap();
+    assert_eq!(dropped.trim(), "0");
+    assert_eq!(redis.cli(&["HGET", "sf:flags", "f"]).unwrap().trim(), "new");
+    let dropped = redis
+        .cli(&["EVAL", script, "1", "sf:flags", "f", "new"])
+        .unwrap();
+    assert_eq!(dropped.trim(), "1");
+}

@@ -623,7 +623,7 @@ async fn sweeper(app: Arc<App>, every: Duration, mut stop: watch::Receiver<bool>
         let swept = Arc::clone(&app);
         let now = app.clock.now();
         let _ = tokio::task::spawn_blocking(move || swept.store.sweep(now)).await;
-        app.store.refresh().await;
+        app.store.refresh(now).await;
         let s = app.store.stats();
         let m = &app.metrics;
         m.store_keys

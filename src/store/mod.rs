@@ -306,10 +306,11 @@ impl Store {
         }
     }
 
-    /// Refreshes what [`Store::stats`] reports that needs a round trip (Redis' key count).
-    pub async fn refresh(&self) {
+    /// Refreshes what [`Store::stats`] reports that needs a round trip (Redis' key count),
+    /// and prunes Redis' flag index of flags expired by `now`.
+    pub async fn refresh(&self, now: Timestamp) {
         if let Store::Redis(r) = self {
-            r.refresh().await;
+            r.refresh(now).await;
         }
     }
 

@@ -58,6 +58,7 @@ impl Lua {
 const GCRA: &str = include_str!("lua/gcra.lua");
 const REFUND: &str = include_str!("lua/refund.lua");
 const WINDOW: &str = include_str!("lua/window.lua");
+const UNFLAG: &str = include_str!("lua/unflag.lua");
 /// The hash that indexes live flags (field: flag key, value: `until level label`).
 const FLAG_INDEX: &str = "sf:flags";
 /// Most refused keys remembered locally.
@@ -156,6 +157,7 @@ pub struct RedisStore {
     gcra: Lua,
     refund: Lua,
     window: Lua,
+    unflag: Lua,
     breaker: Breaker,
     refused: Mutex<RefusedMap>,
     /// Clock time (ns) the full refused map was last swept for room.
@@ -195,6 +197,7 @@ impl RedisStore {
             gcra: Lua::new(GCRA),
             refund: Lua::new(REFUND),
             window: Lua::new(WINDOW),
+            unflag: Lua::new(UNFLAG),
             breaker: Breaker {
                 threshold: cfg.breaker_failures.max(1),
                 cooldown: cfg.breaker_cooldown,
@@ -247,7 +250,7 @@ impl RedisStore {
             // Load the scripts now (on every primary in a Cluster), so that the request
             // path starts with EVALSHA hits.
             let mut c = conns[0].clone();
-            for s in [GCRA, REFUND, WINDOW] {
+            for s in [GCRA, REFUND, WINDOW, UNFLAG] {
                 let mut load = redis::cmd("SCRIPT");
                 load.arg("LOAD").arg(s);
                 match &mut c {
@@ -678,7 +681,8 @@ impl RedisStore {
     ) -> Result<(), StoreError> {
         let k = key(&key_, 'f');
         let v = format!("{} {} {}", flag.until.as_nanos(), flag.level, flag.label);
-        let ms = flag.until.since(now).as_millis().max(1);
+        // Rounded up: the key must not expire before the flag does.
+        let ms = flag.until.since(now).as_nanos().div_ceil(1_000_000).max(1);
         let mut set = redis::cmd("SET");
         set.arg(&k)
             .arg(&v)
@@ -687,7 +691,7 @@ impl RedisStore {
         self.call(&set).await?;
         // Only blocks and their offence counts are listed (`GET /v1/blocks`); the
         // "verified" trust marks, one per verified number, stay out of the index, which
-        // has no TTL of its own (expired entries are pruned when it is listed).
+        // has no TTL of its own (expired entries are pruned by the sweeper and on listing).
         if flag.label == "verified" {
             return Ok(());
         }
@@ -697,7 +701,8 @@ impl RedisStore {
         Ok(())
     }
 
-    async fn flag_index(&self) -> Result<Vec<(Vec<u8>, Flag)>, StoreError> {
+    /// The flag index: (field, value as stored, flag).
+    async fn flag_index(&self) -> Result<Vec<(Vec<u8>, Vec<u8>, Flag)>, StoreError> {
         let mut all = redis::cmd("HGETALL");
         all.arg(FLAG_INDEX);
         let v = self.call(&all).await?;
@@ -710,29 +715,54 @@ impl RedisStore {
         for pair in items.chunks(2) {
             if let [Value::BulkString(k), Value::BulkString(v)] = pair {
                 if let Some(f) = parse_flag(v) {
-                    out.push((k.clone(), f));
+                    out.push((k.clone(), v.clone(), f));
                 }
             }
         }
         Ok(out)
     }
 
-    /// See [`super::Store::list_flags`]. Expired index entries are dropped on the way.
-    pub async fn list_flags(&self, now: Timestamp) -> Result<Vec<Flag>, StoreError> {
+    /// The live flags of the index; expired entries are dropped from it on the way
+    /// (compare-and-delete, so that a flag set again meanwhile stays listed).
+    async fn live_flags(&self, now: Timestamp) -> Result<Vec<(Vec<u8>, Flag)>, StoreError> {
         let (live, dead): (Vec<_>, Vec<_>) = self
             .flag_index()
             .await?
             .into_iter()
-            .partition(|(_, f)| f.until > now);
+            .partition(|(_, _, f)| f.until > now);
         if !dead.is_empty() {
-            let mut del = redis::cmd("HDEL");
-            del.arg(FLAG_INDEX);
-            for (k, _) in &dead {
-                del.arg(k.as_slice());
+            let mut args = Vec::with_capacity(dead.len() * 2);
+            for (k, v, _) in dead {
+                args.push(k);
+                args.push(v);
             }
-            self.call(&del).await?;
+            let mut evalsha = redis::cmd("EVALSHA");
+            evalsha
+                .arg(&self.unflag.sha)
+                .arg(1)
+                .arg(FLAG_INDEX)
+                .arg(&args);
+            if let Err(StoreError::Unavailable(m)) = self.call(&evalsha).await {
+                if m == "NOSCRIPT" {
+                    let mut eval = redis::cmd("EVAL");
+                    eval.arg(self.unflag.body).arg(1).arg(FLAG_INDEX).arg(&args);
+                    self.call(&eval).await?;
+                } else {
+                    return Err(StoreError::Unavailable(m));
+                }
+            }
         }
-        let mut v: Vec<Flag> = live.into_iter().map(|(_, f)| f).collect();
+        Ok(live.into_iter().map(|(k, _, f)| (k, f)).collect())
+    }
+
+    /// See [`super::Store::list_flags`].
+    pub async fn list_flags(&self, now: Timestamp) -> Result<Vec<Flag>, StoreError> {
+        let mut v: Vec<Flag> = self
+            .live_flags(now)
+            .await?
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect();
         v.sort_by(|a, b| a.label.cmp(&b.label));
         Ok(v)
     }
@@ -743,8 +773,8 @@ impl RedisStore {
             .flag_index()
             .await?
             .into_iter()
-            .filter(|(_, f)| f.label == label)
-            .map(|(k, _)| k)
+            .filter(|(_, _, f)| f.label == label)
+            .map(|(k, _, _)| k)
             .collect();
         for k in &hits {
             let mut del = redis::cmd("DEL");
@@ -794,8 +824,11 @@ impl RedisStore {
     }
 
     /// Reads the number of keys in Redis (`DBSIZE`, summed over primaries in a Cluster)
-    /// for the tracked-keys gauge. Errors are ignored: the gauge keeps its last value.
-    pub async fn refresh(&self) {
+    /// for the tracked-keys gauge, and drops expired entries from the flag index (which
+    /// has no TTL of its own: under a run of auto-blocks it would otherwise grow until
+    /// someone lists the blocks). Errors are ignored: the gauge keeps its last value.
+    pub async fn refresh(&self, now: Timestamp) {
+        let _ = self.live_flags(now).await;
         if let Ok(v) = self.call(&redis::cmd("DBSIZE")).await {
             if let Ok(n) = redis::from_redis_value::<u64>(v) {
                 self.keys.store(n, Ordering::Relaxed);
