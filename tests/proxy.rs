@@ -377,6 +377,36 @@ async fn workers_share_the_listener_the_limits_and_stop_together() {
     );
 }
 
+/// Reads one request from a raw socket — the head, then its Content-Length of body —
+/// taking it off `buf` (which keeps what came after it); its head, lower-cased. `None`
+/// when the connection ends first.
+async fn read_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while buf.len() < head_end + len {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf.drain(..head_end + len);
+    Some(head)
+}
+
 /// A bare HTTP/1.1 upstream that counts connections and requests; with `close_each` it
 /// closes every connection after one answer (as an upstream with no keep-alive does).
 async fn counting_upstream(
@@ -388,7 +418,7 @@ async fn counting_upstream(
 ) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (conns, reqs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -400,30 +430,9 @@ async fn counting_upstream(
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
-                    // One request: the head, then Content-Length bytes of body.
-                    let head_end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        let mut chunk = [0u8; 4096];
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap());
-                    while buf.len() < head_end + len {
-                        let mut chunk = [0u8; 4096];
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
+                    if read_request(&mut s, &mut buf).await.is_none() {
+                        return;
                     }
-                    buf.drain(..head_end + len);
                     r.fetch_add(1, Ordering::SeqCst);
                     let body = r#"{"sid":"SMraw"}"#;
                     let resp = format!(
@@ -563,27 +572,9 @@ async fn scripted_upstream(
             let (seen, answer) = (Arc::clone(&seen), Arc::clone(&answer));
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let head_end = loop {
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                let Some(head) = read_request(&mut s, &mut buf).await else {
+                    return;
                 };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                while buf.len() < head_end + len {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
                 seen.lock().unwrap().push(head);
                 for (delay, bytes) in answer.iter() {
                     tokio::time::sleep(*delay).await;
@@ -592,7 +583,7 @@ async fn scripted_upstream(
                     }
                 }
                 // Hold the connection until the proxy is done with it.
-                let _ = s.read(&mut chunk).await;
+                let _ = s.read(&mut [0u8; 64]).await;
             });
         }
     });

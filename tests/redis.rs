@@ -73,6 +73,16 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A store configuration for this server alone, for tests that drive the store
+    /// directly.
+    fn store_config(&self) -> smsfence::config::StoreConfig {
+        smsfence::config::StoreConfig {
+            kind: smsfence::config::StoreKind::Redis,
+            urls: vec![self.url()],
+            ..smsfence::config::StoreConfig::default()
+        }
+    }
+
     fn cli(&self, args: &[&str]) -> Option<String> {
         let out = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
@@ -784,19 +794,17 @@ async fn a_frozen_redis_costs_a_request_one_timeout_not_one_per_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_breaker_closes_when_redis_returns_without_its_scripts() {
     use smsfence::clock::Timestamp;
-    use smsfence::config::{StoreConfig, StoreKind};
+    use smsfence::config::StoreConfig;
     use smsfence::store::redis::RedisStore;
     use smsfence::store::{Entity, GcraCheck, LimitKey};
 
     let redis = Redis::start(false);
     let cfg = StoreConfig {
-        kind: StoreKind::Redis,
-        urls: vec![redis.url()],
         timeout: Duration::from_millis(100),
         breaker_failures: 1,
         breaker_cooldown: Duration::from_millis(200),
         pool_size: 1,
-        ..StoreConfig::default()
+        ..redis.store_config()
     };
     let store = RedisStore::connect(&cfg).await.unwrap();
     let check = GcraCheck {
@@ -837,17 +845,11 @@ async fn the_breaker_closes_when_redis_returns_without_its_scripts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_flags_leave_the_index_and_a_flag_set_again_stays() {
     use smsfence::clock::Timestamp;
-    use smsfence::config::{StoreConfig, StoreKind};
     use smsfence::store::redis::RedisStore;
     use smsfence::store::{Entity, Flag, LimitKey};
 
     let redis = Redis::start(false);
-    let cfg = StoreConfig {
-        kind: StoreKind::Redis,
-        urls: vec![redis.url()],
-        ..StoreConfig::default()
-    };
-    let store = RedisStore::connect(&cfg).await.unwrap();
+    let store = RedisStore::connect(&redis.store_config()).await.unwrap();
     let now = Timestamp::from_unix_secs(1_000);
     for n in 0..50u64 {
         let key = LimitKey {
