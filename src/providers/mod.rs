@@ -609,7 +609,77 @@ pub fn kind(op: Op) -> RequestKind {
 }
 
 /// The native answer to a refused request.
+///
+/// A preset's refusal is a function of the operation and the refusal alone, and a flood
+/// is answered with the same few refusals over and over: each worker thread keeps the last
+/// [`RECENT_REFUSALS`] it built and hands out copies (sharing the body) instead of building
+/// the sentence, the JSON and the header values again. Refusals that carry an id of their
+/// own (Vonage Verify's problem `instance`, Plivo's `api_id`) and generic routes' (rendered
+/// from their templates) are always built.
 pub fn refusal(
+    op: Op,
+    refusal: &Refusal<'_>,
+    generic: Option<&generic::Generic>,
+) -> NativeResponse {
+    let fixed = !matches!(
+        op,
+        Op::Generic | Op::Plivo(_) | Op::Vonage(vonage::Op::VerifyStart | vonage::Op::VerifyCheck)
+    );
+    if !fixed {
+        return build_refusal(op, refusal, generic);
+    }
+    let key = RefusalKey {
+        op,
+        retry_after: refusal.retry_after_secs(),
+        reason: refusal.reason,
+        recipient: refusal.recipient,
+        recipients: refusal.recipients,
+    };
+    RECENT.with_borrow_mut(|recent| {
+        if let Some((_, _, resp)) = recent
+            .entries
+            .iter()
+            .find(|(k, rule, _)| *k == key && **rule == *refusal.rule)
+        {
+            return resp.clone();
+        }
+        let resp = build_refusal(op, refusal, None);
+        let entry = (key, Box::from(refusal.rule), resp.clone());
+        if recent.entries.len() < RECENT_REFUSALS {
+            recent.entries.push(entry);
+        } else {
+            recent.entries[recent.next] = entry;
+            recent.next = (recent.next + 1) % RECENT_REFUSALS;
+        }
+        resp
+    })
+}
+
+/// How many refusals each worker thread keeps for reuse.
+pub const RECENT_REFUSALS: usize = 8;
+
+/// Everything a preset's refusal depends on, but the rule's name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct RefusalKey {
+    op: Op,
+    retry_after: Option<u64>,
+    reason: Reason,
+    recipient: Option<usize>,
+    recipients: usize,
+}
+
+/// The refusals a thread built last, replaced oldest first.
+#[derive(Default)]
+struct RecentRefusals {
+    entries: Vec<(RefusalKey, Box<str>, NativeResponse)>,
+    next: usize,
+}
+
+thread_local! {
+    static RECENT: std::cell::RefCell<RecentRefusals> = std::cell::RefCell::default();
+}
+
+fn build_refusal(
     op: Op,
     refusal: &Refusal<'_>,
     generic: Option<&generic::Generic>,
@@ -938,6 +1008,78 @@ pub(crate) mod tests {
         assert_eq!(p["error"], json!(b));
         assert_eq!(p["api_id"].as_str().map(str::len), Some(36));
         assert_eq!(p.as_object().map(|o| o.len()), Some(2));
+    }
+
+    /// Reused refusals are the ones built afresh: every key part and the rule's name tell
+    /// them apart, beyond the cache's size too; answers with ids of their own stay unique.
+    #[test]
+    fn reused_refusals_are_the_ones_built_afresh() {
+        let same = |a: &NativeResponse, b: &NativeResponse| {
+            a.status == b.status
+                && a.content_type == b.content_type
+                && a.headers == b.headers
+                && a.body == b.body
+        };
+        let ops = [
+            Op::Twilio(twilio::Op::Message),
+            Op::Twilio(twilio::Op::VerifyStart),
+            Op::Vonage(vonage::Op::Sms),
+            Op::Telnyx(telnyx::Op::Send),
+            Op::Sinch(sinch::Op::Send),
+            Op::Infobip(infobip::Op::SendV2),
+        ];
+        let kinds = [
+            RefusalKind::Block,
+            RefusalKind::Throttle {
+                retry_after: Duration::from_secs(3),
+            },
+            RefusalKind::Throttle {
+                retry_after: Duration::from_secs(4),
+            },
+        ];
+        let mut built = 0;
+        // Twice round, so that the second pass meets both reused and evicted entries.
+        for _ in 0..2 {
+            for op in ops {
+                for kind in kinds {
+                    for (reason, rule) in [
+                        (Reason::RateLimited, "a"),
+                        (Reason::RateLimited, "b"),
+                        (Reason::DeniedCountry, "a"),
+                    ] {
+                        for (recipient, recipients) in [(None, 1), (Some(0), 2), (Some(1), 2)] {
+                            let r = Refusal {
+                                kind,
+                                reason,
+                                rule,
+                                recipient,
+                                recipients,
+                            };
+                            // Twice in a row: the second is reused.
+                            for _ in 0..2 {
+                                let got = refusal(op, &r, None);
+                                assert!(same(&got, &build_refusal(op, &r, None)), "{op:?} {r:?}");
+                                built += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(built, 2 * ops.len() * 3 * 3 * 3 * 2);
+        let r = Refusal {
+            kind: RefusalKind::Block,
+            reason: Reason::DeniedCountry,
+            rule: "a",
+            recipient: None,
+            recipients: 1,
+        };
+        for op in [
+            Op::Plivo(plivo::Op::Send),
+            Op::Vonage(vonage::Op::VerifyStart),
+        ] {
+            assert_ne!(refusal(op, &r, None).body, refusal(op, &r, None).body);
+        }
     }
 
     #[test]
