@@ -19,7 +19,13 @@ use smsfence::rules::RuleSet;
 
 /// A fraud-aware SMS gateway proxy: point your SMS SDK's base URL at it.
 #[derive(Debug, Parser)]
-#[command(name = "smsfence", version, about, long_about = None)]
+#[command(
+    name = "smsfence",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -118,3 +118,31 @@ fn a_broken_config_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn flags_before_run_are_not_silently_ignored() {
+    // `smsfence --config prod.toml run` must not start on the sandbox defaults.
+    let empty = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smsfence"))
+        .args(["--config", "/nonexistent/svc.toml", "run"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .current_dir(empty.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let status = status.expect("smsfence started, ignoring --config given before `run`");
+    assert!(!status.success(), "{status:?}");
+}

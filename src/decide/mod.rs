@@ -339,7 +339,11 @@ pub async fn decide(
             .filter(|l| l.active(now) && l.matches_destination(dest))
             .fold(request_skip.clone(), |acc, l| acc.union(&l.skip));
         if !skip.deny {
-            for l in rules.deny.iter().filter(|l| l.active(now)) {
+            for l in rules
+                .deny
+                .iter()
+                .filter(|l| l.active(now) && !skip.skips_rule(&l.name))
+            {
                 if let Some(reason) = l.denies_destination(dest) {
                     out.fire(
                         l.mode,
@@ -354,7 +358,7 @@ pub async fn decide(
             }
         }
         if !skip.policies {
-            for p in &rules.policies {
+            for p in rules.policies.iter().filter(|p| !skip.skips_rule(&p.name)) {
                 if let Some(reason) = p.refuses(dest) {
                     out.fire(
                         p.mode,
@@ -371,7 +375,11 @@ pub async fn decide(
         skips.push(skip);
     }
     if !request_skip.deny {
-        for l in rules.deny.iter().filter(|l| l.active(now)) {
+        for l in rules
+            .deny
+            .iter()
+            .filter(|l| l.active(now) && !request_skip.skips_rule(&l.name))
+        {
             if let Some(reason) = l.denies_request(facts) {
                 out.fire(
                     l.mode,
@@ -645,7 +653,7 @@ fn rate_limit_info(
         .map(|((c, (rule, _)), s)| RateLimitInfo {
             rule: rules.limits[*rule].name.clone(),
             quota: c.burst,
-            window_secs: crate::providers::retry_after_secs(c.interval * c.burst),
+            window_secs: crate::providers::retry_after_secs(c.interval.saturating_mul(c.burst)),
             remaining: s.remaining,
             reset_secs: s.reset.as_secs(),
         })

@@ -447,3 +447,49 @@ async fn distinct_numbers_through_the_default_rules_stay_under_the_ceiling() {
         "the ceiling was reached and counted: {stats:?}"
     );
 }
+
+#[tokio::test]
+async fn allow_list_skip_by_rule_name_covers_policies_and_deny_lists() {
+    let text = r#"
+[[list]]
+name = "partner"
+action = "allow"
+users = ["partner"]
+skip = ["types", "bad-range"]
+
+[[list]]
+name = "bad-range"
+action = "deny"
+prefixes = ["+4474009001"]
+
+[[policy]]
+name = "types"
+deny_types = ["premium_rate"]
+"#;
+    let r = rules(text);
+    let s = store();
+    for n in ["+449098790123", "+447400900123"] {
+        let to = [dest(n)];
+        let mut f = facts(&to);
+        f.user = Some("partner");
+        assert_eq!(verdict(&r, &s, &f, at(0)).await, Verdict::Allow, "{n}");
+        // Without the allow list, refused.
+        assert!(
+            verdict(&r, &s, &facts(&to), at(0)).await != Verdict::Allow,
+            "{n}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ratelimit_headers_of_a_very_slow_limit_do_not_panic() {
+    // check-rules accepts this limit; its headers must not overflow `interval × burst`.
+    let r = rules(
+        "[[limit]]\nname = \"n\"\nkey = \"number\"\nrate = \"1/5000000000000000s\"\nburst = 4000\nheaders = true\n",
+    );
+    let s = store();
+    let to = [dest("+447400900123")];
+    let d = decide(&r, &s, &facts(&to), at(0), Commit::Yes).await;
+    assert_eq!(d.verdict, Verdict::Allow);
+    assert!(d.rate_limit.is_some());
+}

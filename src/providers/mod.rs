@@ -529,7 +529,7 @@ impl Refusal<'_> {
 
 /// Whole seconds for `Retry-After`, rounded up, at least 1.
 pub fn retry_after_secs(d: Duration) -> u64 {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
     secs.max(1)
 }
 

@@ -333,11 +333,24 @@ impl Compiler {
             }
             "ip_spread" => {
                 let key = match d.key.as_deref().unwrap_or("ip") {
+                    "ip" if d.ipv4_prefix.is_some() || d.ipv6_prefix.is_some() => {
+                        self.err(
+                            &at,
+                            "ipv4_prefix / ipv6_prefix only apply to key = \"subnet\"",
+                        );
+                        None
+                    }
                     "ip" => Some(KeyKind::Ip),
-                    "subnet" => Some(KeyKind::Subnet {
-                        v4: d.ipv4_prefix.unwrap_or(24).min(32),
-                        v6: d.ipv6_prefix.unwrap_or(56).min(128),
-                    }),
+                    "subnet" => match (d.ipv4_prefix.unwrap_or(24), d.ipv6_prefix.unwrap_or(56)) {
+                        (v4, v6) if v4 <= 32 && v6 <= 128 => Some(KeyKind::Subnet { v4, v6 }),
+                        _ => {
+                            self.err(
+                                &at,
+                                "ipv4_prefix must be at most 32 and ipv6_prefix at most 128",
+                            );
+                            None
+                        }
+                    },
                     _ => {
                         need(self, "key = \"ip\" or \"subnet\"");
                         None
@@ -385,6 +398,15 @@ impl Compiler {
                 Duration::ZERO
             }),
         };
+        if let (Some(b), Some(m)) = (block_for, d.max_block.as_deref()) {
+            if parse_duration(m).is_some_and(|m| m < b) {
+                let b = d.block_for.as_deref().unwrap_or_default();
+                self.err(
+                    &at,
+                    format!("max_block ({m:?}) must be at least block_for ({b:?})"),
+                );
+            }
+        }
         let kinds = match &d.kinds {
             None => [RequestKind::Send, RequestKind::VerifyStart]
                 .into_iter()

@@ -258,6 +258,12 @@ impl Skip {
     pub fn skips_heuristic(&self, name: &str) -> bool {
         self.heuristics || self.rules.iter().any(|r| &**r == name)
     }
+
+    /// Whether `skip` names this rule (for deny lists and policies, which `deny` and
+    /// `policies` skip all of).
+    pub fn skips_rule(&self, name: &str) -> bool {
+        self.rules.iter().any(|r| &**r == name)
+    }
 }
 
 /// A compiled allow or deny list.
@@ -458,9 +464,21 @@ impl RuleSet {
             set: RuleSet::empty(),
             errors: Vec::new(),
             names: HashMap::new(),
+            skip_names: Vec::new(),
         };
         for (file, text) in files {
             c.file(file, text);
+        }
+        // Rule names in `skip` may be defined in any file: checked once all are read.
+        for (file, line, rule, skipped) in std::mem::take(&mut c.skip_names) {
+            if !c.names.contains_key(&skipped) {
+                let at = At {
+                    file: &file,
+                    line,
+                    rule: &rule,
+                };
+                c.err(&at, format!("skip: {skipped:?} is neither all, deny, policies, limits, heuristics nor a rule name"));
+            }
         }
         if c.errors.is_empty() {
             Ok(c.set)
@@ -655,6 +673,8 @@ struct Compiler {
     errors: Vec<RuleError>,
     /// Rule name → (file, line) of its first definition.
     names: HashMap<String, (String, usize)>,
+    /// Rule names given in allow lists' `skip`: (file, line, list, name).
+    skip_names: Vec<(String, usize, String, String)>,
 }
 
 /// Where a rule is, for errors.
@@ -943,7 +963,15 @@ impl Compiler {
                         "policies" => rule.skip.policies = true,
                         "limits" => rule.skip.limits = true,
                         "heuristics" => rule.skip.heuristics = true,
-                        name => rule.skip.rules.push(Arc::from(name)),
+                        name => {
+                            self.skip_names.push((
+                                file.to_owned(),
+                                line,
+                                d.name.clone(),
+                                name.to_owned(),
+                            ));
+                            rule.skip.rules.push(Arc::from(name));
+                        }
                     }
                 }
             }

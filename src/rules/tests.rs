@@ -157,3 +157,56 @@ fn stable_ids_survive_unrelated_changes() {
     assert_eq!(a.limits[0].id, b.limits[0].id);
     assert_ne!(a.limits[0].id, c.limits[0].id);
 }
+
+#[test]
+fn skip_must_name_a_rule() {
+    // "limit" for "limits": the allow list would silently skip nothing.
+    let list = "[[list]]\nname = \"qa\"\naction = \"allow\"\nusers = [\"qa\"]\nskip = [\"limit\", \"later\"]\n";
+    let e = RuleSet::compile([("a.toml", list)]).unwrap_err();
+    let e: Vec<String> = e.iter().map(ToString::to_string).collect();
+    assert!(e.contains(&"a.toml:1: qa: skip: \"limit\" is neither all, deny, policies, limits, heuristics nor a rule name".to_owned()), "{e:?}");
+    // A rule defined in a later file is a rule name.
+    let later = "[[limit]]\nname = \"later\"\nkey = \"number\"\nrate = \"1/60s\"\nburst = 1\n";
+    let list =
+        "[[list]]\nname = \"qa\"\naction = \"allow\"\nusers = [\"qa\"]\nskip = [\"later\"]\n";
+    assert!(RuleSet::compile([("a.toml", list), ("b.toml", later)]).is_ok());
+}
+
+#[test]
+fn ip_spread_prefix_lengths_are_checked_like_a_limits() {
+    let h = |extra: &str| {
+        errors(&format!(
+            "[[heuristic]]\nname = \"s\"\nkind = \"ip_spread\"\nwindow = \"1h\"\nmax_numbers = 3\n{extra}"
+        ))
+    };
+    // Silently clamped to /32 before.
+    let e = h("key = \"subnet\"\nipv4_prefix = 40\n");
+    assert!(
+        e.iter()
+            .any(|e| e.contains("ipv4_prefix must be at most 32")),
+        "{e:?}"
+    );
+    let e = h("key = \"subnet\"\nipv6_prefix = 200\n");
+    assert!(
+        e.iter().any(|e| e.contains("ipv6_prefix at most 128")),
+        "{e:?}"
+    );
+    // Silently ignored before: the key is the IP.
+    let e = h("ipv4_prefix = 24\n");
+    assert!(
+        e.iter()
+            .any(|e| e.contains("only apply to key = \"subnet\"")),
+        "{e:?}"
+    );
+    assert!(h("key = \"subnet\"\nipv4_prefix = 32\nipv6_prefix = 128\n").is_empty());
+}
+
+#[test]
+fn max_block_below_block_for_is_an_error() {
+    // The block would silently last block_for, not max_block.
+    let e = errors("[[heuristic]]\nname = \"p\"\nkind = \"prefix_velocity\"\nwindow = \"10m\"\nmax_distinct = 8\nblock_for = \"1h\"\nmax_block = \"30m\"\n");
+    assert_eq!(
+        e,
+        ["r.toml:1: p: max_block (\"30m\") must be at least block_for (\"1h\")"]
+    );
+}
