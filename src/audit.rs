@@ -89,6 +89,9 @@ pub struct AuditEvent {
     /// Whether the decision was made without the store.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub degraded: bool,
+    /// The client hung up before the answer (a send may still have gone out).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub client_closed: bool,
 }
 
 /// The audit sink: cheap to clone, never blocks.

@@ -408,6 +408,18 @@ impl Config {
                 "at most 1024 (0 = one per core)".into(),
             ));
         }
+        if self
+            .admin
+            .token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(err(
+                0,
+                "admin.token".into(),
+                "must not be empty (leave it out to run the admin API without a token)".into(),
+            ));
+        }
         if self.upstream.timeout.is_zero() || self.upstream.connect_timeout.is_zero() {
             return Err(err(
                 0,
@@ -570,8 +582,16 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
         .authority()
         .cloned()
         .ok_or_else(|| format!("{s:?} has no host"))?;
+    // Neither is repeated in the message: they may hold credentials.
+    if authority.as_str().contains('@') {
+        return Err("an upstream URL cannot carry credentials (user:password@host): the client's own Authorization header is forwarded".to_owned());
+    }
     if uri.query().is_some() {
-        return Err(format!("{s:?}: an upstream base URL cannot carry a query"));
+        return Err(format!(
+            "{}://{authority}{}: an upstream base URL cannot carry a query",
+            uri.scheme_str().unwrap_or_default(),
+            uri.path()
+        ));
     }
     Ok(Upstream::Url {
         scheme,
@@ -626,10 +646,35 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_admin_token_is_an_error_not_an_open_api() {
+        // `token = ""` (an unset variable in a template) would let every request in.
+        let e = Config::from_toml("svc.toml", "[admin]\ntoken = \"\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admin.token"), "{e}");
+    }
+
+    #[test]
     fn upstream_urls() {
         let u = parse_upstream("https://api.twilio.com/").unwrap();
         assert!(matches!(u, Upstream::Url { ref base_path, .. } if base_path.is_empty()));
         assert!(parse_upstream("api.twilio.com").is_err());
         assert!(parse_upstream("http://h/?q=1").is_err());
+    }
+
+    /// Credentials in an upstream URL would be logged (the start-up banner prints every
+    /// route's upstream) and sent as the Host header: refused, without repeating them.
+    #[test]
+    fn upstream_urls_with_credentials_are_refused_without_echoing_them() {
+        for url in [
+            "https://ACuser:TopSecretTok@api.twilio.com",
+            "https://api.twilio.com/?token=TopSecretTok",
+            "https://ACuser:TopSecretTok@api.twilio.com/?token=TopSecretTok",
+        ] {
+            let e = parse_upstream(url).unwrap_err();
+            assert!(!e.contains("TopSecretTok"), "{url}: {e}");
+        }
     }
 }

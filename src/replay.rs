@@ -187,16 +187,18 @@ pub async fn replay(
     let store = Store::Memory(MemoryStore::new(50_000_000));
     let mut summary = Summary::default();
     let mut read = 0u64;
-    for (i, line) in input.lines().enumerate() {
-        let line = line?;
+    // Split on bytes, not `lines()`: a line that is not UTF-8 is one malformed line, not
+    // an I/O error that ends the replay.
+    for (i, line) in input.split(b'\n').enumerate() {
+        let mut line = line?;
         let n = i + 1;
         summary.lines = n;
         read += line.len() as u64 + 1;
         if n % 65_536 == 0 {
             progress(read);
         }
-        if line.trim().is_empty() {
-            continue;
+        if line.last() == Some(&b'\r') {
+            line.pop();
         }
         let mut bad = |msg: String| {
             summary.malformed_count += 1;
@@ -204,6 +206,13 @@ pub async fn replay(
                 summary.malformed.push((n, msg));
             }
         };
+        let Ok(line) = String::from_utf8(line) else {
+            bad("not UTF-8 text".into());
+            continue;
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
         let parsed: Line = match serde_json::from_str(&line) {
             Ok(l) => l,
             Err(e) => {

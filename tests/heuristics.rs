@@ -163,3 +163,67 @@ async fn the_audit_log_is_replay_input() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn an_unparsable_recipient_replays_as_it_was_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let cfg = format!("[audit]\noutput = \"{}\"\n", audit.display());
+    let p = Proxy::start_default_rules(&cfg).await;
+    // Plivo takes several recipients: one valid, one that is not a number.
+    let body = r#"{"src":"+15005550006","dst":"447400123456<not-a-number","text":"hi"}"#;
+    let a = send(
+        "POST",
+        &p.url("/v1/Account/MA1/Message/"),
+        &[JSON, BASIC],
+        body,
+    )
+    .await;
+    assert_eq!(a.header("smsfence-reason"), Some("invalid_number"));
+    assert_eq!(
+        twilio_send(&p, "garbage", &[])
+            .await
+            .header("smsfence-reason"),
+        Some("invalid_number")
+    );
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = std::fs::read_to_string(&audit).unwrap_or_default();
+        if text.lines().count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        !text.contains("not-a-number") && !text.contains("garbage"),
+        "{text}"
+    );
+    let dec = dir.path().join("decisions.jsonl");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smsfence"))
+        .args([
+            "replay",
+            "--rules",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/rules"),
+            "--decisions",
+        ])
+        .arg(&dec)
+        .arg(&audit)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("2 sends, 0 verification outcomes, 0 malformed"),
+        "{stdout}\n{text}"
+    );
+    let decisions = std::fs::read_to_string(&dec).unwrap();
+    for l in decisions.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["reasons"][0], "invalid_number", "{decisions}\n{text}");
+    }
+}

@@ -284,3 +284,61 @@ async fn live_scrape_passes_promtool_and_every_query_returns_data() {
         empty.join("\n")
     );
 }
+
+/// The dashboard's and SmsfenceConversionDrop's conversion rate: verified / allowed
+/// recipients. A Verify flow where every code is entered (after one typo) is a 100%
+/// conversion, not 33%: a code check sends no code.
+#[tokio::test]
+async fn conversion_rate_counts_codes_sent_not_code_checks() {
+    let p = Proxy::start("", &[]).await;
+    let to = "To=%2B447400123456";
+    let start = send(
+        "POST",
+        &p.url("/v2/Services/VA1/Verifications"),
+        &[FORM, BASIC],
+        format!("{to}&Channel=sms"),
+    )
+    .await;
+    assert_eq!(start.status, 201);
+    for code in ["000000", "123456"] {
+        let a = send(
+            "POST",
+            &p.url("/v2/Services/VA1/VerificationCheck"),
+            &[FORM, BASIC],
+            format!("{to}&Code={code}"),
+        )
+        .await;
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    let sum = |family: &str, must: &[&str]| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with(family) && must.iter().all(|s| l.contains(s)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let verified = sum(
+        "smsfence_conversions_total{",
+        &[r#"country="GB""#, r#"outcome="verified""#],
+    );
+    let allowed = sum(
+        "smsfence_recipients_total{",
+        &[r#"country="GB""#, r#"decision="allow""#],
+    );
+    assert_eq!(verified, 1.0, "{m}");
+    assert_eq!(verified / allowed, 1.0, "{m}");
+}
+
+/// SmsfenceStoreErrors takes rate() of smsfence_store_errors_total: with a shared store,
+/// its series must exist at 0 from the start, or the first errors of a kind go unseen.
+#[tokio::test]
+async fn shared_store_error_series_exist_from_the_start() {
+    let port = free_port();
+    let cfg = format!("[store]\nkind = \"redis\"\nurls = [\"redis://127.0.0.1:{port}\"]\n");
+    let p = Proxy::start(&cfg, &[]).await;
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    for kind in ["conversion", "verify_ref"] {
+        let line = format!("smsfence_store_errors_total{{kind=\"{kind}\",store=\"redis\"}} 0");
+        assert!(m.contains(&line), "missing {line}\n{m}");
+    }
+}

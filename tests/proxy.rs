@@ -684,3 +684,75 @@ async fn a_verify_answer_too_large_or_too_slow_to_read_is_streamed_not_replaced(
         assert_eq!(heads.lock().unwrap().len(), 1, "sent upstream once");
     }
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_request_is_still_audited_and_counted() {
+    use tokio::io::AsyncWriteExt;
+    let up = MockUpstream::with(|_| {
+        let mut r = Reply::json(201, r#"{"sid":"SMslow"}"#);
+        r.hang = true;
+        r
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let cfg = format!(
+        "{}\n[audit]\noutput = \"{}\"\n",
+        twilio_route(&up.url(), ""),
+        audit.display()
+    );
+    let p = Proxy::start(&cfg, NO_RULES).await;
+    let body = "To=%2B14155550123&Body=x";
+    let mut s = tokio::net::TcpStream::connect(p.instance.proxy_addr)
+        .await
+        .unwrap();
+    s.write_all(
+        format!(
+            "POST /2010-04-01/Accounts/ACtest/Messages.json HTTP/1.1\r\nhost: x\r\n\
+             authorization: {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n{body}",
+            BASIC.1,
+            FORM.1,
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // The send is decided and at the upstream when the client hangs up.
+    tokio::time::timeout(Duration::from_secs(5), up.arrived.notified())
+        .await
+        .unwrap();
+    drop(s);
+    let counted =
+        r#"smsfence_requests_total{outcome="client_closed",provider="twilio",route="twilio"} 1"#;
+    let mut m = String::new();
+    for _ in 0..250 {
+        m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+        if m.contains(counted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    up.release();
+    assert!(m.contains(counted), "the request is counted: {m}");
+    assert!(
+        m.contains(r#"smsfence_decisions_total{country="US",decision="allow",mode="enforce",reason="none",rule="none"} 1"#),
+        "{m}"
+    );
+    let mut text = String::new();
+    for _ in 0..250 {
+        text = std::fs::read_to_string(&audit).unwrap_or_default();
+        if !text.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "one audit line per decision: {text:?}");
+    assert_eq!(lines[0]["decision"], "allow", "{text}");
+    assert_eq!(lines[0]["client_closed"], true, "{text}");
+    assert!(lines[0].get("upstream_status").is_none(), "{text}");
+}

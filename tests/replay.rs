@@ -146,3 +146,24 @@ fn masked_and_hashed_audit_numbers_are_reported_not_decided() {
     );
     assert!(stdout.contains("malformed line 2:"), "{stdout}");
 }
+
+#[test]
+fn a_line_that_is_not_utf8_is_malformed_not_the_end_of_the_replay() {
+    let (dir, a, _b, _file) = setup();
+    let file = dir.path().join("latin1.jsonl");
+    let mut bytes =
+        br#"{"ts":"2026-11-22T10:00:00Z","event":"send","number":"+447400123456"}"#.to_vec();
+    bytes.extend_from_slice(b"\n{\"ts\":\"2026-11-22T10:00:01Z\",\"event\":\"send\",\"number\":\"+447400123457\",\"user\":\"Jos\xe9\"}\n");
+    bytes.extend_from_slice(
+        br#"{"ts":"2026-11-22T10:00:02Z","event":"send","number":"+447400123458"}"#,
+    );
+    bytes.push(b'\n');
+    std::fs::write(&file, bytes).unwrap();
+    let (ok, stdout, stderr) = replay(&["--rules", &a, &file.display().to_string()]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("3 lines: 2 sends, 0 verification outcomes, 1 malformed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("malformed line 2:"), "{stdout}");
+}

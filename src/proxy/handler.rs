@@ -58,11 +58,13 @@ pub enum Outcome {
     UpstreamError,
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// The client hung up before the answer.
+    ClientClosed,
 }
 
 impl Outcome {
     /// Every outcome, in a stable order ([`Outcome::index`]).
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Forwarded,
         Outcome::Passthrough,
         Outcome::Throttled,
@@ -73,6 +75,7 @@ impl Outcome {
         Outcome::BadRequest,
         Outcome::UpstreamError,
         Outcome::UpstreamTimeout,
+        Outcome::ClientClosed,
     ];
 
     /// The position in [`Outcome::ALL`].
@@ -93,6 +96,7 @@ impl Outcome {
             Outcome::BadRequest => "bad_request",
             Outcome::UpstreamError => "upstream_error",
             Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::ClientClosed => "client_closed",
         }
     }
 }
@@ -108,6 +112,8 @@ struct Ctx<'a> {
     outcome: Outcome,
     upstream_time: Duration,
     upstream_status: Option<u16>,
+    /// The audit event, once the request is decided (written by [`finish_event`]).
+    event: AuditEvent,
 }
 
 /// The service function: never fails, always answers.
@@ -117,16 +123,53 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
-    let mut ctx = Ctx {
-        provider: "none",
-        route: "none",
-        route_index: None,
-        prefix_end: 0,
-        outcome: Outcome::NotFound,
-        upstream_time: Duration::ZERO,
-        upstream_status: None,
+    let mut request = InFlight {
+        app: &app,
+        started,
+        answered: false,
+        ctx: Ctx {
+            provider: "none",
+            route: "none",
+            route_index: None,
+            prefix_end: 0,
+            outcome: Outcome::NotFound,
+            upstream_time: Duration::ZERO,
+            upstream_status: None,
+            event: AuditEvent::default(),
+        },
     };
-    let resp = handle_inner(&app, peer, req, &mut ctx, started).await;
+    let resp = handle_inner(&app, peer, req, &mut request.ctx, started).await;
+    request.answered = true;
+    count_request(&app, &request.ctx, started);
+    Ok(resp)
+}
+
+/// A request in flight. hyper drops the handler when the client hangs up before the
+/// answer; a request decided by then (maybe already sent upstream: the message may go
+/// out) is still counted, with the outcome `client_closed`, and audited.
+struct InFlight<'a> {
+    app: &'a App,
+    started: Instant,
+    answered: bool,
+    ctx: Ctx<'a>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        self.ctx.outcome = Outcome::ClientClosed;
+        count_request(self.app, &self.ctx, self.started);
+        if self.ctx.event.decision.is_some() {
+            self.ctx.event.client_closed = true;
+            finish_event(self.app, &mut self.ctx, self.started);
+        }
+    }
+}
+
+/// Counts a request in the request and latency families.
+fn count_request(app: &App, ctx: &Ctx<'_>, started: Instant) {
     let elapsed = started.elapsed();
     let m = &app.metrics;
     let labels = (ctx.provider, ctx.route, ctx.outcome.as_str());
@@ -144,7 +187,6 @@ pub async fn handle(
     }
     m.overhead
         .observe(elapsed.saturating_sub(ctx.upstream_time).as_secs_f64());
-    Ok(resp)
 }
 
 async fn handle_inner<'a>(
@@ -212,8 +254,8 @@ async fn handle_inner<'a>(
     // Numbered only when something shows it (a refusal, the audit log).
     let request_id = std::cell::LazyCell::new(|| app.next_request_id());
     // Events are only built when the audit log is on (finish_event drops them otherwise).
-    let mut event = if app.audit.enabled() {
-        AuditEvent {
+    if app.audit.enabled() {
+        ctx.event = AuditEvent {
             event: "send",
             request_id: (*request_id).clone(),
             provider: ctx.provider,
@@ -222,10 +264,8 @@ async fn handle_inner<'a>(
             ip: ip.map(|i| i.to_string()),
             user: user.clone(),
             ..AuditEvent::default()
-        }
-    } else {
-        AuditEvent::default()
-    };
+        };
+    }
 
     let extracted = match providers::extract(op, &view, route.generic.as_ref()) {
         Ok(x) => x,
@@ -245,13 +285,13 @@ async fn handle_inner<'a>(
                 rate_limit: None,
                 cost: None,
             };
-            app.observe_decision(&decision, &[]);
+            app.observe_decision(&decision, &[], true);
             ctx.outcome = Outcome::Blocked;
-            event.ts = now.to_rfc3339();
-            event.decision = Some("block");
-            event.reasons = vec![Reason::UnsupportedRequest.as_str()];
-            event.rule = Some(decide::BUILTIN.to_owned());
-            finish_event(app, &mut event, ctx, started);
+            ctx.event.ts = now.to_rfc3339();
+            ctx.event.decision = Some("block");
+            ctx.event.reasons = vec![Reason::UnsupportedRequest.as_str()];
+            ctx.event.rule = Some(decide::BUILTIN.to_owned());
+            finish_event(app, ctx, started);
             let hit = decision
                 .verdict
                 .hit()
@@ -307,26 +347,32 @@ async fn handle_inner<'a>(
     };
     let rules = app.rules.snapshot();
     let decision = decide::decide(&rules, &app.store, &facts, now, Commit::Yes).await;
-    app.observe_decision(&decision, &recipients);
+    app.observe_decision(
+        &decision,
+        &recipients,
+        kind != providers::RequestKind::VerifyCheck,
+    );
 
-    event.decision = Some(decision.verdict.as_str());
-    event.segments = Some(extracted.segments);
-    event.degraded = decision.degraded;
-    event.cost = decision.cost;
+    ctx.event.decision = Some(decision.verdict.as_str());
+    ctx.event.segments = Some(extracted.segments);
+    ctx.event.degraded = decision.degraded;
+    ctx.event.cost = decision.cost;
     if app.audit.enabled() {
         // Formatting and copies only when an event will be written.
-        event.ts = now.to_rfc3339();
-        event.account = extracted.account.clone();
-        event.shadow = decision.shadow.iter().map(|h| h.rule.to_string()).collect();
-        let mut numbers = recipients
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .map(|d| app.audit.number(&d.e164()));
-        event.number = numbers.next();
-        event.numbers = numbers.collect();
+        ctx.event.ts = now.to_rfc3339();
+        ctx.event.account = extracted.account.clone();
+        ctx.event.shadow = decision.shadow.iter().map(|h| h.rule.to_string()).collect();
+        // Every recipient in its place: one that is not a phone number is written as
+        // `invalid` (never as sent), so that replay decides it as it was decided here.
+        let mut numbers = recipients.iter().map(|r| match r {
+            Ok(d) => app.audit.number(&d.e164()),
+            Err(_) => "invalid".to_owned(),
+        });
+        ctx.event.number = numbers.next();
+        ctx.event.numbers = numbers.collect();
         if let Some(Ok(d)) = recipients.first() {
-            event.country = d.country().map(|c| c.to_string());
-            event.number_type = Some(d.number_type().as_str());
+            ctx.event.country = d.country().map(|c| c.to_string());
+            ctx.event.number_type = Some(d.number_type().as_str());
         }
     }
 
@@ -360,8 +406,8 @@ async fn handle_inner<'a>(
         }
         Verdict::Throttle { hit, retry_after } => {
             ctx.outcome = Outcome::Throttled;
-            event.reasons = vec![hit.reason.as_str()];
-            event.rule = Some(hit.rule.to_string());
+            ctx.event.reasons = vec![hit.reason.as_str()];
+            ctx.event.rule = Some(hit.rule.to_string());
             // A throttle longer than the route accepts is answered as a block, so that an
             // SDK that sleeps out Retry-After by itself raises at once (reason unchanged).
             let kind = if route.max_retry_after.is_some_and(|m| *retry_after > m) {
@@ -375,8 +421,8 @@ async fn handle_inner<'a>(
         }
         Verdict::Block(hit) => {
             ctx.outcome = Outcome::Blocked;
-            event.reasons = vec![hit.reason.as_str()];
-            event.rule = Some(hit.rule.to_string());
+            ctx.event.reasons = vec![hit.reason.as_str()];
+            ctx.event.rule = Some(hit.rule.to_string());
             refusal_response(
                 op,
                 route,
@@ -387,12 +433,15 @@ async fn handle_inner<'a>(
             )
         }
     };
-    finish_event(app, &mut event, ctx, started);
+    finish_event(app, ctx, started);
     resp
 }
 
-fn finish_event(app: &App, event: &mut AuditEvent, ctx: &Ctx<'_>, started: Instant) {
+fn finish_event(app: &App, ctx: &mut Ctx<'_>, started: Instant) {
+    let event = &mut ctx.event;
     if !app.audit.enabled() {
+        // Taken all the same: the request is finished.
+        event.decision = None;
         return;
     }
     event.upstream_status = ctx.upstream_status;

@@ -80,12 +80,15 @@ fn country_label(c: &Option<Country>) -> &str {
     c.as_ref().map_or("unknown", Country::as_str)
 }
 
-/// Counts a decision in the decision, recipient, cost and degraded families.
+/// Counts a decision in the decision, recipient, cost and degraded families. Recipients
+/// are counted only for a request that sends a code (`sends`): a code check sends
+/// nothing, and `smsfence_recipients_total` is the denominator of the conversion rate.
 fn count_decision(
     m: &Metrics,
     series: &DecisionSeries,
     decision: &Decision,
     recipients: &[Recipient],
+    sends: bool,
 ) {
     let country_of = |i: Option<usize>| {
         recipients
@@ -128,7 +131,7 @@ fn count_decision(
         decided(would, Some(h), "shadow");
     }
     let verdict = decision.verdict.as_str();
-    for r in recipients {
+    for r in recipients.iter().filter(|_| sends) {
         let (country, kind) = match r {
             Ok(d) => (d.country(), d.number_type().as_str()),
             Err(_) => (None, "invalid"),
@@ -254,9 +257,15 @@ impl App {
         request_id(self.id_prefix, n)
     }
 
-    /// Counts a decision in the metrics.
-    pub fn observe_decision(&self, decision: &Decision, recipients: &[Recipient]) {
-        count_decision(&self.metrics, &self.decision_series, decision, recipients);
+    /// Counts a decision in the metrics (`sends`: the request sends a code, not a check).
+    pub fn observe_decision(&self, decision: &Decision, recipients: &[Recipient], sends: bool) {
+        count_decision(
+            &self.metrics,
+            &self.decision_series,
+            decision,
+            recipients,
+            sends,
+        );
     }
 
     /// Observes the upstream exchange's latency under (provider, status class).
@@ -419,6 +428,13 @@ impl Instance {
                     .map_err(StartError::Store)?,
             ),
         });
+        // Series that only move on trouble exist at 0 from the start (`Metrics::new` makes
+        // the memory store's): a shared store's too, so that rate() sees its first errors.
+        for kind in ["timeout", "unavailable", "conversion", "verify_ref"] {
+            metrics
+                .store_errors
+                .with_label_values(&[store.kind(), kind]);
+        }
         let audit = Audit::start(&cfg.audit, Arc::clone(&metrics)).map_err(StartError::Audit)?;
         let header = |h: &Option<String>| {
             h.as_ref()
@@ -705,14 +721,21 @@ mod tests {
                 &series,
                 &decision(Verdict::Allow, shadow, Some(0.5)),
                 &us_gb,
+                true,
             );
         }
         for rule in ["deny-premium", "deny-premium", "deny-other"] {
             let block = Verdict::Block(hit(Reason::DeniedCountry, rule, Some(0)));
-            count_decision(&m, &series, &decision(block, vec![], Some(0.25)), &gb);
+            count_decision(&m, &series, &decision(block, vec![], Some(0.25)), &gb, true);
         }
         let invalid_hit = Verdict::Block(hit(Reason::InvalidNumber, "builtin", Some(0)));
-        count_decision(&m, &series, &decision(invalid_hit, vec![], None), &invalid);
+        count_decision(
+            &m,
+            &series,
+            &decision(invalid_hit, vec![], None),
+            &invalid,
+            true,
+        );
 
         let text = m.render();
         for line in [
