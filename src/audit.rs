@@ -5,6 +5,7 @@
 //! new rule set. Events go through a bounded channel to one writer task: the request path
 //! never blocks on disk, and a full channel drops the event and counts it. The file is
 //! opened per batch, so an external rotation (logrotate's rename) is followed at once.
+//! On shutdown [`Audit::flush`] waits until every queued event is written.
 //! Never written: message text, codes, credentials. Numbers are written in full, masked
 //! or as a keyed hash, as configured.
 
@@ -97,13 +98,21 @@ pub struct AuditEvent {
 /// The audit sink: cheap to clone, never blocks.
 #[derive(Debug, Clone)]
 pub struct Audit {
-    tx: Option<mpsc::Sender<AuditEvent>>,
+    tx: Option<mpsc::Sender<Msg>>,
     redaction: NumberRedaction,
     hash_key: (u64, u64),
     metrics: Arc<Metrics>,
 }
 
 const CHANNEL: usize = 16_384;
+
+/// What the writer receives.
+#[derive(Debug)]
+enum Msg {
+    Event(Box<AuditEvent>),
+    /// Answered once everything queued before it is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
 
 impl Audit {
     /// An audit log that writes nowhere.
@@ -163,10 +172,25 @@ impl Audit {
     /// Queues an event; drops and counts it when the writer is behind.
     pub fn emit(&self, event: AuditEvent) {
         if let Some(tx) = &self.tx {
-            if tx.try_send(event).is_err() {
+            if tx.try_send(Msg::Event(Box::new(event))).is_err() {
                 self.metrics.audit_dropped.inc();
             }
         }
+    }
+
+    /// Waits, at most `within`, until every event queued so far is written (on shutdown:
+    /// the writer is a detached thread that the process's exit would cut short). False
+    /// when that took longer.
+    pub async fn flush(&self, within: std::time::Duration) -> bool {
+        let Some(tx) = &self.tx else {
+            return true;
+        };
+        let (ack, written) = tokio::sync::oneshot::channel();
+        tokio::time::timeout(within, async {
+            tx.send(Msg::Flush(ack)).await.is_ok() && written.await.is_ok()
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// A number as the audit log writes it.
@@ -194,14 +218,20 @@ fn open_append(path: &PathBuf) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-fn writer(mut rx: mpsc::Receiver<AuditEvent>, target: Target, metrics: Arc<Metrics>) {
+fn writer(mut rx: mpsc::Receiver<Msg>, target: Target, metrics: Arc<Metrics>) {
     let mut buf = Vec::with_capacity(64 * 1024);
+    let mut acks = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         buf.clear();
         let mut next = Some(first);
-        while let Some(e) = next {
-            if serde_json::to_writer(&mut buf, &e).is_ok() {
-                buf.push(b'\n');
+        while let Some(m) = next {
+            match m {
+                Msg::Event(e) => {
+                    if serde_json::to_writer(&mut buf, &e).is_ok() {
+                        buf.push(b'\n');
+                    }
+                }
+                Msg::Flush(ack) => acks.push(ack),
             }
             next = if buf.len() < 64 * 1024 {
                 rx.try_recv().ok()
@@ -209,15 +239,20 @@ fn writer(mut rx: mpsc::Receiver<AuditEvent>, target: Target, metrics: Arc<Metri
                 None
             };
         }
-        let written = match &target {
-            Target::Stdout => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(&buf).and_then(|()| out.flush())
+        if !buf.is_empty() {
+            let written = match &target {
+                Target::Stdout => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&buf).and_then(|()| out.flush())
+                }
+                Target::File { path, max_bytes } => write_file(path, *max_bytes, &buf),
+            };
+            if written.is_err() {
+                metrics.audit_dropped.inc();
             }
-            Target::File { path, max_bytes } => write_file(path, *max_bytes, &buf),
-        };
-        if written.is_err() {
-            metrics.audit_dropped.inc();
+        }
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
         }
     }
 }
@@ -245,4 +280,39 @@ fn siphash(key: (u64, u64), bytes: &[u8]) -> u64 {
     let mut h = std::hash::SipHasher::new_with_keys(key.0, key.1);
     h.write(bytes);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Everything emitted before a flush is on disk when it returns (shutdown relies on
+    /// it: the writer thread is not joined).
+    #[tokio::test]
+    async fn flush_returns_once_every_queued_event_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let cfg = AuditConfig {
+            output: Some(path.display().to_string()),
+            ..AuditConfig::default()
+        };
+        let metrics = Arc::new(Metrics::new());
+        let audit = Audit::start(&cfg, Arc::clone(&metrics)).unwrap();
+        let n = 10_000;
+        for i in 0..n {
+            audit.emit(AuditEvent {
+                event: "send",
+                request_id: format!("r{i}"),
+                ..AuditEvent::default()
+            });
+        }
+        assert!(audit.flush(std::time::Duration::from_secs(10)).await);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count() as u64 + metrics.audit_dropped.get(), n);
+        assert!(text
+            .lines()
+            .last()
+            .unwrap()
+            .contains(&format!("r{}", n - 1)));
+    }
 }

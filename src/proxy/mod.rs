@@ -588,10 +588,14 @@ impl Instance {
         let _ = self.shutdown.send(true);
     }
 
-    /// Waits until both listeners have drained and every task has stopped.
+    /// Waits until both listeners have drained and every task has stopped, then until the
+    /// audit events of the last requests are written (at most five seconds).
     pub async fn wait(self) {
         for t in self.tasks {
             let _ = t.await;
+        }
+        if !self.app.audit.flush(Duration::from_secs(5)).await {
+            tracing::warn!("the audit log's last events could not be written within 5 s");
         }
     }
 }
