@@ -19,8 +19,14 @@ use super::{
 pub enum Op {
     /// `/sms/3/messages`.
     SendV3,
-    /// `/sms/2/text/advanced`.
+    /// `/sms/2/text/advanced` (and the v1 and binary `advanced` sends, of the same shape).
     SendV2,
+    /// The older `single` and `multi` sends: `to` (a string or a list) at the top or in
+    /// each of `messages[]`.
+    Single,
+    /// `GET /sms/1/text/query`: everything in the query string, `to` repeated or
+    /// comma-separated.
+    Query,
 }
 
 /// Infobip's sending endpoints.
@@ -35,6 +41,81 @@ pub const ENDPOINTS: &[Endpoint] = &[
         pattern: "/sms/2/text/advanced",
         op: super::Op::Infobip(Op::SendV2),
     },
+    Endpoint {
+        method: "POST",
+        pattern: "/sms/1/text/advanced",
+        op: super::Op::Infobip(Op::SendV2),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/sms/1/binary/advanced",
+        op: super::Op::Infobip(Op::SendV2),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/sms/2/binary/advanced",
+        op: super::Op::Infobip(Op::SendV2),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/sms/1/text/single",
+        op: super::Op::Infobip(Op::Single),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/sms/1/text/multi",
+        op: super::Op::Infobip(Op::Single),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/sms/1/binary/single",
+        op: super::Op::Infobip(Op::Single),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/sms/1/binary/multi",
+        op: super::Op::Infobip(Op::Single),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/sms/2/text/single",
+        op: super::Op::Infobip(Op::Single),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/sms/2/text/multi",
+        op: super::Op::Infobip(Op::Single),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/sms/2/binary/single",
+        op: super::Op::Infobip(Op::Single),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/sms/2/binary/multi",
+        op: super::Op::Infobip(Op::Single),
+    },
+    Endpoint {
+        method: "GET",
+        pattern: "/sms/1/text/query",
+        op: super::Op::Infobip(Op::Query),
+    },
+    Endpoint {
+        method: "GET",
+        pattern: "/sms/2/text/query",
+        op: super::Op::Infobip(Op::Query),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/sms/1/text/query",
+        op: super::Op::Infobip(Op::Query),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/sms/2/text/query",
+        op: super::Op::Infobip(Op::Query),
+    },
 ];
 
 /// Infobip API roots that pass through.
@@ -42,6 +123,11 @@ pub const ROOTS: &[&str] = &["/sms/1/**", "/sms/2/**", "/sms/3/**"];
 
 /// Reads an Infobip request.
 pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
+    match op {
+        Op::Single => return extract_single(req),
+        Op::Query => return extract_query(req),
+        Op::SendV2 | Op::SendV3 => {}
+    }
     if !req.is_json() {
         return Err(ExtractError::MalformedBody("Infobip takes a JSON body"));
     }
@@ -75,7 +161,9 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
                 super::json_str(m, "sender"),
                 m.get("content").and_then(|c| super::json_str(c, "text")),
             ),
-            Op::SendV2 => (super::json_str(m, "from"), super::json_str(m, "text")),
+            Op::SendV2 | Op::Single | Op::Query => {
+                (super::json_str(m, "from"), super::json_str(m, "text"))
+            }
         };
         if out.sender.is_none() {
             out.sender = sender.map(str::to_owned);
@@ -90,6 +178,78 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
     Ok(out)
 }
 
+const ANY_TO: &str = "to";
+
+/// A `to` of the older sends: one number or a list of them.
+fn push_to(v: &serde_json::Value, out: &mut Vec<String>) -> Result<(), ExtractError> {
+    match v.get("to") {
+        Some(serde_json::Value::String(s)) => out.push(s.clone()),
+        Some(serde_json::Value::Array(a)) => {
+            for t in a {
+                out.push(
+                    t.as_str()
+                        .ok_or(ExtractError::MissingRecipient(ANY_TO))?
+                        .to_owned(),
+                );
+            }
+        }
+        _ => return Err(ExtractError::MissingRecipient(ANY_TO)),
+    }
+    Ok(())
+}
+
+/// Reads `/sms/{1,2}/{text,binary}/{single,multi}`.
+fn extract_single(req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
+    if !req.is_json() {
+        return Err(ExtractError::MalformedBody("Infobip takes a JSON body"));
+    }
+    let v = req.json()?;
+    let mut out = Extracted {
+        number_format: Some(crate::phone::NumberFormat::InternationalDigits),
+        segments: 1,
+        ..Extracted::default()
+    };
+    let messages: Vec<&serde_json::Value> = match v.get("messages") {
+        Some(serde_json::Value::Array(m)) => m.iter().collect(),
+        Some(_) => return Err(ExtractError::MissingRecipient(ANY_TO)),
+        None => vec![&v],
+    };
+    for m in messages {
+        push_to(m, &mut out.recipients)?;
+        if out.sender.is_none() {
+            out.sender = super::json_str(m, "from").map(str::to_owned);
+        }
+        let text = super::json_str(m, "text");
+        out.segments = out.segments.max(text.map_or(1, segments::count));
+    }
+    if out.recipients.is_empty() {
+        return Err(ExtractError::MissingRecipient(ANY_TO));
+    }
+    Ok(out)
+}
+
+/// Reads `GET /sms/1/text/query`.
+fn extract_query(req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
+    let query = req.query.unwrap_or("").as_bytes();
+    let recipients: Vec<String> = super::form_values(query, "to")
+        .iter()
+        .flat_map(|t| t.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if recipients.is_empty() {
+        return Err(ExtractError::MissingRecipient(ANY_TO));
+    }
+    Ok(Extracted {
+        recipients,
+        number_format: Some(crate::phone::NumberFormat::InternationalDigits),
+        sender: super::form_value(query, "from"),
+        segments: super::form_value(query, "text").map_or(1, |t| segments::count(&t)),
+        ..Extracted::default()
+    })
+}
+
 /// Infobip's native error for a refusal.
 pub fn refusal(op: Op, refusal: &Refusal<'_>) -> NativeResponse {
     let (status, id) = match refusal.kind {
@@ -98,7 +258,7 @@ pub fn refusal(op: Op, refusal: &Refusal<'_>) -> NativeResponse {
     };
     let message = refusal.message();
     let resp = match op {
-        Op::SendV2 => NativeResponse::json(
+        Op::SendV2 | Op::Single | Op::Query => NativeResponse::json(
             status,
             &V2 {
                 request_error: RequestError {
@@ -168,7 +328,9 @@ pub fn sandbox(op: Op, _req: &RequestView<'_>, ex: &Extracted) -> NativeResponse
             Op::SendV3 => {
                 json!({"messageId": sandbox_id("", 20), "status": status, "destination": to})
             }
-            Op::SendV2 => json!({"messageId": sandbox_id("", 20), "status": status, "to": to}),
+            Op::SendV2 | Op::Single | Op::Query => {
+                json!({"messageId": sandbox_id("", 20), "status": status, "to": to})
+            }
         })
         .collect();
     NativeResponse::json(

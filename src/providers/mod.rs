@@ -321,6 +321,30 @@ pub fn form_first<const K: usize>(body: &[u8], keys: [&str; K]) -> [Option<Strin
     out
 }
 
+/// [`form_first`], refusing a body where a field of `unique` is given again with another
+/// value (smsfence would read the first, the provider may read another): the error names
+/// that field.
+pub fn form_first_unique<const K: usize>(
+    body: &[u8],
+    keys: [&'static str; K],
+    unique: [bool; K],
+) -> Result<[Option<String>; K], &'static str> {
+    let mut out: [Option<String>; K] = std::array::from_fn(|_| None);
+    for (name, value) in form_pairs(body) {
+        for ((slot, key), unique) in out.iter_mut().zip(keys).zip(unique) {
+            if !name.is(key) {
+                continue;
+            }
+            match slot {
+                None => *slot = Some(form_decode(value)),
+                Some(first) if unique && *first != form_decode(value) => return Err(key),
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The decoded values of `key`, as `form_urlencoded::parse` reads the body, without
 /// decoding the fields that cannot be `key`.
 fn form_fields<'b>(body: &'b [u8], key: &'b str) -> impl Iterator<Item = String> + 'b {
@@ -386,6 +410,21 @@ fn form_decode(raw: &[u8]) -> String {
         i += 1;
     }
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// The one value of a field given (possibly) several times: `None` when absent, the value
+/// when every occurrence agrees, and an error when they differ — smsfence reads one, the
+/// provider may read another.
+pub fn single_value(
+    values: Vec<String>,
+    what: &'static str,
+) -> Result<Option<String>, ExtractError> {
+    let mut values = values.into_iter();
+    let first = values.next();
+    if values.any(|v| Some(&v) != first.as_ref()) {
+        return Err(ExtractError::Unsupported(what));
+    }
+    Ok(first)
 }
 
 /// The user part of `Authorization: Basic …`.
@@ -581,6 +620,28 @@ pub fn extract(
     req: &RequestView<'_>,
     generic: Option<&generic::Generic>,
 ) -> Result<Extracted, ExtractError> {
+    // A body that another reader could see differently is not read at all: compressed
+    // (smsfence reads the bytes as sent, the provider may inflate them), or under several
+    // Content-Types (smsfence reads the first, the provider may pick another).
+    let encoded = req
+        .headers
+        .get_all(hyper::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return Err(ExtractError::Unsupported(
+            "a Content-Encoding on the request",
+        ));
+    }
+    if req
+        .headers
+        .get_all(hyper::header::CONTENT_TYPE)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(ExtractError::Unsupported("several Content-Type headers"));
+    }
     match op {
         Op::Twilio(op) => twilio::extract(op, req),
         Op::Vonage(op) => vonage::extract(op, req),
@@ -602,9 +663,8 @@ pub fn kind(op: Op) -> RequestKind {
     match op {
         Op::Twilio(op) => op.kind(),
         Op::Vonage(op) => op.kind(),
-        Op::Telnyx(_) | Op::Plivo(_) | Op::Sinch(_) | Op::Infobip(_) | Op::Generic => {
-            RequestKind::Send
-        }
+        Op::Plivo(op) => op.kind(),
+        Op::Telnyx(_) | Op::Sinch(_) | Op::Infobip(_) | Op::Generic => RequestKind::Send,
     }
 }
 

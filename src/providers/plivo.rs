@@ -17,24 +17,59 @@ use super::{
 pub enum Op {
     /// Send a message.
     Send,
+    /// Start a Verify session (an OTP by SMS or voice): JSON `recipient`.
+    VerifySession,
+}
+
+impl Op {
+    /// The request kind.
+    pub fn kind(self) -> super::RequestKind {
+        match self {
+            Op::Send => super::RequestKind::Send,
+            Op::VerifySession => super::RequestKind::VerifyStart,
+        }
+    }
 }
 
 /// Plivo's sending endpoints.
-pub const ENDPOINTS: &[Endpoint] = &[Endpoint {
-    method: "POST",
-    pattern: "/v1/Account/{}/Message/",
-    op: super::Op::Plivo(Op::Send),
-}];
+pub const ENDPOINTS: &[Endpoint] = &[
+    Endpoint {
+        method: "POST",
+        pattern: "/v1/Account/{}/Message/",
+        op: super::Op::Plivo(Op::Send),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/v1/Account/{}/Verify/Session/",
+        op: super::Op::Plivo(Op::VerifySession),
+    },
+];
 
 /// Plivo API roots that pass through.
 pub const ROOTS: &[&str] = &["/v1/Account/**"];
 
 /// Reads a Plivo request.
-pub fn extract(_op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
+pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
     if !req.is_json() {
         return Err(ExtractError::MalformedBody("Plivo takes a JSON body"));
     }
     let v = req.json()?;
+    if op == Op::VerifySession {
+        // The SDKs send the number as a string or an integer.
+        let recipient = match v.get("recipient") {
+            Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            _ => return Err(ExtractError::MissingRecipient("recipient")),
+        };
+        return Ok(Extracted {
+            recipients: vec![recipient],
+            number_format: Some(crate::phone::NumberFormat::InternationalDigits),
+            sender: super::json_str(&v, "app_uuid").map(str::to_owned),
+            account: req.param(0),
+            segments: 1,
+            ..Extracted::default()
+        });
+    }
     let dst = super::json_str(&v, "dst").ok_or(ExtractError::MissingRecipient("dst"))?;
     let recipients: Vec<String> = dst
         .split('<')

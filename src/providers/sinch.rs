@@ -17,28 +17,57 @@ use crate::decide::Reason;
 /// Sinch operations.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// Send a batch.
+    /// Send a batch (or replace a scheduled one: `PUT`, a whole new batch).
     Send,
+    /// Update a scheduled batch: `to_add` are new recipients.
+    Update,
 }
 
 /// Sinch's sending endpoints.
-pub const ENDPOINTS: &[Endpoint] = &[Endpoint {
-    method: "POST",
-    pattern: "/xms/v1/{}/batches",
-    op: super::Op::Sinch(Op::Send),
-}];
+pub const ENDPOINTS: &[Endpoint] = &[
+    Endpoint {
+        method: "POST",
+        pattern: "/xms/v1/{}/batches",
+        op: super::Op::Sinch(Op::Send),
+    },
+    Endpoint {
+        method: "PUT",
+        pattern: "/xms/v1/{}/batches/{}",
+        op: super::Op::Sinch(Op::Send),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/xms/v1/{}/batches/{}",
+        op: super::Op::Sinch(Op::Update),
+    },
+];
 
 /// Sinch API roots that pass through.
 pub const ROOTS: &[&str] = &["/xms/**"];
 
 /// Reads a Sinch request.
-pub fn extract(_op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
+pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
     if !req.is_json() {
         return Err(ExtractError::MalformedBody("Sinch takes a JSON body"));
     }
     let v = req.json()?;
-    let to = v
-        .get("to")
+    let to = match op {
+        Op::Send => v.get("to"),
+        // An update that adds no one (text, schedule, removals; or a dry run, which sends
+        // nothing) has nothing to decide.
+        Op::Update => match v.get("to_add") {
+            None | Some(serde_json::Value::Null) => {
+                return Ok(Extracted {
+                    no_phone: true,
+                    account: req.param(0),
+                    segments: 1,
+                    ..Extracted::default()
+                })
+            }
+            to_add => to_add,
+        },
+    };
+    let to = to
         .and_then(serde_json::Value::as_array)
         .ok_or(ExtractError::MissingRecipient("to"))?;
     let mut recipients = Vec::with_capacity(to.len());

@@ -22,11 +22,45 @@ pub enum Op {
 }
 
 /// Telnyx's sending endpoints.
-pub const ENDPOINTS: &[Endpoint] = &[Endpoint {
-    method: "POST",
-    pattern: "/v2/messages",
-    op: super::Op::Telnyx(Op::Send),
-}];
+pub const ENDPOINTS: &[Endpoint] = &[
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/messages",
+        op: super::Op::Telnyx(Op::Send),
+    },
+    // The same send, with the sender chosen another way or later (`to` the same field;
+    // group MMS takes a list, which is unsupported).
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/messages/long_code",
+        op: super::Op::Telnyx(Op::Send),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/messages/short_code",
+        op: super::Op::Telnyx(Op::Send),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/messages/number_pool",
+        op: super::Op::Telnyx(Op::Send),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/messages/alphanumeric_sender_id",
+        op: super::Op::Telnyx(Op::Send),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/messages/schedule",
+        op: super::Op::Telnyx(Op::Send),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/messages/group_mms",
+        op: super::Op::Telnyx(Op::Send),
+    },
+];
 
 /// Telnyx API roots that pass through.
 pub const ROOTS: &[&str] = &[

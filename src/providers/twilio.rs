@@ -48,6 +48,23 @@ pub const ENDPOINTS: &[Endpoint] = &[
         pattern: "/2010-04-01/Accounts/{}/Messages.json",
         op: super::Op::Twilio(Op::Message),
     },
+    // The 2010 API answers XML without an extension, and XML or CSV on request: the same
+    // send.
+    Endpoint {
+        method: "POST",
+        pattern: "/2010-04-01/Accounts/{}/Messages",
+        op: super::Op::Twilio(Op::Message),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/2010-04-01/Accounts/{}/Messages.xml",
+        op: super::Op::Twilio(Op::Message),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/2010-04-01/Accounts/{}/Messages.csv",
+        op: super::Op::Twilio(Op::Message),
+    },
     Endpoint {
         method: "POST",
         pattern: "/v2/Services/{}/Verifications",
@@ -78,8 +95,12 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
     match op {
         Op::Message => {
             // A send reads four fields: one pass over the body.
-            let [to, from, service, body] =
-                req.form_first(["To", "From", "MessagingServiceSid", "Body"]);
+            let [to, from, service, body] = super::form_first_unique(
+                req.body,
+                ["To", "From", "MessagingServiceSid", "Body"],
+                [true, false, false, false],
+            )
+            .map_err(|_| ExtractError::Unsupported("several different `To`"))?;
             let to = present(to).ok_or(ExtractError::MissingRecipient("To"))?;
             match super::phone_part(&to) {
                 Some(number) => out.recipients.push(number.into_owned()),
@@ -90,8 +111,11 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
             out.segments = body.map_or(1, |b| segments::count(&b));
         }
         Op::VerifyStart => {
-            let to = present(req.form_value("To")).ok_or(ExtractError::MissingRecipient("To"))?;
-            let channel = req.form_value("Channel").unwrap_or_default();
+            let to = super::single_value(req.form_values("To"), "several different `To`")?;
+            let to = present(to).ok_or(ExtractError::MissingRecipient("To"))?;
+            let channel =
+                super::single_value(req.form_values("Channel"), "several different `Channel`")?
+                    .unwrap_or_default();
             out.account = req.basic_user();
             out.sender = req.param(0);
             match channel.as_str() {

@@ -52,6 +52,23 @@ pub const ENDPOINTS: &[Endpoint] = &[
         pattern: "/sms/json",
         op: super::Op::Vonage(Op::Sms),
     },
+    // `/sms/{format}`, json or xml; every parameter may also be in the query string, of a
+    // GET too.
+    Endpoint {
+        method: "POST",
+        pattern: "/sms/xml",
+        op: super::Op::Vonage(Op::Sms),
+    },
+    Endpoint {
+        method: "GET",
+        pattern: "/sms/json",
+        op: super::Op::Vonage(Op::Sms),
+    },
+    Endpoint {
+        method: "GET",
+        pattern: "/sms/xml",
+        op: super::Op::Vonage(Op::Sms),
+    },
     Endpoint {
         method: "POST",
         pattern: "/v2/verify",
@@ -97,12 +114,22 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
                     "Vonage SMS takes a form or JSON body",
                 ));
             };
-            let to = field(req, json.as_ref(), "to").filter(|t| !t.trim().is_empty());
+            // Vonage reads the query string as well as the body: every `to` in either.
+            let query = req.query.unwrap_or("").as_bytes();
+            let mut tos = match &json {
+                Some(_) => field(req, json.as_ref(), "to").into_iter().collect(),
+                None => req.form_values("to"),
+            };
+            tos.extend(super::form_values(query, "to"));
+            let to = super::single_value(tos, "several different `to`")?
+                .filter(|t| !t.trim().is_empty());
             out.recipients
                 .push(to.ok_or(ExtractError::MissingRecipient("to"))?);
-            out.sender = field(req, json.as_ref(), "from");
-            out.account = field(req, json.as_ref(), "api_key").or_else(|| req.basic_user());
-            out.segments = field(req, json.as_ref(), "text").map_or(1, |t| segments::count(&t));
+            let field =
+                |key| field(req, json.as_ref(), key).or_else(|| super::form_value(query, key));
+            out.sender = field("from");
+            out.account = field("api_key").or_else(|| req.basic_user());
+            out.segments = field("text").map_or(1, |t| segments::count(&t));
         }
         Op::VerifyStart => {
             if !req.is_json() {

@@ -197,6 +197,14 @@ async fn handle_inner<'a>(
     started: Instant,
 ) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
+    if super::route::ambiguous_path(parts.uri.path()) {
+        ctx.outcome = Outcome::BadRequest;
+        return own_error(
+            StatusCode::BAD_REQUEST,
+            "bad_path",
+            "smsfence refuses paths with dot segments or encoded slashes",
+        );
+    }
     let Some(m) = app.table.find(&parts.method, parts.uri.path()) else {
         ctx.outcome = Outcome::NotFound;
         return own_error(

@@ -120,6 +120,15 @@ impl RouteTable {
 
     /// Finds the route for a request.
     pub fn find(&self, method: &Method, path: &str) -> Option<Match> {
+        // Methods compared ignoring case (`post` is an extension method to `http`): the
+        // request's upper-cased once, when it has lower-case letters at all.
+        let upper;
+        let method = if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+            upper = Method::from_bytes(method.as_str().to_ascii_uppercase().as_bytes()).ok();
+            upper.as_ref().unwrap_or(method)
+        } else {
+            method
+        };
         'entries: for e in &self.entries {
             if e.method.as_ref().is_some_and(|m| m != method) {
                 continue;
@@ -135,7 +144,7 @@ impl RouteTable {
                     prefix_end = end;
                 }
                 match want {
-                    Some(lit) if lit.as_str() != &path[start..end] => continue 'entries,
+                    Some(lit) if !same_segment(lit, &path[start..end]) => continue 'entries,
                     Some(_) => {}
                     None => captures.push((start, end)),
                 }
@@ -152,6 +161,42 @@ impl RouteTable {
         }
         None
     }
+}
+
+/// Whether a path segment names the pattern's literal segment as a provider's server may
+/// read it: percent-decoded, ignoring ASCII case and any `;parameters`. A send endpoint
+/// written `Messages%2Ejson`, `messages.json` or `Messages.json;v=1` is still decided.
+fn same_segment(lit: &str, seg: &str) -> bool {
+    // Encoding and parameters only lengthen a segment.
+    if seg.len() <= lit.len() {
+        return seg.eq_ignore_ascii_case(lit);
+    }
+    if !seg.bytes().any(|b| b == b'%' || b == b';') {
+        return false;
+    }
+    let seg = seg.split(';').next().unwrap_or(seg);
+    if seg.contains('%') {
+        percent_encoding::percent_decode_str(seg)
+            .decode_utf8_lossy()
+            .eq_ignore_ascii_case(lit)
+    } else {
+        seg.eq_ignore_ascii_case(lit)
+    }
+}
+
+/// Whether a path reads differently before and after a server normalizes it: a `.` or
+/// `..` segment (also percent-encoded), or an encoded `/` or `\` inside a segment. Such a
+/// path could match no send endpoint here yet reach one upstream, so it is refused.
+pub fn ambiguous_path(path: &str) -> bool {
+    // A dot segment starts after a `/`; anything encoded has a `%`. Most paths have neither.
+    if !path.contains('%') && !path.contains("/.") {
+        return false;
+    }
+    path.split('/').any(|s| {
+        let decoded = percent_encoding::percent_decode_str(s).decode_utf8_lossy();
+        let decoded = decoded.split(';').next().unwrap_or("");
+        decoded == "." || decoded == ".." || decoded.contains(['/', '\\'])
+    })
 }
 
 /// Byte ranges of the non-empty segments of a path.

@@ -1,0 +1,374 @@
+//! Requests a provider sends an SMS for, written so that a lax reading would miss the
+//! recipient: each names a premium-rate number, which the rules refuse, and none may reach
+//! the upstream undecided.
+
+mod common;
+
+use common::*;
+
+const RULES: &str = r#"
+[[policy]]
+name = "no-premium"
+deny_types = ["premium_rate"]
+"#;
+
+/// A request: method, path and query, headers, body.
+type Req<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
+/// Sends each request and checks that it was refused and never forwarded.
+async fn refused(cases: &[Req<'_>]) {
+    let up = MockUpstream::with(|_| Reply::json(200, r#"{"ok":true}"#)).await;
+    let p = Proxy::start(&all_presets_to(&up.url()), &[("r.toml", RULES)]).await;
+    for (method, path, headers, body) in cases {
+        let before = up.requests().len();
+        let a = send(method, &p.url(path), headers, body.to_string()).await;
+        assert_eq!(
+            up.requests().len(),
+            before,
+            "{method} {path} {body}: forwarded ({} {})",
+            a.status,
+            a.text()
+        );
+        assert!(
+            a.header("smsfence-reason").is_some() || a.header("smsfence-error").is_some(),
+            "{method} {path}: {} {}",
+            a.status,
+            a.text()
+        );
+    }
+}
+
+#[tokio::test]
+async fn twilio_messages_in_other_representations_are_decided() {
+    let body = "To=%2B449098790123&From=%2B15005550006&Body=hi";
+    refused(&[
+        // The 2010 API answers XML without an extension, and `.xml` / `.csv` on request.
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest/Messages",
+            &[FORM, BASIC],
+            body,
+        ),
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest/Messages.xml",
+            &[FORM, BASIC],
+            body,
+        ),
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest/Messages.csv",
+            &[FORM, BASIC],
+            body,
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn twilio_ambiguous_fields_are_refused() {
+    refused(&[
+        // Two `To`: smsfence read the first, a last-wins reader sends to the second.
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest/Messages.json",
+            &[FORM, BASIC],
+            "To=%2B447400123456&To=%2B449098790123&Body=hi",
+        ),
+        // Two `Channel`: the first said email (forwarded undecided), the last sms.
+        (
+            "POST",
+            "/v2/Services/VAtest/Verifications",
+            &[FORM, BASIC],
+            "To=%2B449098790123&Channel=email&Channel=sms",
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn encoded_and_dotted_paths_are_decided_or_refused() {
+    let body = "To=%2B449098790123&From=%2B15005550006&Body=hi";
+    refused(&[
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest/Messages%2Ejson",
+            &[FORM, BASIC],
+            body,
+        ),
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest/%4Dessages.json",
+            &[FORM, BASIC],
+            body,
+        ),
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest/x/../Messages.json",
+            &[FORM, BASIC],
+            body,
+        ),
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest/x/%2E%2E/Messages.json",
+            &[FORM, BASIC],
+            body,
+        ),
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest/./Messages.json",
+            &[FORM, BASIC],
+            body,
+        ),
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest%2FMessages.json",
+            &[FORM, BASIC],
+            body,
+        ),
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest/messages.json",
+            &[FORM, BASIC],
+            body,
+        ),
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest/Messages.json;v=1",
+            &[FORM, BASIC],
+            body,
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn vonage_sms_xml_and_query_parameters_are_decided() {
+    refused(&[
+        // `/sms/{format}`: json or xml.
+        (
+            "POST",
+            "/sms/xml",
+            &[FORM],
+            "api_key=k&api_secret=s&to=449098790123&from=A&text=hi",
+        ),
+        // Everything in the query string, GET or POST.
+        (
+            "GET",
+            "/sms/json?api_key=k&api_secret=s&to=449098790123&from=A&text=hi",
+            &[],
+            "",
+        ),
+        (
+            "POST",
+            "/sms/json?api_key=k&api_secret=s&to=449098790123&from=A&text=hi",
+            &[],
+            "",
+        ),
+        // A benign `to` in the body, another in the query.
+        (
+            "POST",
+            "/sms/json?to=449098790123",
+            &[FORM],
+            "api_key=k&api_secret=s&to=447400123456&from=A&text=hi",
+        ),
+        // Two `to` in the body.
+        (
+            "POST",
+            "/sms/json",
+            &[FORM],
+            "api_key=k&api_secret=s&to=447400123456&to=449098790123&from=A&text=hi",
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn telnyx_other_send_endpoints_are_decided() {
+    let body =
+        r#"{"from":"+15005550006","messaging_profile_id":"p","to":"+449098790123","text":"hi"}"#;
+    let mut cases = Vec::new();
+    for path in [
+        "/v2/messages/long_code",
+        "/v2/messages/short_code",
+        "/v2/messages/number_pool",
+        "/v2/messages/alphanumeric_sender_id",
+        "/v2/messages/schedule",
+    ] {
+        cases.push(("POST", path, &[JSON][..], body));
+    }
+    cases.push((
+        "POST",
+        "/v2/messages/group_mms",
+        &[JSON],
+        r#"{"from":"+15005550006","to":["+449098790123","+447400123456"],"text":"hi"}"#,
+    ));
+    refused(&cases).await;
+}
+
+#[tokio::test]
+async fn infobip_older_send_endpoints_are_decided() {
+    let adv = r#"{"messages":[{"from":"A","destinations":[{"to":"449098790123"}],"text":"hi"}]}"#;
+    refused(&[
+        ("POST", "/sms/1/text/advanced", &[JSON], adv),
+        ("POST", "/sms/2/binary/advanced", &[JSON], adv),
+        ("POST", "/sms/1/text/single", &[JSON], r#"{"from":"A","to":"449098790123","text":"hi"}"#),
+        (
+            "POST",
+            "/sms/2/text/single",
+            &[JSON],
+            r#"{"from":"A","to":["447400123456","449098790123"],"text":"hi"}"#,
+        ),
+        (
+            "POST",
+            "/sms/1/text/multi",
+            &[JSON],
+            r#"{"messages":[{"from":"A","to":"447400123456","text":"a"},{"from":"A","to":["449098790123"],"text":"b"}]}"#,
+        ),
+        ("GET", "/sms/1/text/query?username=u&password=p&to=449098790123&text=hi", &[], ""),
+        ("GET", "/sms/1/text/query?username=u&password=p&to=447400123456,449098790123&text=hi", &[], ""),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn sinch_batch_replace_and_update_are_decided() {
+    refused(&[
+        // Replace a (scheduled) batch: a whole new batch.
+        (
+            "PUT",
+            "/xms/v1/plan1/batches/01FC66621XXXXX119Z8PMV1QPQ",
+            &[JSON],
+            r#"{"from":"A","to":["449098790123"],"body":"hi"}"#,
+        ),
+        // Update a batch: recipients added.
+        (
+            "POST",
+            "/xms/v1/plan1/batches/01FC66621XXXXX119Z8PMV1QPQ",
+            &[JSON],
+            r#"{"from":"A","to_add":["449098790123"]}"#,
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn plivo_verify_session_is_decided() {
+    refused(&[(
+        "POST",
+        "/v1/Account/MA123/Verify/Session/",
+        &[JSON],
+        r#"{"app_uuid":"a","recipient":"449098790123","channel":"sms"}"#,
+    )])
+    .await;
+}
+
+#[tokio::test]
+async fn bodies_read_two_ways_are_refused() {
+    refused(&[
+        // Two Content-Types: JSON for smsfence (the first), a form for a last-wins reader.
+        (
+            "POST",
+            "/sms/json",
+            &[JSON, FORM],
+            r#"{"to":"447400123456","from":"A","a":"&to=449098790123&b="}"#,
+        ),
+    ])
+    .await;
+}
+
+/// A gzip body whose header comment reads, as a form, `to=447400123456`, and which
+/// inflates to `to=449098790123&from=A&text=hi`.
+const GZIP_POLYGLOT: &str = "1f8b08100000000000ff26746f3d343437343030313233343536266170695f6b65793d6b26002bc9b73531b134b0b430b734303432564b2bcacfb575542b49ad28b1cdc804003ed0c0921e000000";
+
+#[tokio::test]
+async fn compressed_bodies_are_refused() {
+    let up = MockUpstream::with(|_| Reply::json(200, r#"{"ok":true}"#)).await;
+    let p = Proxy::start(&all_presets_to(&up.url()), &[("r.toml", RULES)]).await;
+    let bytes: Vec<u8> = (0..GZIP_POLYGLOT.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&GZIP_POLYGLOT[i..i + 2], 16).unwrap())
+        .collect();
+    let a = send(
+        "POST",
+        &p.url("/sms/json"),
+        &[FORM, ("content-encoding", "gzip")],
+        bytes,
+    )
+    .await;
+    assert!(
+        up.requests().is_empty(),
+        "forwarded: {} {}",
+        a.status,
+        a.text()
+    );
+    assert_eq!(a.header("smsfence-reason"), Some("unsupported_request"));
+}
+
+#[tokio::test]
+async fn ordinary_variants_are_decided_and_forwarded() {
+    let up = MockUpstream::with(|_| Reply::json(200, r#"{"ok":true}"#)).await;
+    let p = Proxy::start(&all_presets_to(&up.url()), &[("r.toml", RULES)]).await;
+    let cases: &[Req<'_>] = &[
+        (
+            "GET",
+            "/sms/json?api_key=k&api_secret=s&to=447400123456&from=A&text=hi",
+            &[],
+            "",
+        ),
+        (
+            "POST",
+            "/sms/json?api_key=k",
+            &[FORM],
+            "to=447400123457&to=447400123457&text=hi",
+        ),
+        (
+            "POST",
+            "/xms/v1/plan1/batches/01FC6",
+            &[JSON],
+            r#"{"body":"new text"}"#,
+        ),
+        (
+            "POST",
+            "/sms/1/text/single",
+            &[JSON],
+            r#"{"from":"A","to":"447400123458","text":"hi"}"#,
+        ),
+        (
+            "GET",
+            "/sms/1/text/query?username=u&password=p&to=447400123459&text=hi",
+            &[],
+            "",
+        ),
+        (
+            "POST",
+            "/v1/Account/MA1/Verify/Session/",
+            &[JSON],
+            r#"{"recipient":447400123460}"#,
+        ),
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest/Messages",
+            &[FORM],
+            "To=%2B447400123461&Body=hi",
+        ),
+        (
+            "POST",
+            "//2010-04-01/Accounts/ACtest/Messages.json/",
+            &[FORM],
+            "To=%2B447400123462",
+        ),
+        (
+            "GET",
+            "/2010-04-01/Accounts/ACtest/Messages/SM1.json",
+            &[],
+            "",
+        ),
+    ];
+    for (i, (method, path, headers, body)) in cases.iter().enumerate() {
+        let a = send(method, &p.url(path), headers, body.to_string()).await;
+        assert_eq!(a.status, 200, "{method} {path}: {}", a.text());
+        assert_eq!(up.requests().len(), i + 1, "{method} {path}");
+        assert_eq!(up.requests()[i].uri, *path, "forwarded unchanged");
+    }
+}
