@@ -112,11 +112,11 @@ pub async fn handle(
             );
             r
         }
-        (&Method::POST, "/v1/check") => match read_json::<CheckRequest>(req).await {
+        (&Method::POST, "/v1/check") => match read_json::<CheckRequest>(app, req).await {
             Ok(c) => check(app, c).await,
             Err(r) => r,
         },
-        (&Method::POST, "/v1/feedback") => match read_json::<FeedbackRequest>(req).await {
+        (&Method::POST, "/v1/feedback") => match read_json::<FeedbackRequest>(app, req).await {
             Ok(f) => feedback(app, f).await,
             Err(r) => r,
         },
@@ -165,11 +165,19 @@ pub async fn handle(
 }
 
 async fn read_json<T: for<'de> Deserialize<'de>>(
+    app: &App,
     req: Request<Incoming>,
 ) -> Result<T, Response<Body>> {
-    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
-        Ok(b) => b.to_bytes(),
+    let read = Limited::new(req.into_body(), 64 * 1024).collect();
+    let body = match tokio::time::timeout(app.read_timeout, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
         Err(_) => {
+            return Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                "timed out reading the request body",
+            ))
+        }
+        Ok(Err(_)) => {
             return Err(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "the body must be JSON of at most 64 KiB",

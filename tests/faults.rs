@@ -1,0 +1,247 @@
+//! Hostile clients and faults: connections that never finish, slow admin clients,
+//! upstreams that break, and shutdown with connections that never end.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const NO_RULES: &[(&str, &str)] = &[];
+
+fn twilio_route(upstream: &str, extra: &str) -> String {
+    format!("[[route]]\nname = \"twilio\"\npreset = \"twilio\"\nupstream = \"{upstream}\"\n{extra}")
+}
+
+/// Reads until the peer closes (or errors); `None` if it is still open after `within`.
+async fn closed_within(s: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    match tokio::time::timeout(within, s.read_to_end(&mut buf)).await {
+        Ok(_) => Some(buf),
+        Err(_) => None,
+    }
+}
+
+const FAST: &str = "[server]\nlisten = \"127.0.0.1:0\"\nrequest_read_timeout = \"300ms\"\n";
+
+/// A connection that never sends a byte is closed like one that sends its headers too
+/// slowly: otherwise each holds a file descriptor for ever.
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed() {
+    let p = Proxy::start(FAST, NO_RULES).await;
+    for addr in [p.instance.proxy_addr, p.instance.admin_addr] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            closed_within(&mut s, Duration::from_secs(3))
+                .await
+                .is_some(),
+            "{addr}: a silent connection is still open"
+        );
+    }
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    assert!(
+        m.contains("smsfence_connection_errors_total{kind=\"timeout\"} 2"),
+        "{m}"
+    );
+}
+
+/// The same for a client that starts the HTTP/2 preface and stops.
+#[tokio::test]
+async fn a_connection_that_stops_inside_the_h2_preface_is_closed() {
+    let p = Proxy::start(FAST, NO_RULES).await;
+    let mut s = TcpStream::connect(p.instance.proxy_addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(3))
+            .await
+            .is_some(),
+        "a stalled preface is still open"
+    );
+}
+
+/// Slow headers (one byte, then nothing) are cut off by the header timeout.
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    let p = Proxy::start(FAST, NO_RULES).await;
+    let mut s = TcpStream::connect(p.instance.proxy_addr).await.unwrap();
+    s.write_all(b"POST /2010-04-01/Accounts/ACtest/Messages.json HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(3))
+        .await
+        .is_some());
+}
+
+/// An admin client that announces a body and sends it too slowly gets 408, as a proxy
+/// client does, instead of holding its connection and handler for ever.
+#[tokio::test]
+async fn a_slow_admin_body_is_a_408() {
+    let p = Proxy::start(FAST, NO_RULES).await;
+    let mut s = TcpStream::connect(p.instance.admin_addr).await.unwrap();
+    s.write_all(
+        b"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"number\":",
+    )
+    .await
+    .unwrap();
+    let buf = closed_within(&mut s, Duration::from_secs(3))
+        .await
+        .expect("answered and closed within 3 s");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+}
+
+/// A proxy client's slow body: 408.
+#[tokio::test]
+async fn a_slow_proxy_body_is_a_408() {
+    let p = Proxy::start(FAST, NO_RULES).await;
+    let mut s = TcpStream::connect(p.instance.proxy_addr).await.unwrap();
+    s.write_all(
+        b"POST /2010-04-01/Accounts/ACtest/Messages.json HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nTo=",
+    )
+    .await
+    .unwrap();
+    let buf = closed_within(&mut s, Duration::from_secs(3))
+        .await
+        .expect("answered and closed within 3 s");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+}
+
+/// A chunked body past the limit: 413, never forwarded.
+#[tokio::test]
+async fn a_chunked_body_past_the_limit_is_a_413() {
+    let up = MockUpstream::start().await;
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 100\n{}",
+        twilio_route(&up.url(), "")
+    );
+    let p = Proxy::start(&cfg, NO_RULES).await;
+    let mut s = TcpStream::connect(p.instance.proxy_addr).await.unwrap();
+    let mut req = b"POST /2010-04-01/Accounts/ACtest/Messages.json HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..10 {
+        req.extend_from_slice(b"20\r\n");
+        req.extend_from_slice(&[b'a'; 32]);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    s.write_all(&req).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text:?}");
+    assert!(up.requests().is_empty());
+}
+
+/// Shutdown with a response that never ends: the drain timeout is honoured.
+#[tokio::test]
+async fn shutdown_with_a_never_ending_answer_stops_after_the_drain_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut b = [0u8; 4096];
+                let _ = s.read(&mut b).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            });
+        }
+    });
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"300ms\"\n{}",
+        twilio_route(&format!("http://{addr}"), "")
+    );
+    let p = Proxy::start(&cfg, NO_RULES).await;
+    let mut s = TcpStream::connect(p.instance.proxy_addr).await.unwrap();
+    s.write_all(b"GET /2010-04-01/Accounts/ACtest/Messages/SM1.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut b = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut b))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 200"));
+    p.instance.shutdown();
+    tokio::time::timeout(Duration::from_secs(5), p.instance.wait())
+        .await
+        .expect("stopped after the drain timeout");
+}
+
+/// An upstream that closes without answering (after the request was written): 502, once.
+#[tokio::test]
+async fn an_upstream_that_hangs_up_is_a_502_sent_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut b = [0u8; 4096];
+                if s.read(&mut b).await.unwrap_or(0) > 0 {
+                    c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Le").await;
+                drop(s);
+            });
+        }
+    });
+    let p = Proxy::start(&twilio_route(&format!("http://{addr}"), ""), NO_RULES).await;
+    let a = twilio_send(&p, "+14155550123", &[]).await;
+    assert_eq!(a.status, 502, "{}", a.text());
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// TLS to a plain-HTTP server: 502.
+#[tokio::test]
+async fn a_tls_failure_is_a_502() {
+    let up = MockUpstream::start().await;
+    let p = Proxy::start(&twilio_route(&format!("https://{}", up.addr), ""), NO_RULES).await;
+    let a = twilio_send(&p, "+14155550123", &[]).await;
+    assert_eq!(a.status, 502, "{}", a.text());
+}
+
+/// h2c (prior knowledge) is still served, also on a connection that waits longer than
+/// the header timeout after its preface; so is an HTTP/1 request shorter than the preface.
+#[tokio::test]
+async fn h2c_and_short_http1_requests_are_still_served() {
+    use http_body_util::{BodyExt, Full};
+    let p = Proxy::start(FAST, NO_RULES).await;
+    let s = TcpStream::connect(p.instance.proxy_addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let req = hyper::Request::post(p.url("/2010-04-01/Accounts/ACtest/Messages.json"))
+        .header(FORM.0, FORM.1)
+        .header(BASIC.0, BASIC.1)
+        .body(Full::new(bytes::Bytes::from_static(
+            b"To=%2B14155550123&From=%2B15005550006&Body=hi",
+        )))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let _ = resp.into_body().collect().await.unwrap();
+
+    let mut s = TcpStream::connect(p.instance.admin_addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let buf = closed_within(&mut s, Duration::from_secs(3)).await.unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.0 404"), "{text:?}");
+}
