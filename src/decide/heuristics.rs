@@ -228,6 +228,11 @@ pub(super) async fn evaluate<'f>(
             entity: e,
         };
         if let Check::IpSpread { .. } = h.check {
+            // An allow list that skips this heuristic for every recipient skips its IP
+            // block too (trust does not: verified numbers stay under IP blocks).
+            if (0..dests.len()).all(|i| dests[i].is_none() || listed(h, i)) {
+                continue;
+            }
             if let Some(e) = block_entity(h, None, facts) {
                 keys.push(block_key(e));
                 block_owners.push((hi, None));
@@ -317,7 +322,9 @@ pub(super) async fn evaluate<'f>(
                 }
             }
             Check::AdjacentNumbers {
-                distance, window, ..
+                distance,
+                window,
+                max_near,
             } => {
                 for (i, d) in dests.iter().enumerate() {
                     let Some(d) = d.filter(|_| !skipped(h, i)) else {
@@ -331,7 +338,8 @@ pub(super) async fn evaluate<'f>(
                         window: *window,
                         amount: 1,
                         member: Some(d.digits()),
-                        cap: DEFAULT_CAP,
+                        // Enough members kept that `max_near` neighbours can be seen.
+                        cap: cap_for(Some(*max_near)).max(DEFAULT_CAP),
                         near: Some(*distance),
                     };
                     plan.observe(hi, i, op);
@@ -369,7 +377,10 @@ pub(super) async fn evaluate<'f>(
                     continue;
                 };
                 for (i, d) in dests.iter().enumerate() {
-                    let Some(d) = d else { continue };
+                    // Trust does not skip spend, but an allow list that skips it does.
+                    let Some(d) = d.filter(|_| !listed(h, i)) else {
+                        continue;
+                    };
                     let micros = (prices.per_segment(d.country())
                         * f64::from(facts.segments.max(1))
                         * MICRO)

@@ -309,7 +309,7 @@ fn heuristic_schema_errors_name_the_field() {
 
 #[tokio::test]
 async fn windows_are_bounded_per_key() {
-    let r = rules("[[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [6]\nwindow = \"10m\"\nmax_distinct = 1000000\n");
+    let r = rules("[[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [6]\nwindow = \"10m\"\nmax_distinct = 65534\n");
     let s = store();
     for i in 0..2_000u64 {
         send(&r, &s, &format!("+4474001{:05}", i), at(0)).await;
@@ -379,4 +379,91 @@ async fn a_number_of_no_country_is_charged_once_and_has_its_own_country_budget()
     // A second number of no country: 0.20 of its own 0.15 country budget.
     let v = send(&r, &s, "+870773111633", at(0)).await;
     assert_eq!(reason(&v), Some(Reason::SpendBudget));
+}
+
+/// An allow list that skips a spend budget (by its name, or all heuristics) is not
+/// charged to it nor refused by it.
+#[tokio::test]
+async fn an_allow_list_skip_covers_the_spend_budget() {
+    let text = "[prices]\ndefault = 0.10\n\
+[[list]]\nname = \"qa\"\naction = \"allow\"\nprefixes = [\"+4915112345\"]\nskip = [\"spend\"]\n\
+[[heuristic]]\nname = \"spend\"\nkind = \"spend_budget\"\nhourly = 0.15\n";
+    let r = rules(text);
+    let s = store();
+    // The allow-listed range skips the budget, however much it sends.
+    for i in 0..3 {
+        let n = format!("+4915112345{i:03}");
+        assert_eq!(send(&r, &s, &n, at(i)).await, Verdict::Allow, "{i}");
+    }
+    // And was not charged to it: a number outside the list still has the whole budget.
+    assert_eq!(send(&r, &s, "+4915199999001", at(5)).await, Verdict::Allow);
+}
+
+/// A user whose allow list skips the heuristics is not refused by a heuristic's IP
+/// auto-block (set by other traffic from the same address).
+#[tokio::test]
+async fn an_allow_list_skip_covers_ip_auto_blocks() {
+    let text = "[[list]]\nname = \"qa\"\naction = \"allow\"\nusers = [\"qa-automation\"]\nskip = [\"limits\", \"heuristics\"]\n\
+[[heuristic]]\nname = \"spread\"\nkind = \"ip_spread\"\nwindow = \"1h\"\nmax_numbers = 1\nblock_for = \"1h\"\n";
+    let r = rules(text);
+    let s = store();
+    let ip = Some([203, 0, 113, 5]);
+    send_from(&r, &s, "+447400123456", at(0), ip).await;
+    assert_eq!(
+        reason(&send_from(&r, &s, "+447400123457", at(1), ip).await),
+        Some(Reason::IpSpread)
+    );
+    let rec = to("+447400123458");
+    let f = Facts {
+        kind: RequestKind::Send,
+        recipients: &rec,
+        ip: ip.map(std::net::IpAddr::from),
+        user: Some("qa-automation"),
+        account: None,
+        sender: None,
+        segments: 1,
+    };
+    assert_eq!(
+        decide(&r, &s, &f, at(2), Commit::Yes).await.verdict,
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn a_spend_budget_without_prices_is_a_mistake() {
+    let text = "[[heuristic]]\nname = \"spend\"\nkind = \"spend_budget\"\nhourly = 0.15\n";
+    let e = RuleSet::compile([("h.toml", text)]).expect_err("never fires without prices");
+    assert!(e[0].to_string().contains("[prices]"), "{e:?}");
+}
+
+/// `max_near` above the window's default member cap (256) could never be reached.
+#[tokio::test]
+async fn adjacent_numbers_fire_above_the_default_member_cap() {
+    let r = rules("[[heuristic]]\nname = \"walk\"\nkind = \"adjacent_numbers\"\ndistance = 1000\nwindow = \"1h\"\nmax_near = 300\n");
+    let s = store();
+    for i in 0..300 {
+        let n = format!("+4474001{:05}", i);
+        assert_eq!(send(&r, &s, &n, at(0)).await, Verdict::Allow, "{i}");
+    }
+    // 300 neighbours within 1000 of this one.
+    assert_eq!(
+        reason(&send(&r, &s, "+447400100300", at(1)).await),
+        Some(Reason::AdjacentNumbers)
+    );
+}
+
+/// Distinct counts saturate just above the member cap (a u16): a larger threshold could
+/// never fire, so it is a mistake `check-rules` reports.
+#[test]
+fn distinct_thresholds_past_the_member_cap_are_mistakes() {
+    for (kind, field) in [
+        ("prefix_velocity", "max_distinct"),
+        ("ip_spread", "max_numbers"),
+    ] {
+        let text = format!(
+            "[[heuristic]]\nname = \"x\"\nkind = \"{kind}\"\nwindow = \"10m\"\n{field} = 70000\n"
+        );
+        let e = RuleSet::compile([("h.toml", text.as_str())]).expect_err(field);
+        assert!(e[0].to_string().contains(field), "{e:?}");
+    }
 }

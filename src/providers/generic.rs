@@ -222,7 +222,8 @@ fn compile_template(key: &str, t: &TemplateDef) -> Result<Template, String> {
         let value = HeaderValue::from_str(v)
             .map_err(|_| format!("{key}.headers.{k}: not a valid header value"))?;
         if name == hyper::header::CONTENT_TYPE {
-            json = v.contains("json");
+            // Media types are case-insensitive (`Application/JSON`).
+            json = v.to_ascii_lowercase().contains("json");
         }
         headers.push((name, value));
     }
@@ -461,7 +462,10 @@ fn render(t: &Template, refusal: Option<&Refusal<'_>>) -> NativeResponse {
             } else {
                 "text/plain; charset=utf-8"
             };
-            if !t.json && v.to_str().is_ok_and(|s| s.starts_with("text/html")) {
+            if !t.json
+                && v.to_str()
+                    .is_ok_and(|s| s.to_ascii_lowercase().starts_with("text/html"))
+            {
                 n.content_type = "text/html; charset=utf-8";
             }
         } else {
@@ -601,5 +605,23 @@ mod tests {
             serde_json::from_slice(&n.body).expect("valid JSON after substitution");
         assert_eq!(v["code"], "denied_prefix");
         assert!(v["err_msg"].as_str().unwrap().contains("rule=r\"q"));
+    }
+
+    #[test]
+    fn a_json_content_type_in_capitals_is_json() {
+        let g = generic(
+            "method = \"POST\"\npath = \"/s\"\nrecipients = { form = \"to\" }\n[block]\nstatus = 403\nheaders = { \"content-type\" = \"Application/JSON\" }\nbody = '{\"rule\":\"{rule}\"}'\n",
+        );
+        let r = Refusal {
+            kind: RefusalKind::Block,
+            reason: Reason::DeniedPrefix,
+            rule: "r\"q",
+            recipient: None,
+            recipients: 1,
+        };
+        let n = refusal(Some(&g), &r);
+        assert_eq!(n.content_type, "application/json");
+        let v: serde_json::Value = serde_json::from_slice(&n.body).expect("escaped");
+        assert_eq!(v["rule"], "r\"q");
     }
 }

@@ -83,6 +83,9 @@ pub enum Check {
     },
 }
 
+/// The largest distinct-count threshold a window can reach (it keeps `u16::MAX` members).
+const MAX_MEMBERS: u64 = u16::MAX as u64 - 1;
+
 /// A compiled heuristic.
 #[derive(Debug, Clone)]
 pub struct HeuristicRule {
@@ -218,6 +221,18 @@ impl Compiler {
                     &at,
                     format!("{field} does not apply to kind = {:?}", d.kind),
                 );
+            }
+        }
+        // A window keeps at most u16::MAX distinct members, so a count saturates just
+        // above that: a larger threshold could never be reached.
+        for (field, value) in [
+            ("max_distinct", d.max_distinct),
+            ("max_near", d.max_near),
+            ("max_countries", d.max_countries),
+            ("max_numbers", d.max_numbers),
+        ] {
+            if value.is_some_and(|v| v > MAX_MEMBERS) {
+                self.err(&at, format!("{field} must be at most {MAX_MEMBERS}"));
             }
         }
         let window = match d.window.as_deref().map(|w| (w, parse_duration(w))) {

@@ -480,6 +480,29 @@ impl RuleSet {
                 c.err(&at, format!("skip: {skipped:?} is neither all, deny, policies, limits, heuristics nor a rule name"));
             }
         }
+        // A spend budget without a price table would never fire: a mistake, wherever
+        // the table is missing from.
+        if c.set.prices.is_none() {
+            let spend: Vec<Arc<str>> = c
+                .set
+                .heuristics
+                .iter()
+                .filter(|h| matches!(h.check, Check::SpendBudget { .. }))
+                .map(|h| h.name.clone())
+                .collect();
+            for name in spend {
+                let Some(s) = c.set.summaries.iter().find(|s| *s.name == *name) else {
+                    continue;
+                };
+                let (file, line) = (s.file.clone(), s.line);
+                let at = At {
+                    file: &file,
+                    line,
+                    rule: &name,
+                };
+                c.err(&at, "kind = \"spend_budget\" needs a [prices] table");
+            }
+        }
         if c.errors.is_empty() {
             Ok(c.set)
         } else {
