@@ -211,10 +211,14 @@ enum Target {
     File { path: PathBuf, max_bytes: u64 },
 }
 
+/// Opens the file for appending; one it creates is readable by its owner only (it holds
+/// numbers and IPs). An existing file keeps its mode.
 fn open_append(path: &PathBuf) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
 }
 
@@ -314,5 +318,33 @@ mod tests {
             .last()
             .unwrap()
             .contains(&format!("r{}", n - 1)));
+    }
+
+    /// The file holds numbers and IPs: created for its owner only, also when rotation
+    /// starts a new one.
+    #[tokio::test]
+    async fn the_file_is_created_for_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let cfg = AuditConfig {
+            output: Some(path.display().to_string()),
+            max_bytes: 1,
+            ..AuditConfig::default()
+        };
+        let audit = Audit::start(&cfg, Arc::new(Metrics::new())).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        for i in 0..2 {
+            audit.emit(AuditEvent {
+                event: "send",
+                request_id: format!("r{i}"),
+                ..AuditEvent::default()
+            });
+            assert!(audit.flush(std::time::Duration::from_secs(10)).await);
+        }
+        // Rotated past max_bytes: a new file, created the same way.
+        assert!(dir.path().join("audit.jsonl.1").exists());
+        assert_eq!(mode(&path), 0o600);
     }
 }
