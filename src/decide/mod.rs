@@ -568,12 +568,17 @@ fn limit_checks<'f>(
     mode: Mode,
     shadow_all: bool,
 ) -> (Vec<GcraCheck<'f>>, Vec<(usize, Option<usize>)>) {
-    let mut checks = Vec::with_capacity(rules.limits.len());
-    let mut owners = Vec::with_capacity(rules.limits.len());
+    // Sized at the first limit that applies: a mode with none allocates nothing.
+    let mut checks = Vec::new();
+    let mut owners = Vec::new();
     for (idx, limit) in rules.limits.iter().enumerate() {
         let effective = if shadow_all { Mode::Shadow } else { limit.mode };
         if effective != mode || !limit.applies_to(facts.kind) {
             continue;
+        }
+        if checks.capacity() == 0 {
+            checks.reserve(rules.limits.len() - idx);
+            owners.reserve(rules.limits.len() - idx);
         }
         let mut counted = 0u32;
         for (i, r) in facts.recipients.iter().enumerate() {
