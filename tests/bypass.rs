@@ -273,6 +273,25 @@ async fn bodies_read_two_ways_are_refused() {
             &[JSON, FORM],
             r#"{"to":"447400123456","from":"A","a":"&to=449098790123&b="}"#,
         ),
+        // A key given twice: a last-wins reader and a first-wins one disagree.
+        (
+            "POST",
+            "/v2/messages",
+            &[JSON],
+            r#"{"from":"+15005550006","to":"+449098790123","to":"+447400123456","text":"hi"}"#,
+        ),
+        (
+            "POST",
+            "/v2/messages",
+            &[JSON],
+            r#"{"from":"+15005550006","to":"+447400123456","to":"+449098790123","text":"hi"}"#,
+        ),
+        (
+            "POST",
+            "/sms/2/text/advanced",
+            &[JSON],
+            r#"{"messages":[{"from":"A","destinations":[{"to":"449098790123","to":"447400123456"}],"text":"hi"}]}"#,
+        ),
     ])
     .await;
 }

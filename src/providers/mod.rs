@@ -288,10 +288,75 @@ impl RequestView<'_> {
         form_first(self.body, keys)
     }
 
-    /// The body as JSON.
+    /// The body as JSON, refused when an object names a key twice: smsfence would read
+    /// one of the values and a provider's parser may read the other.
     pub fn json(&self) -> Result<serde_json::Value, ExtractError> {
-        serde_json::from_slice(self.body)
-            .map_err(|_| ExtractError::MalformedBody("the body is not valid JSON"))
+        match serde_json::from_slice::<UniqueKeys>(self.body) {
+            Ok(UniqueKeys(v)) => Ok(v),
+            // The only data error this reading can give: every JSON value is accepted.
+            Err(e) if e.is_data() => Err(ExtractError::MalformedBody(
+                "a JSON object names the same key twice",
+            )),
+            Err(_) => Err(ExtractError::MalformedBody("the body is not valid JSON")),
+        }
+    }
+}
+
+/// A JSON document read as `serde_json::Value` reads it, except that an object naming a
+/// key twice is an error (the `Value` keeps the last).
+struct UniqueKeys(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(UniqueKeys(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(out.into())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let UniqueKeys(v) = map.next_value()?;
+            if out.insert(key, v).is_some() {
+                return Err(serde::de::Error::custom("duplicate key"));
+            }
+        }
+        Ok(out.into())
     }
 }
 
@@ -885,6 +950,48 @@ pub(crate) mod tests {
                 let strict = form_first_unique(body, [key, "Body"], [true, false]);
                 assert_eq!(strict.is_err(), differing, "{body:?} {key:?}");
             }
+        }
+    }
+
+    #[test]
+    fn json_bodies_read_as_serde_json_reads_them_unless_a_key_repeats() {
+        let view = |body: &'static [u8]| RequestView {
+            method: &Method::POST,
+            path: "/",
+            query: None,
+            headers: Box::leak(Box::new(HeaderMap::new())),
+            body,
+            params: &[],
+        };
+        let docs: [&[u8]; 7] = [
+            br#"{"to":"+447400123456","n":[1,-2,3.5,18446744073709551615,1e300,null,true],"o":{}}"#,
+            br#"[{"a":{"b":[{"c":"\u00e9"}]}},"",0]"#,
+            br#""text""#,
+            b"-0.0",
+            br#"{"a":1,"A":2,"a ":3}"#,
+            br#"{"x":{"a":1},"y":{"a":1}}"#,
+            b" null ",
+        ];
+        for doc in docs {
+            let want: serde_json::Value = serde_json::from_slice(doc).unwrap();
+            assert_eq!(view(doc).json().unwrap(), want, "{doc:?}");
+        }
+        for doc in [
+            &br#"{"to":"+1","to":"+2"}"#[..],
+            br#"{"to":"+1","to":"+1"}"#,
+            br#"{"m":[{"d":[{"to":"1","x":0,"to":"2"}]}]}"#,
+            br#"{"\u0074o":"+1","to":"+2"}"#,
+        ] {
+            assert!(
+                matches!(view(doc).json(), Err(ExtractError::MalformedBody(m)) if m.contains("twice")),
+                "{doc:?}"
+            );
+        }
+        for doc in [&b"{"[..], b"{\"a\":}", b"", b"[1,]", b"1e400"] {
+            assert!(
+                matches!(view(doc).json(), Err(ExtractError::MalformedBody(m)) if m.contains("not valid")),
+                "{doc:?}"
+            );
         }
     }
 
