@@ -358,3 +358,76 @@ fn check_rules_command() {
     );
     assert!(err.contains("2 mistake(s)"), "{err}");
 }
+
+/// Polls `GET /v1/rules` until the generation reaches `at_least` (at most 5 s).
+async fn reaches_generation(p: &Proxy, at_least: u64) -> bool {
+    for _ in 0..100 {
+        if generation(p).await >= at_least {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn the_watcher_follows_a_rules_directory_that_is_replaced_or_comes_back() {
+    let up = MockUpstream::start().await;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("rules");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("r.toml"), LIMIT_1).unwrap();
+    let p = Proxy::start_with(&route(&up), Source::Dir(dir.clone()), None, true).await;
+    // A deploy that puts a new directory in place of the old one.
+    let new = parent.path().join("rules.new");
+    std::fs::create_dir(&new).unwrap();
+    std::fs::write(new.join("r.toml"), LIMIT_1.replace("1/60s", "2/60s")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::rename(&new, &dir).unwrap();
+    assert!(
+        reaches_generation(&p, 2).await,
+        "the new directory was read"
+    );
+    // Edits inside the new directory are seen too.
+    std::fs::write(dir.join("r.toml"), LIMIT_1.replace("1/60s", "3/60s")).unwrap();
+    assert!(
+        reaches_generation(&p, 3).await,
+        "an edit in the replacing directory reloaded"
+    );
+    // Gone for a while (failed reloads keep the rules), then back.
+    std::fs::remove_dir_all(&dir).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(generation(&p).await, 3);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("r.toml"), LIMIT_1.replace("1/60s", "4/60s")).unwrap();
+    assert!(
+        reaches_generation(&p, 4).await,
+        "a directory that came back was read"
+    );
+}
+
+#[tokio::test]
+async fn the_watcher_follows_a_rules_directory_symlink_that_is_switched() {
+    // `rules -> releases/1`, switched atomically to `releases/2` (a rename of a new
+    // symlink over the old one), as deploy tools do.
+    let up = MockUpstream::start().await;
+    let parent = tempfile::tempdir().unwrap();
+    let (one, two) = (parent.path().join("1"), parent.path().join("2"));
+    for d in [&one, &two] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("r.toml"), LIMIT_1).unwrap();
+    }
+    let dir = parent.path().join("rules");
+    std::os::unix::fs::symlink(&one, &dir).unwrap();
+    let p = Proxy::start_with(&route(&up), Source::Dir(dir.clone()), None, true).await;
+    std::fs::write(two.join("r.toml"), LIMIT_1.replace("1/60s", "2/60s")).unwrap();
+    let tmp = parent.path().join("rules.tmp");
+    std::os::unix::fs::symlink(&two, &tmp).unwrap();
+    std::fs::rename(&tmp, &dir).unwrap();
+    assert!(reaches_generation(&p, 2).await, "the switch was seen");
+    std::fs::write(two.join("r.toml"), LIMIT_1.replace("1/60s", "3/60s")).unwrap();
+    assert!(
+        reaches_generation(&p, 3).await,
+        "an edit in the new target was seen"
+    );
+}

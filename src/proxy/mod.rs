@@ -408,7 +408,7 @@ pub struct Instance {
     pub app: Arc<App>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<crate::rules::reload::Watch>,
 }
 
 impl Instance {
