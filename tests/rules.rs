@@ -192,6 +192,30 @@ async fn broken_reload_keeps_the_old_rules_and_says_where() {
         .as_str()
         .unwrap()
         .contains("burst"));
+    // The metrics say so for as long as it lasts, not only as a counter's increase.
+    let metric = |m: &str, name: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {m}"))
+    };
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    assert_eq!(metric(&m, "smsfence_rules_last_reload_successful"), 0.0);
+    let loaded = metric(&m, "smsfence_rules_last_reload_success_timestamp_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(loaded > now - 60.0 && loaded <= now, "{loaded} vs {now}");
+    std::fs::write(dir.join("r.toml"), LIMIT_1).unwrap();
+    assert_eq!(
+        send("POST", &p.admin("/v1/reload"), &[], "").await.status,
+        200
+    );
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    assert_eq!(metric(&m, "smsfence_rules_last_reload_successful"), 1.0);
+    assert!(metric(&m, "smsfence_rules_last_reload_success_timestamp_seconds") >= loaded);
+    let rules = send("GET", &p.admin("/v1/rules"), &[], "").await.json();
+    assert_eq!(rules["last_reload_errors"], serde_json::json!([]));
 }
 
 #[tokio::test]

@@ -59,7 +59,7 @@ impl Rules {
         let mut set = source.load()?;
         set.generation = 1;
         publish(&metrics, &set);
-        metrics.reloads.with_label_values(&["success"]).inc();
+        succeeded(&metrics);
         Ok(Rules {
             current: ArcSwap::from_pointee(set),
             source,
@@ -98,7 +98,7 @@ impl Rules {
                 set.generation = generation;
                 publish(&self.metrics, &set);
                 self.current.store(Arc::new(set));
-                self.metrics.reloads.with_label_values(&["success"]).inc();
+                succeeded(&self.metrics);
                 if let Ok(mut e) = self.last_errors.lock() {
                     e.clear();
                 }
@@ -107,6 +107,7 @@ impl Rules {
             }
             Err(errors) => {
                 self.metrics.reloads.with_label_values(&["failure"]).inc();
+                self.metrics.rules_last_reload_successful.set(0);
                 for e in &errors {
                     tracing::error!(file = %e.file, line = e.line, rule = %e.rule, "rule reload failed, keeping the active rules: {}", e.message);
                 }
@@ -125,6 +126,17 @@ impl Rules {
             .await
             .unwrap_or_else(|_| Err(Vec::new()))
     }
+}
+
+/// Counts a successful load and records when it happened (wall-clock time, for
+/// dashboards and alerts on rules that stopped reloading).
+fn succeeded(metrics: &Metrics) {
+    metrics.reloads.with_label_values(&["success"]).inc();
+    metrics.rules_last_reload_successful.set(1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics.rules_last_reload_success_timestamp.set(now);
 }
 
 fn publish(metrics: &Metrics, set: &RuleSet) {
