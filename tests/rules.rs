@@ -455,3 +455,48 @@ async fn the_watcher_follows_a_rules_directory_symlink_that_is_switched() {
         "an edit in the new target was seen"
     );
 }
+
+#[tokio::test]
+async fn admin_wrong_methods_get_405_with_allow() {
+    let p = Proxy::start("", &[("r.toml", LIMIT_1)]).await;
+    for (method, path, allow) in [
+        ("POST", "/healthz", "GET"),
+        ("DELETE", "/metrics", "GET"),
+        ("GET", "/v1/reload", "POST"),
+        ("PUT", "/v1/check", "POST"),
+        ("POST", "/v1/blocks", "GET"),
+        ("GET", "/v1/blocks/rule/ip/192.0.2.1", "DELETE"),
+    ] {
+        let a = send(method, &p.admin(path), &[], "").await;
+        assert_eq!(a.status, 405, "{method} {path}: {}", a.text());
+        assert_eq!(a.header("allow"), Some(allow), "{method} {path}");
+        assert!(a.json()["error"]["message"].as_str().is_some());
+    }
+    assert_eq!(
+        send("GET", &p.admin("/v2/rules"), &[], "").await.status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn admin_token_scheme_is_case_insensitive() {
+    // RFC 9110 §11.1: the scheme is case-insensitive; some clients send "bearer".
+    let p = Proxy::start(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n",
+        &[("r.toml", LIMIT_1)],
+    )
+    .await;
+    for (auth, status) in [
+        ("bearer s3cret", 200),
+        ("BEARER s3cret", 200),
+        ("Bearer S3CRET", 401),
+        ("Bearer s3cret2", 401),
+        ("Basic s3cret", 401),
+        ("s3cret", 401),
+        ("Bearer", 401),
+        ("", 401),
+    ] {
+        let a = send("GET", &p.admin("/v1/rules"), &[("authorization", auth)], "").await;
+        assert_eq!(a.status, status, "{auth:?}");
+    }
+}
