@@ -376,7 +376,7 @@ impl Config {
     pub fn from_toml(origin: &str, text: &str) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
-            message: e.to_string(),
+            message: parse_message(text, &e),
         })?;
         config.origin = Some((origin.to_owned(), text.to_owned()));
         Ok(config)
@@ -600,6 +600,33 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
     })
 }
 
+/// Where and what, from a toml error: its own rendering quotes the offending line, and
+/// serde's messages the offending value, either of which may be a secret (`token`,
+/// `hash_key`, a Redis URL with a password).
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    let message = ["invalid type: ", "invalid value: "]
+        .iter()
+        .find_map(|lead| {
+            let rest = message.strip_prefix(lead)?;
+            let (unexpected, expected) = rest.split_once(", expected ")?;
+            // `integer `5``, `string "x"`: the kind of value, not the value.
+            let kind = unexpected.split(['`', '"']).next().unwrap_or("").trim();
+            Some(format!("{lead}{kind}, expected {expected}"))
+        })
+        .unwrap_or_else(|| message.to_owned())
+        .replace('\n', "; ");
+    match e.span() {
+        Some(span) => {
+            let offset = span.start.min(text.len());
+            let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+            let column = text[line_start..offset].chars().count() + 1;
+            format!("line {}, column {column}: {message}", line_of(text, offset))
+        }
+        None => message,
+    }
+}
+
 /// The 1-based line of a byte offset.
 pub fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
@@ -654,6 +681,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("admin.token"), "{e}");
+    }
+
+    /// toml's own message quotes the offending line, and serde's the offending value: a
+    /// typo next to a secret (`tokn = "…"`), a secret left unquoted or of the wrong type
+    /// would be printed to the logs. The error names the file, line, column and key only.
+    #[test]
+    fn parse_errors_name_the_place_but_never_echo_the_value() {
+        for (text, line, says) in [
+            (
+                "[admin]\ntokn = \"TopSecretTok\"\n",
+                2,
+                "unknown field `tokn`",
+            ),
+            ("[admin]\ntoken = TopSecretTok\n", 2, "invalid string"),
+            ("[admin]\n\ntoken = 4242TopSecretTok\n", 3, "expected newline"),
+            (
+                "[admin]\ntoken = 98765432\n",
+                2,
+                "invalid type: integer, expected a string",
+            ),
+            (
+                "[store]\nurls = \"redis://:TopSecretTok@10.0.0.5\"\n",
+                2,
+                "invalid type: string, expected a sequence",
+            ),
+            (
+                "[audit]\nhash_key = [\"TopSecretTok\"]\n",
+                2,
+                "expected a string",
+            ),
+        ] {
+            let e = Config::from_toml("svc.toml", text).unwrap_err().to_string();
+            assert!(
+                !e.contains("TopSecretTok") && !e.contains("98765432"),
+                "{text}: {e}"
+            );
+            assert!(e.starts_with("svc.toml: line "), "{e}");
+            assert!(e.contains(&format!("line {line}")), "{text}: {e}");
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 
     #[test]
