@@ -23,12 +23,12 @@ use crate::providers::Preset;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, so not a `source` too: it would be printed twice).
+        error: std::io::Error,
     },
     /// The file is not valid TOML or does not match the schema.
     #[error("{path}: {message}")]
@@ -365,9 +365,9 @@ pub struct Route {
 impl Config {
     /// Reads and parses a TOML file (not yet validated).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Config::from_toml(&path.display().to_string(), &text)
     }
@@ -406,6 +406,19 @@ impl Config {
                 0,
                 "server.worker_threads".into(),
                 "at most 1024 (0 = one per core)".into(),
+            ));
+        }
+        let (proxy, admin) = (self.server.listen, self.admin.listen);
+        if proxy.port() != 0
+            && proxy.port() == admin.port()
+            && (proxy.ip() == admin.ip()
+                || proxy.ip().is_unspecified()
+                || admin.ip().is_unspecified())
+        {
+            return Err(err(
+                0,
+                "admin.listen".into(),
+                format!("{admin} overlaps server.listen ({proxy}): the admin API needs a port of its own"),
             ));
         }
         if self
@@ -695,7 +708,11 @@ mod tests {
                 "unknown field `tokn`",
             ),
             ("[admin]\ntoken = TopSecretTok\n", 2, "invalid string"),
-            ("[admin]\n\ntoken = 4242TopSecretTok\n", 3, "expected newline"),
+            (
+                "[admin]\n\ntoken = 4242TopSecretTok\n",
+                3,
+                "expected newline",
+            ),
             (
                 "[admin]\ntoken = 98765432\n",
                 2,
@@ -721,6 +738,24 @@ mod tests {
             assert!(e.contains(&format!("line {line}")), "{text}: {e}");
             assert!(e.contains(says), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn the_proxy_and_the_admin_api_cannot_share_an_address() {
+        let text = "[server]\nlisten = \"0.0.0.0:8080\"\n[admin]\nlisten = \"0.0.0.0:8080\"\n";
+        let e = Config::from_toml("svc.toml", text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admin.listen"), "{e}");
+        assert!(e.contains("server.listen"), "{e}");
+        // Port 0 (any free port) twice is two different ports.
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+        assert!(Config::from_toml("svc.toml", text)
+            .unwrap()
+            .validate()
+            .is_ok());
     }
 
     #[test]
