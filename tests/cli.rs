@@ -170,3 +170,22 @@ fn start_up_errors_say_it_once() {
     assert!(err.contains(&addr), "{err}");
     assert_eq!(err.matches("os error 98").count(), 1, "{err}");
 }
+
+#[test]
+fn no_watch_takes_the_usual_spellings_of_true_and_false() {
+    // SMSFENCE_NO_WATCH=1 in a container's environment was refused ("possible values:
+    // true, false"), even by `check-rules` run in that container.
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/rules");
+    for v in ["1", "0", "yes", "no", "on", "off", "true", "false"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_smsfence"))
+            .args(["check-rules", rules])
+            .env("SMSFENCE_NO_WATCH", v)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "SMSFENCE_NO_WATCH={v}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
