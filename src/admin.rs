@@ -200,8 +200,13 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
         }
     };
     serde_json::from_slice(&body).map_err(|e| {
-        // serde_json's messages name fields and positions, never values.
-        error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}"))
+        // serde_json's messages name fields and positions, and for a value of the wrong
+        // type the value itself (a phone number given as a JSON number): left out.
+        let message = crate::config::without_value(&e.to_string());
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid JSON body: {message}"),
+        )
     })
 }
 

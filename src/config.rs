@@ -617,18 +617,7 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
 /// serde's messages the offending value, either of which may be a secret (`token`,
 /// `hash_key`, a Redis URL with a password).
 fn parse_message(text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().trim();
-    let message = ["invalid type: ", "invalid value: "]
-        .iter()
-        .find_map(|lead| {
-            let rest = message.strip_prefix(lead)?;
-            let (unexpected, expected) = rest.split_once(", expected ")?;
-            // `integer `5``, `string "x"`: the kind of value, not the value.
-            let kind = unexpected.split(['`', '"']).next().unwrap_or("").trim();
-            Some(format!("{lead}{kind}, expected {expected}"))
-        })
-        .unwrap_or_else(|| message.to_owned())
-        .replace('\n', "; ");
+    let message = without_value(e.message().trim()).replace('\n', "; ");
     match e.span() {
         Some(span) => {
             let offset = span.start.min(text.len());
@@ -638,6 +627,21 @@ fn parse_message(text: &str, e: &toml::de::Error) -> String {
         }
         None => message,
     }
+}
+
+/// A serde message without the value it quotes: `invalid type: integer `5`, expected a
+/// string` becomes `invalid type: integer, expected a string`.
+pub(crate) fn without_value(message: &str) -> String {
+    ["invalid type: ", "invalid value: "]
+        .iter()
+        .find_map(|lead| {
+            let rest = message.strip_prefix(lead)?;
+            let (unexpected, expected) = rest.split_once(", expected ")?;
+            // `integer `5``, `string "x"`: the kind of value, not the value.
+            let kind = unexpected.split(['`', '"']).next().unwrap_or("").trim();
+            Some(format!("{lead}{kind}, expected {expected}"))
+        })
+        .unwrap_or_else(|| message.to_owned())
 }
 
 /// The 1-based line of a byte offset.

@@ -293,11 +293,22 @@ async fn v1_check_is_a_dry_run() {
         r#"{"numbr":"+1"}"#,
         "not json",
         r#"{"number":"+1","ip":"x"}"#,
+        // A number given as a JSON number: refused without echoing it.
+        r#"{"number":18765550123}"#,
+        r#"{"number":"+18765550123","user":18765550123}"#,
+        r#"{"number":["+18765550123"]}"#,
     ] {
         let a = check(bad).await;
         assert_eq!(a.status, 400, "{bad}");
-        assert!(a.json()["error"]["message"].as_str().is_some());
+        let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(!message.contains("8765550123"), "{bad}: {message}");
     }
+    let a = check(r#"{"number":18765550123}"#).await;
+    let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("invalid type: integer, expected a string"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
