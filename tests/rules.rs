@@ -511,3 +511,72 @@ async fn admin_token_scheme_is_case_insensitive() {
         assert_eq!(a.status, status, "{auth:?}");
     }
 }
+
+#[tokio::test]
+async fn the_watcher_follows_a_kubernetes_configmap_update() {
+    // A ConfigMap volume: `r.toml -> ..data/r.toml`, `..data -> ..<timestamp>`; an update
+    // writes a new timestamped directory, points `..data` at it through a rename, then
+    // deletes the old one. Nothing happens to `r.toml` itself.
+    let up = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("..2026_11_22_1")).unwrap();
+    std::fs::write(d.join("..2026_11_22_1/r.toml"), LIMIT_1).unwrap();
+    std::os::unix::fs::symlink("..2026_11_22_1", d.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/r.toml", d.join("r.toml")).unwrap();
+    let p = Proxy::start_with(&route(&up), Source::Dir(d.to_owned()), None, true).await;
+    assert_eq!(twilio_send(&p, "+447400900003", &[]).await.status, 201);
+    assert_eq!(twilio_send(&p, "+447400900003", &[]).await.status, 429);
+    std::fs::create_dir(d.join("..2026_11_22_2")).unwrap();
+    std::fs::write(
+        d.join("..2026_11_22_2/r.toml"),
+        LIMIT_1.replace("burst = 1", "burst = 5"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..2026_11_22_2", d.join("..data_tmp")).unwrap();
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+    std::fs::remove_dir_all(d.join("..2026_11_22_1")).unwrap();
+    assert!(reaches_generation(&p, 2).await, "the update was seen");
+    assert_eq!(
+        twilio_send(&p, "+447400900004", &[])
+            .await
+            .header("ratelimit-policy"),
+        Some("\"cooldown\";q=5;w=300"),
+        "the new rules are live"
+    );
+}
+
+#[tokio::test]
+async fn rapid_saves_end_on_the_last_one() {
+    let up = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r.toml"), LIMIT_1).unwrap();
+    let p = Proxy::start_with(&route(&up), Source::Dir(dir.path().to_owned()), None, true).await;
+    for burst in 2..=9 {
+        // Broken and good versions in turn, the last one good.
+        std::fs::write(
+            dir.path().join("r.toml"),
+            "[[limit]]\nname = \"cooldown\"\n",
+        )
+        .unwrap();
+        let text = LIMIT_1.replace("burst = 1", &format!("burst = {burst}"));
+        std::fs::write(dir.path().join("r.toml"), text).unwrap();
+    }
+    assert!(reaches_generation(&p, 2).await);
+    let last = LIMIT_1
+        .replace("burst = 1", "burst = 9")
+        .replace("1/60s", "1/1s");
+    std::fs::write(dir.path().join("r.toml"), last).unwrap();
+    let mut policy = None;
+    for i in 0..100 {
+        let a = twilio_send(&p, &format!("+4474009001{i:02}"), &[]).await;
+        policy = a.header("ratelimit-policy").map(str::to_owned);
+        if policy.as_deref() == Some("\"cooldown\";q=9;w=9") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(policy.as_deref(), Some("\"cooldown\";q=9;w=9"));
+    let rules = send("GET", &p.admin("/v1/rules"), &[], "").await.json();
+    assert_eq!(rules["last_reload_errors"], serde_json::json!([]));
+}
