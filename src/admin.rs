@@ -51,7 +51,9 @@ impl Admin {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+            .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token))
             .unwrap_or("");
         constant_time_eq(given.as_bytes(), token.as_bytes())
     }
@@ -151,17 +153,30 @@ pub async fn handle(
         (&Method::DELETE, p) if p.starts_with("/v1/blocks/") => {
             lift_block(app, &p["/v1/blocks/".len()..]).await
         }
-        (
-            _,
-            "/healthz" | "/readyz" | "/metrics" | "/v1/check" | "/v1/feedback" | "/v1/reload"
-            | "/v1/rules" | "/v1/blocks",
-        ) => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!("{method} is not allowed on {path}"),
-        ),
-        _ => error(StatusCode::NOT_FOUND, &format!("no admin endpoint {path}")),
+        (_, p) => match allowed_method(p) {
+            Some(allow) => {
+                let mut r = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &format!("{method} is not allowed on {path}: use {allow}"),
+                );
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+                r
+            }
+            None => error(StatusCode::NOT_FOUND, &format!("no admin endpoint {path}")),
+        },
     };
     Ok(resp)
+}
+
+/// The method an admin path answers to, for a 405's `Allow`; `None` for unknown paths.
+fn allowed_method(path: &str) -> Option<&'static str> {
+    match path {
+        "/healthz" | "/readyz" | "/metrics" | "/v1/rules" | "/v1/blocks" => Some("GET"),
+        "/v1/check" | "/v1/feedback" | "/v1/reload" => Some("POST"),
+        p if p.starts_with("/v1/blocks/") => Some("DELETE"),
+        _ => None,
+    }
 }
 
 async fn read_json<T: for<'de> Deserialize<'de>>(
@@ -185,8 +200,13 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
         }
     };
     serde_json::from_slice(&body).map_err(|e| {
-        // serde_json's messages name fields and positions, never values.
-        error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}"))
+        // serde_json's messages name fields and positions, and for a value of the wrong
+        // type the value itself (a phone number given as a JSON number): left out.
+        let message = crate::config::without_value(&e.to_string());
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid JSON body: {message}"),
+        )
     })
 }
 

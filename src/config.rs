@@ -23,12 +23,12 @@ use crate::providers::Preset;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, so not a `source` too: it would be printed twice).
+        error: std::io::Error,
     },
     /// The file is not valid TOML or does not match the schema.
     #[error("{path}: {message}")]
@@ -365,9 +365,9 @@ pub struct Route {
 impl Config {
     /// Reads and parses a TOML file (not yet validated).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Config::from_toml(&path.display().to_string(), &text)
     }
@@ -376,7 +376,7 @@ impl Config {
     pub fn from_toml(origin: &str, text: &str) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
-            message: e.to_string(),
+            message: parse_message(text, &e),
         })?;
         config.origin = Some((origin.to_owned(), text.to_owned()));
         Ok(config)
@@ -406,6 +406,19 @@ impl Config {
                 0,
                 "server.worker_threads".into(),
                 "at most 1024 (0 = one per core)".into(),
+            ));
+        }
+        let (proxy, admin) = (self.server.listen, self.admin.listen);
+        if proxy.port() != 0
+            && proxy.port() == admin.port()
+            && (proxy.ip() == admin.ip()
+                || proxy.ip().is_unspecified()
+                || admin.ip().is_unspecified())
+        {
+            return Err(err(
+                0,
+                "admin.listen".into(),
+                format!("{admin} overlaps server.listen ({proxy}): the admin API needs a port of its own"),
             ));
         }
         if self
@@ -600,6 +613,37 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
     })
 }
 
+/// Where and what, from a toml error: its own rendering quotes the offending line, and
+/// serde's messages the offending value, either of which may be a secret (`token`,
+/// `hash_key`, a Redis URL with a password).
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let message = without_value(e.message().trim()).replace('\n', "; ");
+    match e.span() {
+        Some(span) => {
+            let offset = span.start.min(text.len());
+            let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+            let column = text[line_start..offset].chars().count() + 1;
+            format!("line {}, column {column}: {message}", line_of(text, offset))
+        }
+        None => message,
+    }
+}
+
+/// A serde message without the value it quotes: `invalid type: integer `5`, expected a
+/// string` becomes `invalid type: integer, expected a string`.
+pub(crate) fn without_value(message: &str) -> String {
+    ["invalid type: ", "invalid value: "]
+        .iter()
+        .find_map(|lead| {
+            let rest = message.strip_prefix(lead)?;
+            let (unexpected, expected) = rest.split_once(", expected ")?;
+            // `integer `5``, `string "x"`: the kind of value, not the value.
+            let kind = unexpected.split(['`', '"']).next().unwrap_or("").trim();
+            Some(format!("{lead}{kind}, expected {expected}"))
+        })
+        .unwrap_or_else(|| message.to_owned())
+}
+
 /// The 1-based line of a byte offset.
 pub fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
@@ -654,6 +698,68 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("admin.token"), "{e}");
+    }
+
+    /// toml's own message quotes the offending line, and serde's the offending value: a
+    /// typo next to a secret (`tokn = "…"`), a secret left unquoted or of the wrong type
+    /// would be printed to the logs. The error names the file, line, column and key only.
+    #[test]
+    fn parse_errors_name_the_place_but_never_echo_the_value() {
+        for (text, line, says) in [
+            (
+                "[admin]\ntokn = \"TopSecretTok\"\n",
+                2,
+                "unknown field `tokn`",
+            ),
+            ("[admin]\ntoken = TopSecretTok\n", 2, "invalid string"),
+            (
+                "[admin]\n\ntoken = 4242TopSecretTok\n",
+                3,
+                "expected newline",
+            ),
+            (
+                "[admin]\ntoken = 98765432\n",
+                2,
+                "invalid type: integer, expected a string",
+            ),
+            (
+                "[store]\nurls = \"redis://:TopSecretTok@10.0.0.5\"\n",
+                2,
+                "invalid type: string, expected a sequence",
+            ),
+            (
+                "[audit]\nhash_key = [\"TopSecretTok\"]\n",
+                2,
+                "expected a string",
+            ),
+        ] {
+            let e = Config::from_toml("svc.toml", text).unwrap_err().to_string();
+            assert!(
+                !e.contains("TopSecretTok") && !e.contains("98765432"),
+                "{text}: {e}"
+            );
+            assert!(e.starts_with("svc.toml: line "), "{e}");
+            assert!(e.contains(&format!("line {line}")), "{text}: {e}");
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_proxy_and_the_admin_api_cannot_share_an_address() {
+        let text = "[server]\nlisten = \"0.0.0.0:8080\"\n[admin]\nlisten = \"0.0.0.0:8080\"\n";
+        let e = Config::from_toml("svc.toml", text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admin.listen"), "{e}");
+        assert!(e.contains("server.listen"), "{e}");
+        // Port 0 (any free port) twice is two different ports.
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+        assert!(Config::from_toml("svc.toml", text)
+            .unwrap()
+            .validate()
+            .is_ok());
     }
 
     #[test]

@@ -83,7 +83,7 @@ struct RunArgs {
     #[arg(long, env = "SMSFENCE_RULES")]
     rules: Option<PathBuf>,
     /// Do not watch the rules directory (reload with SIGHUP or POST /v1/reload).
-    #[arg(long, env = "SMSFENCE_NO_WATCH")]
+    #[arg(long, env = "SMSFENCE_NO_WATCH", value_parser = clap::builder::BoolishValueParser::new())]
     no_watch: bool,
     /// Log format.
     #[arg(

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// The active rules generation.
     pub rules_generation: IntGauge,
+    /// 1 when the last rules load succeeded, 0 while the last one failed.
+    pub rules_last_reload_successful: IntGauge,
+    /// Unix time of the last successful rules load, in seconds.
+    pub rules_last_reload_success_timestamp: prometheus::Gauge,
     /// Active rules by kind and mode.
     pub rules_active: IntGaugeVec,
     /// Tracked keys per store.
@@ -146,6 +150,22 @@ impl Metrics {
         .expect("valid metric definition");
         registry
             .register(Box::new(rules_generation.clone()))
+            .expect("unique metric name");
+        let rules_last_reload_successful = IntGauge::new(
+            "smsfence_rules_last_reload_successful",
+            "Whether the last rules load succeeded (1) or failed and older rules are active (0).",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(rules_last_reload_successful.clone()))
+            .expect("unique metric name");
+        let rules_last_reload_success_timestamp = prometheus::Gauge::new(
+            "smsfence_rules_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful rules load.",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(rules_last_reload_success_timestamp.clone()))
             .expect("unique metric name");
         let rules_active = gauge_vec(
             "smsfence_rules_active",
@@ -259,6 +279,8 @@ impl Metrics {
             overhead,
             reloads,
             rules_generation,
+            rules_last_reload_successful,
+            rules_last_reload_success_timestamp,
             rules_active,
             store_keys,
             store_evictions,

@@ -146,3 +146,46 @@ fn flags_before_run_are_not_silently_ignored() {
     let status = status.expect("smsfence started, ignoring --config given before `run`");
     assert!(!status.success(), "{status:?}");
 }
+
+#[test]
+fn start_up_errors_say_it_once() {
+    // The I/O error was printed twice: in the message and again as its source.
+    let out = Command::new(env!("CARGO_BIN_EXE_smsfence"))
+        .args(["--config", "/nonexistent/svc.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_smsfence"))
+        .args(["--listen", &addr, "--admin-listen", "127.0.0.1:0"])
+        .current_dir(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&addr), "{err}");
+    assert_eq!(err.matches("os error 98").count(), 1, "{err}");
+}
+
+#[test]
+fn no_watch_takes_the_usual_spellings_of_true_and_false() {
+    // SMSFENCE_NO_WATCH=1 in a container's environment was refused ("possible values:
+    // true, false"), even by `check-rules` run in that container.
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/rules");
+    for v in ["1", "0", "yes", "no", "on", "off", "true", "false"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_smsfence"))
+            .args(["check-rules", rules])
+            .env("SMSFENCE_NO_WATCH", v)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "SMSFENCE_NO_WATCH={v}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

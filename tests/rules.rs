@@ -192,6 +192,30 @@ async fn broken_reload_keeps_the_old_rules_and_says_where() {
         .as_str()
         .unwrap()
         .contains("burst"));
+    // The metrics say so for as long as it lasts, not only as a counter's increase.
+    let metric = |m: &str, name: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {m}"))
+    };
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    assert_eq!(metric(&m, "smsfence_rules_last_reload_successful"), 0.0);
+    let loaded = metric(&m, "smsfence_rules_last_reload_success_timestamp_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(loaded > now - 60.0 && loaded <= now, "{loaded} vs {now}");
+    std::fs::write(dir.join("r.toml"), LIMIT_1).unwrap();
+    assert_eq!(
+        send("POST", &p.admin("/v1/reload"), &[], "").await.status,
+        200
+    );
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    assert_eq!(metric(&m, "smsfence_rules_last_reload_successful"), 1.0);
+    assert!(metric(&m, "smsfence_rules_last_reload_success_timestamp_seconds") >= loaded);
+    let rules = send("GET", &p.admin("/v1/rules"), &[], "").await.json();
+    assert_eq!(rules["last_reload_errors"], serde_json::json!([]));
 }
 
 #[tokio::test]
@@ -269,11 +293,22 @@ async fn v1_check_is_a_dry_run() {
         r#"{"numbr":"+1"}"#,
         "not json",
         r#"{"number":"+1","ip":"x"}"#,
+        // A number given as a JSON number: refused without echoing it.
+        r#"{"number":18765550123}"#,
+        r#"{"number":"+18765550123","user":18765550123}"#,
+        r#"{"number":["+18765550123"]}"#,
     ] {
         let a = check(bad).await;
         assert_eq!(a.status, 400, "{bad}");
-        assert!(a.json()["error"]["message"].as_str().is_some());
+        let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(!message.contains("8765550123"), "{bad}: {message}");
     }
+    let a = check(r#"{"number":18765550123}"#).await;
+    let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("invalid type: integer, expected a string"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -357,4 +392,191 @@ fn check_rules_command() {
         "{err}"
     );
     assert!(err.contains("2 mistake(s)"), "{err}");
+}
+
+/// Polls `GET /v1/rules` until the generation reaches `at_least` (at most 5 s).
+async fn reaches_generation(p: &Proxy, at_least: u64) -> bool {
+    for _ in 0..100 {
+        if generation(p).await >= at_least {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn the_watcher_follows_a_rules_directory_that_is_replaced_or_comes_back() {
+    let up = MockUpstream::start().await;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("rules");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("r.toml"), LIMIT_1).unwrap();
+    let p = Proxy::start_with(&route(&up), Source::Dir(dir.clone()), None, true).await;
+    // A deploy that puts a new directory in place of the old one.
+    let new = parent.path().join("rules.new");
+    std::fs::create_dir(&new).unwrap();
+    std::fs::write(new.join("r.toml"), LIMIT_1.replace("1/60s", "2/60s")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::rename(&new, &dir).unwrap();
+    assert!(
+        reaches_generation(&p, 2).await,
+        "the new directory was read"
+    );
+    // Edits inside the new directory are seen too.
+    std::fs::write(dir.join("r.toml"), LIMIT_1.replace("1/60s", "3/60s")).unwrap();
+    assert!(
+        reaches_generation(&p, 3).await,
+        "an edit in the replacing directory reloaded"
+    );
+    // Gone for a while (failed reloads keep the rules), then back.
+    std::fs::remove_dir_all(&dir).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(generation(&p).await, 3);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("r.toml"), LIMIT_1.replace("1/60s", "4/60s")).unwrap();
+    assert!(
+        reaches_generation(&p, 4).await,
+        "a directory that came back was read"
+    );
+}
+
+#[tokio::test]
+async fn the_watcher_follows_a_rules_directory_symlink_that_is_switched() {
+    // `rules -> releases/1`, switched atomically to `releases/2` (a rename of a new
+    // symlink over the old one), as deploy tools do.
+    let up = MockUpstream::start().await;
+    let parent = tempfile::tempdir().unwrap();
+    let (one, two) = (parent.path().join("1"), parent.path().join("2"));
+    for d in [&one, &two] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("r.toml"), LIMIT_1).unwrap();
+    }
+    let dir = parent.path().join("rules");
+    std::os::unix::fs::symlink(&one, &dir).unwrap();
+    let p = Proxy::start_with(&route(&up), Source::Dir(dir.clone()), None, true).await;
+    std::fs::write(two.join("r.toml"), LIMIT_1.replace("1/60s", "2/60s")).unwrap();
+    let tmp = parent.path().join("rules.tmp");
+    std::os::unix::fs::symlink(&two, &tmp).unwrap();
+    std::fs::rename(&tmp, &dir).unwrap();
+    assert!(reaches_generation(&p, 2).await, "the switch was seen");
+    std::fs::write(two.join("r.toml"), LIMIT_1.replace("1/60s", "3/60s")).unwrap();
+    assert!(
+        reaches_generation(&p, 3).await,
+        "an edit in the new target was seen"
+    );
+}
+
+#[tokio::test]
+async fn admin_wrong_methods_get_405_with_allow() {
+    let p = Proxy::start("", &[("r.toml", LIMIT_1)]).await;
+    for (method, path, allow) in [
+        ("POST", "/healthz", "GET"),
+        ("DELETE", "/metrics", "GET"),
+        ("GET", "/v1/reload", "POST"),
+        ("PUT", "/v1/check", "POST"),
+        ("POST", "/v1/blocks", "GET"),
+        ("GET", "/v1/blocks/rule/ip/192.0.2.1", "DELETE"),
+    ] {
+        let a = send(method, &p.admin(path), &[], "").await;
+        assert_eq!(a.status, 405, "{method} {path}: {}", a.text());
+        assert_eq!(a.header("allow"), Some(allow), "{method} {path}");
+        assert!(a.json()["error"]["message"].as_str().is_some());
+    }
+    assert_eq!(
+        send("GET", &p.admin("/v2/rules"), &[], "").await.status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn admin_token_scheme_is_case_insensitive() {
+    // RFC 9110 §11.1: the scheme is case-insensitive; some clients send "bearer".
+    let p = Proxy::start(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n",
+        &[("r.toml", LIMIT_1)],
+    )
+    .await;
+    for (auth, status) in [
+        ("bearer s3cret", 200),
+        ("BEARER s3cret", 200),
+        ("Bearer S3CRET", 401),
+        ("Bearer s3cret2", 401),
+        ("Basic s3cret", 401),
+        ("s3cret", 401),
+        ("Bearer", 401),
+        ("", 401),
+    ] {
+        let a = send("GET", &p.admin("/v1/rules"), &[("authorization", auth)], "").await;
+        assert_eq!(a.status, status, "{auth:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_watcher_follows_a_kubernetes_configmap_update() {
+    // A ConfigMap volume: `r.toml -> ..data/r.toml`, `..data -> ..<timestamp>`; an update
+    // writes a new timestamped directory, points `..data` at it through a rename, then
+    // deletes the old one. Nothing happens to `r.toml` itself.
+    let up = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("..2026_11_22_1")).unwrap();
+    std::fs::write(d.join("..2026_11_22_1/r.toml"), LIMIT_1).unwrap();
+    std::os::unix::fs::symlink("..2026_11_22_1", d.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/r.toml", d.join("r.toml")).unwrap();
+    let p = Proxy::start_with(&route(&up), Source::Dir(d.to_owned()), None, true).await;
+    assert_eq!(twilio_send(&p, "+447400900003", &[]).await.status, 201);
+    assert_eq!(twilio_send(&p, "+447400900003", &[]).await.status, 429);
+    std::fs::create_dir(d.join("..2026_11_22_2")).unwrap();
+    std::fs::write(
+        d.join("..2026_11_22_2/r.toml"),
+        LIMIT_1.replace("burst = 1", "burst = 5"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..2026_11_22_2", d.join("..data_tmp")).unwrap();
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+    std::fs::remove_dir_all(d.join("..2026_11_22_1")).unwrap();
+    assert!(reaches_generation(&p, 2).await, "the update was seen");
+    assert_eq!(
+        twilio_send(&p, "+447400900004", &[])
+            .await
+            .header("ratelimit-policy"),
+        Some("\"cooldown\";q=5;w=300"),
+        "the new rules are live"
+    );
+}
+
+#[tokio::test]
+async fn rapid_saves_end_on_the_last_one() {
+    let up = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r.toml"), LIMIT_1).unwrap();
+    let p = Proxy::start_with(&route(&up), Source::Dir(dir.path().to_owned()), None, true).await;
+    for burst in 2..=9 {
+        // Broken and good versions in turn, the last one good.
+        std::fs::write(
+            dir.path().join("r.toml"),
+            "[[limit]]\nname = \"cooldown\"\n",
+        )
+        .unwrap();
+        let text = LIMIT_1.replace("burst = 1", &format!("burst = {burst}"));
+        std::fs::write(dir.path().join("r.toml"), text).unwrap();
+    }
+    assert!(reaches_generation(&p, 2).await);
+    let last = LIMIT_1
+        .replace("burst = 1", "burst = 9")
+        .replace("1/60s", "1/1s");
+    std::fs::write(dir.path().join("r.toml"), last).unwrap();
+    let mut policy = None;
+    for i in 0..100 {
+        let a = twilio_send(&p, &format!("+4474009001{i:02}"), &[]).await;
+        policy = a.header("ratelimit-policy").map(str::to_owned);
+        if policy.as_deref() == Some("\"cooldown\";q=9;w=9") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(policy.as_deref(), Some("\"cooldown\";q=9;w=9"));
+    let rules = send("GET", &p.admin("/v1/rules"), &[], "").await.json();
+    assert_eq!(rules["last_reload_errors"], serde_json::json!([]));
 }

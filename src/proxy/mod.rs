@@ -368,12 +368,12 @@ pub enum StartError {
     #[error("the rules have {} mistake(s):\n{}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Rules(Vec<RuleError>),
     /// A listener could not be bound.
-    #[error("binding {addr}: {source}")]
+    #[error("binding {addr}: {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, so not a `source` too: it would be printed twice).
+        error: std::io::Error,
     },
     /// The audit log could not be opened.
     #[error("opening the audit log: {0}")]
@@ -408,7 +408,7 @@ pub struct Instance {
     pub app: Arc<App>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<crate::rules::reload::Watch>,
 }
 
 impl Instance {
@@ -468,7 +468,7 @@ impl Instance {
             id_prefix: std::process::id(),
         });
 
-        let bind_error = |addr: SocketAddr| move |source| StartError::Bind { addr, source };
+        let bind_error = |addr: SocketAddr| move |error| StartError::Bind { addr, error };
         // Bound by tokio (SO_REUSEADDR, a backlog of 1024), then handed to the workers as a
         // std socket that each registers with its own event loop.
         let proxy_listener = TcpListener::bind(cfg.server.listen)

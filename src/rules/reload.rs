@@ -59,7 +59,7 @@ impl Rules {
         let mut set = source.load()?;
         set.generation = 1;
         publish(&metrics, &set);
-        metrics.reloads.with_label_values(&["success"]).inc();
+        succeeded(&metrics);
         Ok(Rules {
             current: ArcSwap::from_pointee(set),
             source,
@@ -98,7 +98,7 @@ impl Rules {
                 set.generation = generation;
                 publish(&self.metrics, &set);
                 self.current.store(Arc::new(set));
-                self.metrics.reloads.with_label_values(&["success"]).inc();
+                succeeded(&self.metrics);
                 if let Ok(mut e) = self.last_errors.lock() {
                     e.clear();
                 }
@@ -107,6 +107,7 @@ impl Rules {
             }
             Err(errors) => {
                 self.metrics.reloads.with_label_values(&["failure"]).inc();
+                self.metrics.rules_last_reload_successful.set(0);
                 for e in &errors {
                     tracing::error!(file = %e.file, line = e.line, rule = %e.rule, "rule reload failed, keeping the active rules: {}", e.message);
                 }
@@ -127,6 +128,17 @@ impl Rules {
     }
 }
 
+/// Counts a successful load and records when it happened (wall-clock time, for
+/// dashboards and alerts on rules that stopped reloading).
+fn succeeded(metrics: &Metrics) {
+    metrics.reloads.with_label_values(&["success"]).inc();
+    metrics.rules_last_reload_successful.set(1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics.rules_last_reload_success_timestamp.set(now);
+}
+
 fn publish(metrics: &Metrics, set: &RuleSet) {
     metrics
         .rules_generation
@@ -140,25 +152,59 @@ fn publish(metrics: &Metrics, set: &RuleSet) {
     }
 }
 
+/// A running watch of a rules directory; dropping it stops watching.
+pub struct Watch {
+    /// Shared with the reload task, which re-attaches the directory's watch before each
+    /// reload; the task holds it weakly, so dropping this ends it.
+    _watcher: Arc<Mutex<notify::RecommendedWatcher>>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watch")
+    }
+}
+
 /// Watches a rules directory and reloads after changes settle for `debounce`.
 ///
 /// Editors that save through a rename and Kubernetes ConfigMap updates (a `..data`
-/// symlink swap) both show up as events on the directory itself, which is what is
-/// watched. Returns the watcher; dropping it stops watching.
-pub fn watch(
-    rules: Arc<Rules>,
-    dir: &Path,
-    debounce: Duration,
-) -> notify::Result<notify::RecommendedWatcher> {
+/// symlink swap) both show up as events on the directory itself. The directory's parent
+/// is watched too, for events on the directory's own name: a directory deleted and made
+/// again, another one renamed into its place, or a `rules` symlink switched to another
+/// target. An inotify watch follows the directory it was made on, not the name, so the
+/// directory's watch is made again before every reload.
+pub fn watch(rules: Arc<Rules>, dir: &Path, debounce: Duration) -> notify::Result<Watch> {
+    // Absolute (symlinks kept) so that event paths, which notify builds from the watched
+    // paths, compare with it.
+    let dir = std::path::absolute(dir).map_err(notify::Error::io)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let ours = dir.clone();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
-            if !ev.kind.is_access() {
+            // The parent's other entries (a log file next to the rules, say) are not ours;
+            // an event without paths (an overflowed queue) may be.
+            let relevant = ev.paths.is_empty()
+                || ev
+                    .paths
+                    .iter()
+                    .any(|p| *p == ours || p.parent() == Some(ours.as_path()));
+            if !ev.kind.is_access() && relevant {
                 let _ = tx.send(());
             }
         }
     })?;
-    watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    if let Some(parent) = dir.parent() {
+        if let Err(e) = watcher.watch(parent, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(
+                "cannot watch {} ({e}): if {} is replaced or deleted, reload with SIGHUP or POST /v1/reload",
+                parent.display(),
+                dir.display()
+            );
+        }
+    }
+    let watcher = Arc::new(Mutex::new(watcher));
+    let weak = Arc::downgrade(&watcher);
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
             // Debounce: wait until no event has come for `debounce`.
@@ -169,8 +215,19 @@ pub fn watch(
                     Err(_) => break,
                 }
             }
+            let Some(watcher) = weak.upgrade() else {
+                return;
+            };
+            // On the directory there now, before reading it: a change made after this
+            // shows up as a new event. It fails while there is no directory (the reload
+            // then fails too, and says so); the parent's watch sees it come back.
+            if let Ok(mut w) = watcher.lock() {
+                let _ = w.unwatch(&dir);
+                let _ = w.watch(&dir, notify::RecursiveMode::NonRecursive);
+            }
+            drop(watcher);
             let _ = rules.reload_async().await;
         }
     });
-    Ok(watcher)
+    Ok(Watch { _watcher: watcher })
 }
