@@ -295,6 +295,11 @@ async fn serve(
     watch: bool,
     json_logs: bool,
 ) -> anyhow::Result<ExitCode> {
+    // Installed before start-up, which can take up to the store's connect timeout: until
+    // then a SIGHUP (a reload, to smsfence) would have killed the process.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let instance = Instance::start(Options {
         config,
         rules: rules.clone(),
@@ -306,9 +311,6 @@ async fn serve(
     tokio::task::spawn_blocking(smsfence::phone::warm_up);
     banner(&instance, &rules, json_logs);
 
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     loop {
         tokio::select! {
             _ = term.recv() => break,

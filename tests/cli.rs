@@ -189,3 +189,68 @@ fn no_watch_takes_the_usual_spellings_of_true_and_false() {
         );
     }
 }
+
+#[test]
+fn a_sighup_during_start_up_is_a_reload_not_the_end() {
+    // Start-up waits for the store (here a Redis that accepts and never answers) up to its
+    // connect timeout; a SIGHUP then used to kill the process (no handler yet).
+    let redis = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("svc.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [store]\nkind = \"redis\"\nurls = [\"redis://{}\"]\npool_size = 1\n\
+             timeout = \"3s\"\nconnect_timeout = \"3s\"\n",
+            redis.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smsfence"))
+        .args(["--config", config.to_str().unwrap(), "--log-format", "json"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its connection to the store: smsfence is inside start-up now.
+    let (conn, _) = redis.accept().unwrap();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // Read to the end, so that its later log lines have a reader.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("smsfence is listening") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let listening = rx.recv_timeout(Duration::from_secs(20)).is_ok();
+    drop(conn);
+    let status = child.try_wait().unwrap();
+    assert!(
+        listening && status.is_none(),
+        "smsfence did not survive the SIGHUP: {status:?}"
+    );
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit within 15 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
