@@ -627,14 +627,37 @@ pub(super) async fn give_back(
 }
 
 /// Records that `dest` verified: conversion and baseline windows, and trust.
+///
+/// A verification counts only where the number's sends count: a number that is trusted
+/// already, or that an allow list lets skip a heuristic, sends without being counted
+/// ([`evaluate`]), so its verifications are not counted either — else one real phone
+/// verified again and again, or one verification reported twice (by the Verify check and
+/// by feedback), would lift the conversion rate and baseline of its whole prefix and
+/// country.
 pub async fn record_verified(
     rules: &RuleSet,
     store: &Store,
     dest: &Destination,
     now: Timestamp,
 ) -> Result<(), StoreError> {
+    let trust_key = LimitKey {
+        rule: TRUST,
+        entity: Entity::Number(dest.digits()),
+    };
+    let trusted = rules.trust_verified.is_some()
+        && store
+            .flags(&[trust_key], now)
+            .await?
+            .pop()
+            .flatten()
+            .is_some();
+    let listed = |h: &HeuristicRule| {
+        rules.allow.iter().any(|l| {
+            l.active(now) && l.matches_destination(dest) && l.skip.skips_heuristic(&h.name)
+        })
+    };
     let mut ops = Vec::new();
-    for h in &rules.heuristics {
+    for h in rules.heuristics.iter().filter(|h| !trusted && !listed(h)) {
         match &h.check {
             Check::ConversionRate { key, window, .. } => {
                 if let Some(e) = destination_entity(*key, dest) {
@@ -680,16 +703,7 @@ pub async fn record_verified(
             level: 0,
             label: "verified".into(),
         };
-        store
-            .set_flag(
-                LimitKey {
-                    rule: TRUST,
-                    entity: Entity::Number(dest.digits()),
-                },
-                flag,
-                now,
-            )
-            .await?;
+        store.set_flag(trust_key, flag, now).await?;
     }
     Ok(())
 }
