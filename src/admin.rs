@@ -185,8 +185,20 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
         }
     };
     serde_json::from_slice(&body).map_err(|e| {
-        // serde_json's messages name fields and positions, never values.
-        error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}"))
+        // Syntax errors and missing fields name only positions and smsfence's own field
+        // names; other data errors repeat what they could not use (a number, say).
+        let message = if e.classify() != serde_json::error::Category::Data
+            || e.to_string().starts_with("missing field")
+        {
+            format!("invalid JSON body: {e}")
+        } else {
+            format!(
+                "invalid JSON body: an unknown field, or a value of the wrong type, at line {} column {}",
+                e.line(),
+                e.column()
+            )
+        };
+        error(StatusCode::BAD_REQUEST, &message)
     })
 }
 

@@ -278,3 +278,40 @@ async fn sends_the_provider_refused_are_not_counted() {
         assert_eq!(a.status, 502, "{i}: {}", a.text());
     }
 }
+
+/// The admin API's JSON errors say where a body is wrong, never what it held: serde's
+/// messages repeat the value they could not use (`invalid type: integer
+/// `14155550123``, `unknown variant `…``).
+#[tokio::test]
+async fn admin_json_errors_do_not_repeat_values() {
+    let p = Proxy::start("", &[("h.toml", CONVERSION)]).await;
+    for (path, body) in [
+        (
+            "/v1/feedback",
+            r#"{"number":14155550123,"outcome":"verified"}"#,
+        ),
+        (
+            "/v1/feedback",
+            r#"{"number":"+14155550199","outcome":"+14155550123"}"#,
+        ),
+        (
+            "/v1/feedback",
+            r#"{"number":"+14155550199","+14155550123":1}"#,
+        ),
+        ("/v1/check", r#"{"number":["+14155550123"]}"#),
+    ] {
+        let a = send("POST", &p.admin(path), &[JSON], body).await;
+        assert_eq!(a.status, 400, "{body}: {}", a.text());
+        assert!(a.text().contains("line 1"), "{body}: {}", a.text());
+        assert!(!a.text().contains("4155550123"), "{body}: {}", a.text());
+    }
+    // A missing field is named (the name is smsfence's own).
+    let a = send(
+        "POST",
+        &p.admin("/v1/feedback"),
+        &[JSON],
+        r#"{"outcome":"failed"}"#,
+    )
+    .await;
+    assert!(a.text().contains("missing field `number`"), "{}", a.text());
+}
