@@ -309,7 +309,7 @@ async fn list_blocks(app: &App) -> Response<Body> {
         Ok(flags) => {
             let blocks: Vec<serde_json::Value> = flags
                 .iter()
-                .filter(|f| f.label != "verified" && !f.label.ends_with("(offences)"))
+                .filter(|f| f.label != crate::store::TRUST_LABEL && !f.label.ends_with("(offences)"))
                 .map(|f| {
                     json!({"block": f.label, "offences": f.level + 1, "remaining_secs": f.until.since(now).as_secs()})
                 })

@@ -719,7 +719,7 @@ pub async fn record_verified(
         let flag = Flag {
             until: now.add(trust),
             level: 0,
-            label: "verified".into(),
+            label: crate::store::TRUST_LABEL.into(),
         };
         store.set_flag(trust_key, flag, now).await?;
     }
