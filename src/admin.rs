@@ -200,13 +200,24 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
         }
     };
     serde_json::from_slice(&body).map_err(|e| {
-        // serde_json's messages name fields and positions, and for a value of the wrong
-        // type the value itself (a phone number given as a JSON number): left out.
-        let message = crate::config::without_value(&e.to_string());
-        error(
-            StatusCode::BAD_REQUEST,
-            &format!("invalid JSON body: {message}"),
-        )
+        // Syntax errors and missing fields name only positions and smsfence's own field
+        // names; other data errors repeat what they could not use (a number, say).
+        let text = e.to_string();
+        let message = if e.classify() != serde_json::error::Category::Data
+            || text.starts_with("missing field")
+        {
+            format!("invalid JSON body: {text}")
+        } else if text.starts_with("invalid type: ") || text.starts_with("invalid value: ") {
+            // The kind of value and what was expected, without the value.
+            format!("invalid JSON body: {}", crate::config::without_value(&text))
+        } else {
+            format!(
+                "invalid JSON body: an unknown field, or a value of the wrong type, at line {} column {}",
+                e.line(),
+                e.column()
+            )
+        };
+        error(StatusCode::BAD_REQUEST, &message)
     })
 }
 
@@ -317,7 +328,7 @@ async fn list_blocks(app: &App) -> Response<Body> {
         Ok(flags) => {
             let blocks: Vec<serde_json::Value> = flags
                 .iter()
-                .filter(|f| f.label != "verified" && !f.label.ends_with("(offences)"))
+                .filter(|f| f.label != crate::store::TRUST_LABEL && !f.label.ends_with("(offences)"))
                 .map(|f| {
                     json!({"block": f.label, "offences": f.level + 1, "remaining_secs": f.until.since(now).as_secs()})
                 })

@@ -227,3 +227,91 @@ async fn an_unparsable_recipient_replays_as_it_was_decided() {
         assert_eq!(v["reasons"][0], "invalid_number", "{decisions}\n{text}");
     }
 }
+
+/// A send the provider did not take (an error status, or no answer at all) sent no code
+/// and cost nothing: it is not counted as a send of the conversion rate nor charged to a
+/// budget — else a provider outage leaves its countries refused as unverified, and its
+/// budgets spent, once the provider is back.
+#[tokio::test]
+async fn sends_the_provider_refused_are_not_counted() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let down = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&down);
+    let up = MockUpstream::with(move |_| {
+        if flag.load(Ordering::SeqCst) {
+            Reply::json(503, r#"{"code":20503,"message":"Service unavailable"}"#)
+        } else {
+            Reply::json(201, r#"{"sid":"SMmock","status":"queued"}"#)
+        }
+    })
+    .await;
+    let rules = "[prices]\ndefault = 0.10\n\
+[[heuristic]]\nname = \"conv\"\nkind = \"conversion_rate\"\nkey = \"country\"\nwindow = \"1h\"\nmin_sends = 4\nmin_rate = 0.5\n\
+[[heuristic]]\nname = \"spend\"\nkind = \"spend_budget\"\nhourly = 0.35\n";
+    let p = Proxy::start(&all_presets_to(&up.url()), &[("h.toml", rules)]).await;
+    for i in 0..4 {
+        let a = twilio_send(&p, &format!("+1876555010{i}"), &[]).await;
+        assert_eq!(
+            a.status,
+            503,
+            "{i}: the provider's own answer: {}",
+            a.text()
+        );
+    }
+    // Nothing reached the provider's ledger: the budget (3 × 0.10 ≤ 0.35) and the
+    // conversion rate (3 sends, below min_sends) start from the provider's recovery.
+    down.store(false, Ordering::SeqCst);
+    for i in 0..3 {
+        let a = twilio_send(&p, &format!("+1876555020{i}"), &[]).await;
+        assert_eq!(a.status, 201, "{i}: {}", a.text());
+    }
+    // A fourth unverified send: 0 of 4 verified.
+    let a = twilio_send(&p, "+18765550203", &[]).await;
+    assert_eq!(a.header("smsfence-reason"), Some("low_conversion"));
+    // An upstream that cannot be reached at all: not counted either.
+    drop(up);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let p = Proxy::start(&all_presets_to(&dead), &[("h.toml", rules)]).await;
+    for i in 0..4 {
+        let a = twilio_send(&p, &format!("+1876555030{i}"), &[]).await;
+        assert_eq!(a.status, 502, "{i}: {}", a.text());
+    }
+}
+
+/// The admin API's JSON errors say where a body is wrong, never what it held: serde's
+/// messages repeat the value they could not use (`invalid type: integer
+/// `14155550123``, `unknown variant `…``).
+#[tokio::test]
+async fn admin_json_errors_do_not_repeat_values() {
+    let p = Proxy::start("", &[("h.toml", CONVERSION)]).await;
+    for (path, body) in [
+        (
+            "/v1/feedback",
+            r#"{"number":14155550123,"outcome":"verified"}"#,
+        ),
+        (
+            "/v1/feedback",
+            r#"{"number":"+14155550199","outcome":"+14155550123"}"#,
+        ),
+        (
+            "/v1/feedback",
+            r#"{"number":"+14155550199","+14155550123":1}"#,
+        ),
+        ("/v1/check", r#"{"number":["+14155550123"]}"#),
+    ] {
+        let a = send("POST", &p.admin(path), &[JSON], body).await;
+        assert_eq!(a.status, 400, "{body}: {}", a.text());
+        assert!(a.text().contains("line 1"), "{body}: {}", a.text());
+        assert!(!a.text().contains("4155550123"), "{body}: {}", a.text());
+    }
+    // A missing field is named (the name is smsfence's own).
+    let a = send(
+        "POST",
+        &p.admin("/v1/feedback"),
+        &[JSON],
+        r#"{"outcome":"failed"}"#,
+    )
+    .await;
+    assert!(a.text().contains("missing field `number`"), "{}", a.text());
+}

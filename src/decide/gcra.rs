@@ -36,10 +36,18 @@ pub enum Step {
     },
 }
 
+/// The longest burst window (`interval × burst`) in nanoseconds: about 292 years, so that
+/// `now + tau` cannot saturate (which would let every request pass) before 2262.
+const MAX_TAU: u64 = u64::MAX / 2;
+
 /// One GCRA step for stored `tat` (0 = fresh) at `now`, all in nanoseconds.
 pub fn step(tat: u64, now: u64, interval: u64, burst: u32, cost: u32) -> Step {
-    let interval = interval.max(1);
-    let tau = interval.saturating_mul(u64::from(burst));
+    let mut interval = interval.max(1);
+    let mut tau = interval.saturating_mul(u64::from(burst));
+    if tau > MAX_TAU {
+        interval = MAX_TAU / u64::from(burst);
+        tau = interval * u64::from(burst);
+    }
     let increment = interval.saturating_mul(u64::from(cost));
     let base = tat.max(now);
     let new_tat = base.saturating_add(increment);
@@ -124,6 +132,35 @@ mod tests {
                 retry_after: Duration::from_secs(5)
             }
         );
+    }
+
+    /// A period of centuries (`rate = "1/1000000d"`) overflows nanoseconds: the limit
+    /// still lets `burst` through and then refuses, instead of saturating into a horizon
+    /// every request fits under.
+    #[test]
+    fn huge_periods_still_refuse() {
+        let now = 1_795_341_600 * S;
+        // 1/1000000d (saturated), 1/200000d, and a third of the range.
+        for interval in [u64::MAX, 200_000 * 86_400 * S, u64::MAX / 3] {
+            for burst in [1, 2, 5] {
+                let mut tat = 0;
+                for i in 0..burst {
+                    tat = match step(tat, now + u64::from(i), interval, burst, 1) {
+                        Step::Pass { new_tat, .. } => new_tat,
+                        other => panic!("{interval} {burst}: request {i} refused: {other:?}"),
+                    };
+                }
+                for later in [0, 3_600 * S, 365 * 86_400 * S] {
+                    assert!(
+                        matches!(
+                            step(tat, now + later, interval, burst, 1),
+                            Step::Refuse { .. }
+                        ),
+                        "{interval} {burst}: request {burst} passed {later} ns later"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

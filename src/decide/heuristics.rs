@@ -5,8 +5,10 @@
 //! them. Sends counted for country budgets and spend are *reserved*: added and read in
 //! one atomic store operation, and given back ([`give_back`]) when the request is
 //! finally refused — so concurrent requests on several instances can never overrun a
-//! budget (each sees every reservation made before it). Numbers that verified recently
-//! skip the heuristics. An enforced heuristic with `block_for` also blocks its key (prefix,
+//! budget (each sees every reservation made before it). A send the provider does not take
+//! sent no code and cost nothing: the handler gives back its conversion sends and budget
+//! reservations alike ([`Decision::counted`](super::Decision::counted)). Numbers that
+//! verified recently skip the heuristics. An enforced heuristic with `block_for` also blocks its key (prefix,
 //! country, IP) for a period that doubles with each repeat offence.
 
 use std::time::Duration;
@@ -89,7 +91,7 @@ fn block_entity<'f>(
     }
 }
 
-fn destination_entity<'f>(key: KeyKind, d: &Destination) -> Option<Entity<'f>> {
+fn destination_entity(key: KeyKind, d: &Destination) -> Option<Entity<'static>> {
     match key {
         KeyKind::Prefix { drop } => Some(Entity::Prefix(d.prefix(drop))),
         KeyKind::Country => d.country().map(Entity::Country),
@@ -97,7 +99,7 @@ fn destination_entity<'f>(key: KeyKind, d: &Destination) -> Option<Entity<'f>> {
     }
 }
 
-fn ip_entity<'f>(key: KeyKind, facts: &Facts<'f>) -> Option<Entity<'f>> {
+fn ip_entity(key: KeyKind, facts: &Facts<'_>) -> Option<Entity<'static>> {
     match key {
         KeyKind::Ip => facts.ip.map(Entity::Ip),
         KeyKind::Subnet { v4, v6 } => facts.ip.map(|ip| Entity::Subnet(subnet_of(ip, v4, v6))),
@@ -127,9 +129,10 @@ fn label(h: &HeuristicRule, e: &Entity<'_>) -> String {
 /// The window operations of every heuristic, in one list for one store call. The
 /// operations of one heuristic and recipient are consecutive: one per observation for the
 /// velocity checks (prefix, adjacency, IP spread), a (sends, verified) pair for conversion
-/// rates and country budgets, four sums for spend.
-struct Plan<'f> {
-    ops: Vec<WindowOp<'f>>,
+/// rates and country budgets, four sums for spend. No entity of a window borrows from the
+/// request, so that what a request added can outlive it ([`Evaluated::reserved`]).
+struct Plan {
+    ops: Vec<WindowOp<'static>>,
     /// Per op: (heuristic index, recipient).
     owners: Vec<(usize, usize)>,
     /// Per op: whether the store records it now.
@@ -138,20 +141,20 @@ struct Plan<'f> {
     commit: bool,
 }
 
-impl<'f> Plan<'f> {
+impl Plan {
     /// An observation: read and, on a real request, recorded whatever the outcome.
-    fn observe(&mut self, hi: usize, at: usize, op: WindowOp<'f>) {
+    fn observe(&mut self, hi: usize, at: usize, op: WindowOp<'static>) {
         self.push(hi, at, op, self.commit);
     }
 
     /// A send (amount > 0) or a read of what verified (amount 0): read as if added, and
     /// added at once on a real request — conversion attempts for good, budget sends as
     /// reservations that a refusal gives back.
-    fn send(&mut self, hi: usize, at: usize, op: WindowOp<'f>) {
+    fn send(&mut self, hi: usize, at: usize, op: WindowOp<'static>) {
         self.push(hi, at, op, self.commit && op.amount > 0);
     }
 
-    fn push(&mut self, hi: usize, at: usize, op: WindowOp<'f>, commit: bool) {
+    fn push(&mut self, hi: usize, at: usize, op: WindowOp<'static>, commit: bool) {
         self.ops.push(op);
         self.owners.push((hi, at));
         self.commits.push(commit);
@@ -159,7 +162,7 @@ impl<'f> Plan<'f> {
 }
 
 /// A window operation with no member and no neighbourhood: a plain sum.
-fn sum_op(rule: u64, entity: Entity<'_>, window: Duration, amount: u64) -> WindowOp<'_> {
+fn sum_op(rule: u64, entity: Entity<'static>, window: Duration, amount: u64) -> WindowOp<'static> {
     WindowOp {
         key: LimitKey { rule, entity },
         window,
@@ -172,9 +175,13 @@ fn sum_op(rule: u64, entity: Entity<'_>, window: Duration, amount: u64) -> Windo
 
 /// What [`evaluate`] leaves behind once its windows are written.
 #[derive(Debug, Default)]
-pub(super) struct Evaluated<'f> {
-    /// The budget reservations to give back if the request is finally refused.
-    pub reserved: Vec<WindowOp<'f>>,
+pub(super) struct Evaluated {
+    /// What the request added to conversion rates and budgets: the budget reservations
+    /// first (`..budgets`, given back if the request is finally refused), then the
+    /// conversion sends (given back too if the provider does not take the send).
+    pub reserved: Vec<WindowOp<'static>>,
+    /// How many of `reserved` are budget reservations.
+    pub budgets: usize,
     /// An auto-block could not be set (the store failed after the windows were written):
     /// every heuristic was still judged, and the reservations still stand to be given back.
     pub degraded: bool,
@@ -191,7 +198,7 @@ pub(super) async fn evaluate<'f>(
     now: Timestamp,
     commit: bool,
     out: &mut Outcome,
-) -> Result<Evaluated<'f>, StoreError> {
+) -> Result<Evaluated, StoreError> {
     let active = |h: &HeuristicRule| h.kinds.contains(facts.kind);
     if !rules.heuristics.iter().any(active) {
         return Ok(Evaluated::default());
@@ -447,17 +454,24 @@ pub(super) async fn evaluate<'f>(
     } else {
         store.windows_each(&plan.ops, &plan.commits, now).await?
     };
-    let reserved: Vec<WindowOp<'f>> = (0..plan.ops.len())
-        .filter(|&k| {
-            let check = &rules.heuristics[plan.owners[k].0].check;
-            plan.commits[k]
-                && matches!(
-                    check,
-                    Check::CountryBudget { .. } | Check::SpendBudget { .. }
-                )
-        })
+    // What the request added to conversion rates and budgets: budgets first (see
+    // `Evaluated::reserved`).
+    let check = |k: &usize| &rules.heuristics[plan.owners[*k].0].check;
+    let budget = |k: &usize| {
+        plan.commits[*k]
+            && matches!(
+                check(k),
+                Check::CountryBudget { .. } | Check::SpendBudget { .. }
+            )
+    };
+    let conversion =
+        |k: &usize| plan.commits[*k] && matches!(check(k), Check::ConversionRate { .. });
+    let mut reserved: Vec<WindowOp<'static>> = (0..plan.ops.len())
+        .filter(budget)
         .map(|k| plan.ops[k])
         .collect();
+    let budgets = reserved.len();
+    reserved.extend((0..plan.ops.len()).filter(conversion).map(|k| plan.ops[k]));
 
     let mut newly_blocked = Vec::new();
     let mut degraded = false;
@@ -493,7 +507,11 @@ pub(super) async fn evaluate<'f>(
             }
         }
     }
-    Ok(Evaluated { reserved, degraded })
+    Ok(Evaluated {
+        reserved,
+        budgets,
+        degraded,
+    })
 }
 
 /// Whether heuristic `h` fires on the readings of its group of operations starting with
@@ -614,8 +632,8 @@ async fn auto_block(
     store.set_flag(strike_key, strike, now).await
 }
 
-/// Gives back the budget sends a refused request reserved (see the module docs).
-pub(super) async fn give_back(
+/// Gives back sends a request added (see the module docs).
+pub async fn give_back(
     store: &Store,
     reserved: &[WindowOp<'_>],
     now: Timestamp,
@@ -627,14 +645,37 @@ pub(super) async fn give_back(
 }
 
 /// Records that `dest` verified: conversion and baseline windows, and trust.
+///
+/// A verification counts only where the number's sends count: a number that is trusted
+/// already, or that an allow list lets skip a heuristic, sends without being counted
+/// ([`evaluate`]), so its verifications are not counted either — else one real phone
+/// verified again and again, or one verification reported twice (by the Verify check and
+/// by feedback), would lift the conversion rate and baseline of its whole prefix and
+/// country.
 pub async fn record_verified(
     rules: &RuleSet,
     store: &Store,
     dest: &Destination,
     now: Timestamp,
 ) -> Result<(), StoreError> {
+    let trust_key = LimitKey {
+        rule: TRUST,
+        entity: Entity::Number(dest.digits()),
+    };
+    let trusted = rules.trust_verified.is_some()
+        && store
+            .flags(&[trust_key], now)
+            .await?
+            .pop()
+            .flatten()
+            .is_some();
+    let listed = |h: &HeuristicRule| {
+        rules.allow.iter().any(|l| {
+            l.active(now) && l.matches_destination(dest) && l.skip.skips_heuristic(&h.name)
+        })
+    };
     let mut ops = Vec::new();
-    for h in &rules.heuristics {
+    for h in rules.heuristics.iter().filter(|h| !trusted && !listed(h)) {
         match &h.check {
             Check::ConversionRate { key, window, .. } => {
                 if let Some(e) = destination_entity(*key, dest) {
@@ -678,18 +719,9 @@ pub async fn record_verified(
         let flag = Flag {
             until: now.add(trust),
             level: 0,
-            label: "verified".into(),
+            label: crate::store::TRUST_LABEL.into(),
         };
-        store
-            .set_flag(
-                LimitKey {
-                    rule: TRUST,
-                    entity: Entity::Number(dest.digits()),
-                },
-                flag,
-                now,
-            )
-            .await?;
+        store.set_flag(trust_key, flag, now).await?;
     }
     Ok(())
 }

@@ -146,6 +146,63 @@ async fn conversion_rate_needs_volume_and_feedback_changes_it() {
     );
 }
 
+/// A trusted number's sends skip the heuristics and are not counted, so its verifications
+/// are not counted either: one real phone verified again and again (or one verification
+/// reported twice, by the Verify check and by feedback) must not lift its country's rate.
+#[tokio::test]
+async fn a_trusted_numbers_verifications_do_not_whitewash_its_country() {
+    let text = "[settings]\ntrust_verified = \"30d\"\n\
+[[heuristic]]\nname = \"conv\"\nkind = \"conversion_rate\"\nkey = \"country\"\nwindow = \"1h\"\nmin_sends = 5\nmin_rate = 0.5\n";
+    let r = rules(text);
+    let s = store();
+    let own = "+18765550100";
+    let d = normalize(own, NumberFormat::E164, None).unwrap();
+    // One send, one verification: counted once each.
+    assert_eq!(send(&r, &s, own, at(0)).await, Verdict::Allow);
+    record_verified(&r, &s, &d, at(1)).await.unwrap();
+    // The same phone again and again: trusted, so neither its sends nor its codes count.
+    for k in 0..10 {
+        assert_eq!(send(&r, &s, own, at(2 + k)).await, Verdict::Allow);
+        record_verified(&r, &s, &d, at(2 + k)).await.unwrap();
+    }
+    // Pumping: 4 more sends make 5, with 1 verified: 1 < 0.5 × 5.
+    for i in 1..4 {
+        assert_eq!(
+            send(&r, &s, &format!("+1876555020{i}"), at(20)).await,
+            Verdict::Allow
+        );
+    }
+    assert_eq!(
+        reason(&send(&r, &s, "+18765550204", at(21)).await),
+        Some(Reason::LowConversion)
+    );
+}
+
+/// Likewise a number an allow list lets skip a heuristic: its sends are not counted there,
+/// nor are its verifications.
+#[tokio::test]
+async fn an_allow_listed_numbers_verifications_do_not_count() {
+    let text = "[[list]]\nname = \"qa\"\naction = \"allow\"\nnumbers = [\"+18765550100\"]\nskip = [\"heuristics\"]\n\
+[[heuristic]]\nname = \"conv\"\nkind = \"conversion_rate\"\nkey = \"country\"\nwindow = \"1h\"\nmin_sends = 3\nmin_rate = 0.5\n";
+    let r = rules(text);
+    let s = store();
+    let qa = normalize("+18765550100", NumberFormat::E164, None).unwrap();
+    for k in 0..5 {
+        assert_eq!(send(&r, &s, "+18765550100", at(k)).await, Verdict::Allow);
+        record_verified(&r, &s, &qa, at(k)).await.unwrap();
+    }
+    for i in 1..3 {
+        assert_eq!(
+            send(&r, &s, &format!("+1876555020{i}"), at(20)).await,
+            Verdict::Allow
+        );
+    }
+    assert_eq!(
+        reason(&send(&r, &s, "+18765550203", at(21)).await),
+        Some(Reason::LowConversion)
+    );
+}
+
 #[tokio::test]
 async fn country_budget_follows_the_verified_baseline() {
     let text = "[[heuristic]]\nname = \"cb\"\nkind = \"country_budget\"\nwindow = \"1h\"\nbaseline_window = \"24h\"\nfloor = 3\nmultiplier = 24.0\nmax = 100\n";

@@ -253,6 +253,11 @@ pub struct Decision {
     pub rate_limit: Option<RateLimitInfo>,
     /// Estimated cost of the request (price table currency), when prices are configured.
     pub cost: Option<f64>,
+    /// What an allowed request added to conversion rates and budgets: to give back
+    /// ([`heuristics::give_back`]) if the provider does not take the send, which then
+    /// sent no code and cost nothing. Empty for a refused request (given back already,
+    /// as far as it is).
+    pub counted: Vec<crate::store::WindowOp<'static>>,
 }
 
 /// Whether a decision may change state.
@@ -397,6 +402,7 @@ pub async fn decide(
     let mut degraded = false;
     let mut used_local = false;
     let mut rate_limit = None;
+    let mut counted = Vec::new();
     if out.allowed() {
         let (checks, owners) = limit_checks(rules, facts, &skips, Mode::Enforce, out.shadow_all);
         if !checks.is_empty() {
@@ -502,9 +508,10 @@ pub async fn decide(
                 // limits it passed keep counting it — an attack that a heuristic refuses
                 // goes on filling the limits, which then refuse it before any heuristic
                 // runs, far more cheaply (and without a store key per attempt).
-                if commit == Commit::Yes
-                    && !out.allowed()
-                    && heuristics::give_back(store, &evaluated.reserved, now)
+                if out.allowed() {
+                    counted = evaluated.reserved;
+                } else if commit == Commit::Yes
+                    && heuristics::give_back(store, &evaluated.reserved[..evaluated.budgets], now)
                         .await
                         .is_err()
                 {
@@ -556,6 +563,7 @@ pub async fn decide(
         degraded,
         local: used_local,
         rate_limit,
+        counted,
     }
 }
 

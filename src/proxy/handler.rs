@@ -112,6 +112,8 @@ struct Ctx<'a> {
     outcome: Outcome,
     upstream_time: Duration,
     upstream_status: Option<u16>,
+    /// The upstream could not be connected to: the request never reached it.
+    upstream_refused: bool,
     /// The audit event, once the request is decided (written by [`finish_event`]).
     event: AuditEvent,
 }
@@ -135,6 +137,7 @@ pub async fn handle(
             outcome: Outcome::NotFound,
             upstream_time: Duration::ZERO,
             upstream_status: None,
+            upstream_refused: false,
             event: AuditEvent::default(),
         },
     };
@@ -292,6 +295,7 @@ async fn handle_inner<'a>(
                 local: false,
                 rate_limit: None,
                 cost: None,
+                counted: Vec::new(),
             };
             app.observe_decision(&decision, &[], true);
             ctx.outcome = Outcome::Blocked;
@@ -396,6 +400,20 @@ async fn handle_inner<'a>(
                 Some((op, &view, &extracted, &recipients)),
             )
             .await;
+            // The provider refused the send (an error status) or was never reached: no
+            // code went out and nothing was spent, so the send is not counted. A timeout
+            // or a broken exchange stays counted: the code may have gone out.
+            let not_taken = match ctx.upstream_status {
+                Some(status) => status >= 400,
+                None => ctx.upstream_refused,
+            };
+            if not_taken && !decision.counted.is_empty() {
+                let given =
+                    decide::heuristics::give_back(&app.store, &decision.counted, app.clock.now());
+                if let Err(e) = given.await {
+                    app.store_error("conversion", &e);
+                }
+            }
             if let Some(rl) = &decision.rate_limit {
                 let h = resp.headers_mut();
                 let quota = u64::from(rl.quota);
@@ -594,6 +612,7 @@ async fn forward<'a>(
                 .with_label_values(&[ctx.provider, kind.as_str()])
                 .inc();
             tracing::warn!(route = %route.name, kind = kind.as_str(), "upstream request failed");
+            ctx.upstream_refused = kind == UpstreamError::Refused;
             return match kind {
                 UpstreamError::Timeout => {
                     ctx.outcome = Outcome::UpstreamTimeout;

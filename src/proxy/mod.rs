@@ -702,6 +702,7 @@ mod tests {
             local: false,
             rate_limit: None,
             cost,
+            counted: Vec::new(),
         }
     }
 

@@ -114,6 +114,10 @@ pub struct MemoryStore {
     windows: Box<[Mutex<HashedMap<Window>>]>,
     /// Flags (auto-blocks, verified numbers) by key hash.
     flags: Mutex<HashedMap<Flag>>,
+    /// Clock time (ns) expired flags were last dropped to make room: at most once a
+    /// second, so that at the ceiling a verification does not scan every flag under the
+    /// lock every request reads flags through.
+    flags_swept: AtomicU64,
 }
 
 impl MemoryStore {
@@ -134,6 +138,7 @@ impl MemoryStore {
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
             flags: Mutex::new(HashMap::default()),
+            flags_swept: AtomicU64::new(0),
         }
     }
 
@@ -218,16 +223,34 @@ impl MemoryStore {
             .collect()
     }
 
-    /// See [`super::Store::set_flag`]. Flags are few (one per offending key), but bounded
-    /// all the same: past the ceiling, expired ones are dropped first.
+    /// See [`super::Store::set_flag`]. Blocks are few (one per offending key), trust marks
+    /// one per verified number; both are bounded: past the ceiling, expired flags are
+    /// dropped first (at most once a second), then an auto-block takes the place of a
+    /// trust mark — a number no longer trusted only goes through the heuristics again,
+    /// while a block not kept would let an attack go on — and a trust mark is not kept.
     pub fn set_flag(&self, key: LimitKey<'_>, flag: Flag, now: Timestamp) {
         let h = key_hash(&self.hasher, &key);
         let mut flags = self.flags_lock();
-        if flags.len() >= self.max_keys {
-            flags.retain(|_, f| f.until > now);
+        if flags.len() >= self.max_keys && !flags.contains_key(&h) {
+            let swept = self.flags_swept.load(Ordering::Relaxed);
+            if now.as_nanos().saturating_sub(swept) >= 1_000_000_000 {
+                self.flags_swept.store(now.as_nanos(), Ordering::Relaxed);
+                flags.retain(|_, f| f.until > now);
+            }
             if flags.len() >= self.max_keys {
-                self.rejected.fetch_add(1, Ordering::Relaxed);
-                return;
+                let trust = (flag.label != super::TRUST_LABEL)
+                    .then(|| flags.iter().find(|(_, f)| f.label == super::TRUST_LABEL))
+                    .flatten()
+                    .map(|(&k, _)| k);
+                match trust {
+                    Some(k) => {
+                        flags.remove(&k);
+                    }
+                    None => {
+                        self.rejected.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
             }
         }
         flags.insert(h, flag);
@@ -615,6 +638,42 @@ mod tests {
             s.gcra(&[c], now, true),
             GcraOutcome::Refused { capacity: true, .. }
         ));
+    }
+
+    /// At the ceiling, flags full of live trust marks ("verified") must not keep an
+    /// auto-block out: a block displaces a trust mark (a number trusted no more only goes
+    /// through the heuristics again), while a new trust mark is the one not kept.
+    #[test]
+    fn a_block_displaces_a_trust_mark_at_the_ceiling() {
+        let s = MemoryStore::new(3);
+        let now = Timestamp::from_unix_secs(1_000);
+        let key = |n: u64| LimitKey {
+            rule: 9,
+            entity: Entity::Number(n),
+        };
+        let flag = |label: &str| Flag {
+            until: Timestamp::from_unix_secs(100_000),
+            level: 0,
+            label: label.into(),
+        };
+        for n in 0..4 {
+            s.set_flag(key(n), flag("verified"), now);
+        }
+        assert_eq!(s.flags(&[key(3)], now), vec![None], "the ceiling holds");
+        // A flag already kept is renewed in place, even at the ceiling.
+        let renewed = Flag {
+            until: Timestamp::from_unix_secs(200_000),
+            ..flag("verified")
+        };
+        s.set_flag(key(2), renewed.clone(), now);
+        assert_eq!(s.flags(&[key(2)], now), vec![Some(renewed)]);
+        let block = LimitKey {
+            rule: 10,
+            entity: Entity::Prefix(4474),
+        };
+        s.set_flag(block, flag("pv prefix +4474"), now);
+        assert_eq!(s.flags(&[block], now), vec![Some(flag("pv prefix +4474"))]);
+        assert_eq!(s.list_flags(now).len(), 3);
     }
 
     #[test]

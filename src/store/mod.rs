@@ -103,6 +103,10 @@ pub struct WindowOp<'a> {
     pub near: Option<u64>,
 }
 
+/// The label of a trust mark ("this number verified recently"); every other flag is an
+/// auto-block or its offence count.
+pub const TRUST_LABEL: &str = "verified";
+
 /// A temporary mark on a key: an auto-block, or "this number verified recently".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flag {
