@@ -143,7 +143,9 @@ fn check_rules(dir: &Path) -> anyhow::Result<ExitCode> {
                 count("deny"),
                 count("policy"),
                 shadow,
-                if set.shadow_all {
+                if set.summaries.is_empty() {
+                    "; there is no rule here (no *.toml file, or none with a rule): nothing will be checked"
+                } else if set.shadow_all {
                     "; global shadow is ON: nothing will be refused"
                 } else {
                     ""

@@ -361,6 +361,20 @@ fn check_rules_command() {
     );
     let out = String::from_utf8_lossy(&ok.stdout);
     assert!(out.contains(": ok — "), "{out}");
+    assert!(!out.contains("no rule here"), "{out}");
+
+    // A directory without rule files (a volume not mounted, files named *.yaml) is valid,
+    // and says that it checks nothing.
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join("limits.yaml"), "limit: 1\n").unwrap();
+    let none = std::process::Command::new(bin)
+        .arg("check-rules")
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    assert!(none.status.success());
+    let out = String::from_utf8_lossy(&none.stdout);
+    assert!(out.contains("no rule here"), "{out}");
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

@@ -58,6 +58,7 @@ impl Rules {
     pub fn load(source: Source, metrics: Arc<Metrics>) -> Result<Rules, Vec<RuleError>> {
         let mut set = source.load()?;
         set.generation = 1;
+        warn_if_empty(&set);
         publish(&metrics, &set);
         succeeded(&metrics);
         Ok(Rules {
@@ -96,6 +97,7 @@ impl Rules {
             Ok(mut set) => {
                 let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
                 set.generation = generation;
+                warn_if_empty(&set);
                 publish(&self.metrics, &set);
                 self.current.store(Arc::new(set));
                 succeeded(&self.metrics);
@@ -137,6 +139,14 @@ fn succeeded(metrics: &Metrics) {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     metrics.rules_last_reload_success_timestamp.set(now);
+}
+
+/// A set without a single rule is valid (a first install, a benchmark), but it is more
+/// often a volume that was not mounted or files not named `*.toml`: said where it shows.
+fn warn_if_empty(set: &RuleSet) {
+    if set.summaries.is_empty() {
+        tracing::warn!(source = %set.source, "no rules loaded (no rule in any *.toml file): every request is forwarded unchecked");
+    }
 }
 
 fn publish(metrics: &Metrics, set: &RuleSet) {
