@@ -756,3 +756,61 @@ async fn a_client_that_hangs_up_mid_request_is_still_audited_and_counted() {
     assert_eq!(lines[0]["client_closed"], true, "{text}");
     assert!(lines[0].get("upstream_status").is_none(), "{text}");
 }
+
+/// Fields that describe one hop go neither up nor down: those RFC 9110 §7.6.1 names
+/// (Proxy-Connection among them), those the Connection field names, and `Expect`,
+/// which smsfence has answered itself by reading the whole body before forwarding.
+#[tokio::test]
+async fn hop_by_hop_fields_stay_on_their_hop_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+connection: keep-alive, x-hop\r\nx-hop: 1\r\nkeep-alive: timeout=5\r\n\
+proxy-connection: keep-alive\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n\
+content-length: 2\r\n\r\n{}";
+    let (addr, heads) = scripted_upstream(vec![(Duration::ZERO, answer.to_vec())]).await;
+    let p = Proxy::start(&twilio_route(&format!("http://{addr}"), ""), NO_RULES).await;
+    let mut s = tokio::net::TcpStream::connect(p.instance.proxy_addr)
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /2010-04-01/Accounts/ACtest/Messages/SM1.json HTTP/1.1\r\nhost: x\r\n\
+te: trailers\r\nkeep-alive: 5\r\nproxy-connection: keep-alive\r\nconnection: x-mine\r\n\
+x-mine: 1\r\nupgrade: h2c\r\nexpect: 100-continue\r\nx-end-to-end: kept\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.ends_with(b"{}") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "{:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let down = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    assert!(down.starts_with("http/1.1 200"), "{down}");
+    for gone in ["x-hop", "keep-alive", "proxy-connection"] {
+        assert!(
+            !down.contains(&format!("\n{gone}:")),
+            "{gone} went down: {down}"
+        );
+    }
+    assert!(
+        down.contains("set-cookie: a=1\r\nset-cookie: b=2\r\n"),
+        "{down}"
+    );
+    let up = heads.lock().unwrap()[0].clone();
+    for gone in [
+        "te",
+        "keep-alive",
+        "proxy-connection",
+        "x-mine",
+        "upgrade",
+        "expect",
+    ] {
+        assert!(!up.contains(&format!("\n{gone}:")), "{gone} went up: {up}");
+    }
+    assert!(up.contains("x-end-to-end: kept\r\n"), "{up}");
+}

@@ -733,10 +733,12 @@ async fn read_upstream_body(mut body: UpstreamBody, left: Duration) -> UpstreamR
     }
 }
 
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1, which names
+/// Proxy-Connection too).
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
@@ -816,8 +818,10 @@ fn forward_headers(incoming: &HeaderMap) -> HeaderMap {
     let mut h = incoming.clone();
     strip_hop_by_hop(&mut h);
     h.remove(header::HOST);
-    // The body was read whole; hyper sets Content-Length from it.
+    // The body was read whole; hyper sets Content-Length from it. An `Expect:
+    // 100-continue` was answered by reading it: the body follows its head at once.
     h.remove(header::CONTENT_LENGTH);
+    h.remove(header::EXPECT);
     h
 }
 
