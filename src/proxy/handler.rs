@@ -197,6 +197,15 @@ async fn handle_inner<'a>(
     started: Instant,
 ) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
+    if parts.method == Method::CONNECT {
+        // A tunnel to a host the client names: not what a reverse proxy makes.
+        ctx.outcome = Outcome::BadRequest;
+        return own_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "connect",
+            "smsfence is a reverse proxy and makes no tunnels (CONNECT)",
+        );
+    }
     if super::route::ambiguous_path(parts.uri.path()) {
         ctx.outcome = Outcome::BadRequest;
         return own_error(

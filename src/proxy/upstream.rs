@@ -169,6 +169,11 @@ impl Upstream {
                 None => self.connect(scheme, authority).await?,
             };
             match sender.try_send_request(req).await {
+                // `Upgrade` is never sent on, so no protocol switch was asked for: a
+                // broken upstream (and its connection, handed over to the switch, is lost).
+                Ok(resp) if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS => {
+                    return Err(UpstreamError::Other);
+                }
                 Ok(resp) => {
                     let back = Return {
                         shared: Arc::clone(&self.shared),
