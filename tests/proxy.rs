@@ -647,23 +647,25 @@ transfer-encoding: chunked\r\ncontent-length: 2\r\n\r\nc\r\n{\"sid\":\"X1\"}\r\n
 /// A Verify answer is read whole for its conversion signal; one that is larger than the
 /// proxy buffers, or slower than the upstream timeout leaves, is streamed to the client
 /// as the upstream sent it (it used to be replaced by a 502: the code was sent, and a
-/// client retrying on 502 would send another).
+/// client retrying on 502 would send another). Here the slow answer's head comes after
+/// 0.7 of the 1 s timeout and its body 0.7 s later: each pause is within the timeout.
 #[tokio::test]
 async fn a_verify_answer_too_large_or_too_slow_to_read_is_streamed_not_replaced() {
     let large = format!(r#"{{"sid":"VE1","pad":"{}"}}"#, "x".repeat(1_100_000));
     let small = r#"{"sid":"VE2","status":"pending"}"#.to_owned();
-    for (body, delay) in [(large, Duration::ZERO), (small, Duration::from_millis(400))] {
+    let slow = Duration::from_millis(700);
+    for (body, delay) in [(large, Duration::ZERO), (small, slow)] {
         let head = format!(
             "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
             body.len()
         );
         let (addr, heads) = scripted_upstream(vec![
-            (Duration::ZERO, head.into_bytes()),
+            (delay, head.into_bytes()),
             (delay, body.clone().into_bytes()),
         ])
         .await;
         let cfg = format!(
-            "{}\n[upstream]\ntimeout = \"150ms\"\n",
+            "{}\n[upstream]\ntimeout = \"1s\"\n",
             twilio_route(&format!("http://{addr}"), "")
         );
         let p = Proxy::start(&cfg, NO_RULES).await;

@@ -593,7 +593,10 @@ async fn forward<'a>(
     }
 
     let sent = Instant::now();
-    let result = app.upstream.send(scheme, authority, req).await;
+    let result = app
+        .upstream
+        .send(ctx.provider, scheme, authority, req)
+        .await;
     ctx.upstream_time = sent.elapsed();
     let resp = match result {
         Ok(r) => r,
@@ -681,10 +684,7 @@ async fn forward<'a>(
                     )
                 }
                 UpstreamRead::Broken => {
-                    app.metrics
-                        .upstream_errors
-                        .with_label_values(&[ctx.provider, "reset"])
-                        .inc();
+                    // Counted by the body, with its kind.
                     ctx.outcome = Outcome::UpstreamError;
                     (
                         own_error(

@@ -454,7 +454,11 @@ impl Instance {
             store: Arc::clone(&store),
             clock: Arc::clone(&opts.clock),
             metrics: Arc::clone(&metrics),
-            upstream: upstream::Upstream::new(&cfg.upstream, cfg.server.workers()),
+            upstream: upstream::Upstream::new(
+                &cfg.upstream,
+                cfg.server.workers(),
+                metrics.upstream_errors.clone(),
+            ),
             trusted: Trusted {
                 peers: cfg.trusted.peers.clone(),
                 ip_header: header(&cfg.trusted.ip_header),
