@@ -128,7 +128,7 @@ pub struct UpstreamConfig {
     /// also the longest pause allowed within the response body (then it is cut off).
     #[serde(with = "serde_duration")]
     pub timeout: Duration,
-    /// How long an idle pooled connection is kept.
+    /// How long an idle pooled connection is kept (checked every `store.sweep_interval`).
     #[serde(with = "serde_duration")]
     pub pool_idle_timeout: Duration,
     /// Most idle connections kept per upstream host.

@@ -816,3 +816,60 @@ x-mine: 1\r\nupgrade: h2c\r\nexpect: 100-continue\r\nx-end-to-end: kept\r\n\r\n"
     }
     assert!(up.contains("x-end-to-end: kept\r\n"), "{up}");
 }
+
+/// `upstream.pool_idle_timeout` is honoured for every pooled connection: also for those
+/// of an upstream nobody calls any more, and those under the one in use (the pool hands
+/// out its most recent connection first, and looked at no other). They stayed open for
+/// as long as the upstream kept them.
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_pool_idle_timeout() {
+    let up = MockUpstream::with(|_| {
+        let mut r = Reply::json(201, r#"{"sid":"SM1"}"#);
+        r.hang = true;
+        r
+    })
+    .await;
+    let cfg = format!(
+        "[upstream]\npool_idle_timeout = \"300ms\"\n[store]\nsweep_interval = \"100ms\"\n{}",
+        twilio_route(&up.url(), "")
+    );
+    let p = Proxy::start(&cfg, NO_RULES).await;
+    // Two sends at once: two upstream connections, both pooled once answered.
+    let sends: Vec<_> = ["+14155550123", "+14155550124"]
+        .into_iter()
+        .map(|to| {
+            let url = p.url("/2010-04-01/Accounts/ACtest/Messages.json");
+            let body = format!("To={}&Body=x", to.replace('+', "%2B"));
+            tokio::spawn(async move { send("POST", &url, &[FORM, BASIC], body).await })
+        })
+        .collect();
+    for _ in 0..200 {
+        if up.requests().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    up.release();
+    for s in sends {
+        assert_eq!(s.await.unwrap().status, 201);
+    }
+    let pool = &p.instance.app.upstream;
+    // Polled until it holds (at most 2 s).
+    let idle_becomes = |want: usize| async move {
+        let mut idle = usize::MAX;
+        for _ in 0..100 {
+            idle = pool.idle_connections();
+            if idle == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        idle
+    };
+    assert_eq!(idle_becomes(2).await, 2, "both connections pooled");
+    assert_eq!(
+        idle_becomes(0).await,
+        0,
+        "idle past pool_idle_timeout, and still pooled"
+    );
+}

@@ -631,7 +631,8 @@ async fn proxy_worker(
     .await;
 }
 
-/// Sweeps idle keys and publishes store gauges until shutdown.
+/// Sweeps idle keys and idle upstream connections, and publishes store gauges, until
+/// shutdown.
 async fn sweeper(app: Arc<App>, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
     let kind = app.store.kind();
@@ -647,6 +648,7 @@ async fn sweeper(app: Arc<App>, every: Duration, mut stop: watch::Receiver<bool>
         let swept = Arc::clone(&app);
         let now = app.clock.now();
         let _ = tokio::task::spawn_blocking(move || swept.store.sweep(now)).await;
+        app.upstream.prune_idle();
         app.store.refresh(now).await;
         let s = app.store.stats();
         let m = &app.metrics;

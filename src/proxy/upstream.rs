@@ -247,6 +247,19 @@ impl Upstream {
         Ok(sender)
     }
 
+    /// Closes the pooled connections that have been idle for longer than the pool's idle
+    /// timeout, or that the upstream closed. Handing a connection out looks only at the
+    /// most recent ones; this, called in the background, reaches the others.
+    pub fn prune_idle(&self) {
+        let max = self.shared.idle_timeout;
+        for worker in self.shared.workers.iter() {
+            for host in lock(worker).iter_mut() {
+                host.idle
+                    .retain(|i| i.sender.is_ready() && i.since.elapsed() < max);
+            }
+        }
+    }
+
     /// The total timeout.
     pub fn timeout(&self) -> Duration {
         self.shared.timeout
