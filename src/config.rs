@@ -124,10 +124,11 @@ pub struct UpstreamConfig {
     /// Time allowed to open a TCP (and TLS) connection.
     #[serde(with = "serde_duration")]
     pub connect_timeout: Duration,
-    /// Time allowed for the whole upstream exchange, from sending to the response head.
+    /// Time allowed for the whole upstream exchange, from sending to the response head;
+    /// also the longest pause allowed within the response body (then it is cut off).
     #[serde(with = "serde_duration")]
     pub timeout: Duration,
-    /// How long an idle pooled connection is kept.
+    /// How long an idle pooled connection is kept (checked every `store.sweep_interval`).
     #[serde(with = "serde_duration")]
     pub pool_idle_timeout: Duration,
     /// Most idle connections kept per upstream host.

@@ -245,3 +245,157 @@ async fn h2c_and_short_http1_requests_are_still_served() {
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.0 404"), "{text:?}");
 }
+
+/// A generic route passing its whole space through (`roots = ["/**"]`).
+fn catch_all_route(upstream: &str) -> String {
+    format!(
+        "[[route]]\nname = \"g\"\npreset = \"generic\"\nupstream = \"{upstream}\"\n\
+[route.generic]\nmethod = \"POST\"\npath = \"/send\"\nroots = [\"/**\"]\n\
+recipients = {{ form = \"to\" }}\n"
+    )
+}
+
+/// CONNECT asks for a tunnel, which a reverse proxy does not make: it is refused at once
+/// (it used to go upstream as `CONNECT /`, and the client waited on a tunnel).
+#[tokio::test]
+async fn connect_is_refused_and_never_forwarded() {
+    let up = MockUpstream::start().await;
+    let p = Proxy::start(&catch_all_route(&up.url()), NO_RULES).await;
+    let mut s = TcpStream::connect(p.instance.proxy_addr).await.unwrap();
+    s.write_all(b"CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut b = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut b))
+        .await
+        .expect("answered within 3 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&b[..n]);
+    assert!(text.starts_with("HTTP/1.1 405"), "{text:?}");
+    assert!(up.requests().is_empty());
+    // The rest of that space still passes through.
+    let a = send("GET", &p.url("/anything?x=1"), &[], "").await;
+    assert_eq!(a.status, 201);
+    assert_eq!(up.requests()[0].uri, "/anything?x=1");
+}
+
+/// smsfence never asks an upstream to switch protocols (it drops `Upgrade`), so a 101 is
+/// a broken upstream: 502, not a 101 that leaves the client's connection in limbo.
+#[tokio::test]
+async fn an_upstream_switching_protocols_is_a_502() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut b = [0u8; 4096];
+                let _ = s.read(&mut b).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
+                    .await;
+                let _ = s.read(&mut b).await;
+            });
+        }
+    });
+    let p = Proxy::start(&twilio_route(&format!("http://{addr}"), ""), NO_RULES).await;
+    let a = send(
+        "GET",
+        &p.url("/2010-04-01/Accounts/ACtest/Messages/SM1.json"),
+        &[BASIC, ("connection", "upgrade"), ("upgrade", "websocket")],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 502, "{}", a.text());
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    assert!(
+        m.contains(r#"smsfence_upstream_errors_total{kind="other",provider="twilio"} 1"#),
+        "{m}"
+    );
+}
+
+/// An upstream that answers with `answer` and then, holding the connection, sends nothing.
+async fn stalling_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut b = [0u8; 4096];
+                let _ = s.read(&mut b).await;
+                let _ = s.write_all(answer).await;
+                let _ = s.read(&mut b).await;
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream whose body stops coming (after its head, or part-way) is cut off once
+/// nothing has come for `upstream.timeout`: the client's connection is closed (its answer
+/// cannot be completed) and the failure is counted as a timeout. It used to hang for as
+/// long as the upstream held its connection.
+#[tokio::test]
+async fn an_upstream_body_that_stops_coming_is_cut_off_after_the_timeout() {
+    let addr = stalling_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"si",
+    )
+    .await;
+    let cfg = format!(
+        "[upstream]\ntimeout = \"300ms\"\n{}",
+        twilio_route(&format!("http://{addr}"), "")
+    );
+    let p = Proxy::start(&cfg, NO_RULES).await;
+    for path in [
+        // Streamed as it comes, and a Verify answer read for its conversion signal.
+        "/2010-04-01/Accounts/ACtest/Messages/SM1.json",
+        "/v2/Services/VA1/Verifications/VE1",
+    ] {
+        let mut s = TcpStream::connect(p.instance.proxy_addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let buf = closed_within(&mut s, Duration::from_secs(3))
+            .await
+            .unwrap_or_else(|| panic!("{path}: the client still waits"));
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text:?}");
+        assert!(text.ends_with("{\"si"), "{path}: {text:?}");
+    }
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    assert!(
+        m.contains(r#"smsfence_upstream_errors_total{kind="timeout",provider="twilio"} 2"#),
+        "{m}"
+    );
+}
+
+/// An upstream that breaks its body off is counted as a reset (the client sees its
+/// connection closed before the end of the answer).
+#[tokio::test]
+async fn an_upstream_body_broken_off_is_counted() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut b = [0u8; 4096];
+                let _ = s.read(&mut b).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+                    .await;
+            });
+        }
+    });
+    let p = Proxy::start(&twilio_route(&format!("http://{addr}"), ""), NO_RULES).await;
+    let mut s = TcpStream::connect(p.instance.proxy_addr).await.unwrap();
+    s.write_all(b"GET /2010-04-01/Accounts/ACtest/Messages/SM1.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let buf = closed_within(&mut s, Duration::from_secs(3)).await.unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.ends_with("3\r\nabc\r\n"), "no last chunk: {text:?}");
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    assert!(
+        m.contains(r#"smsfence_upstream_errors_total{kind="reset",provider="twilio"} 1"#),
+        "{m}"
+    );
+}

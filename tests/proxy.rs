@@ -647,23 +647,25 @@ transfer-encoding: chunked\r\ncontent-length: 2\r\n\r\nc\r\n{\"sid\":\"X1\"}\r\n
 /// A Verify answer is read whole for its conversion signal; one that is larger than the
 /// proxy buffers, or slower than the upstream timeout leaves, is streamed to the client
 /// as the upstream sent it (it used to be replaced by a 502: the code was sent, and a
-/// client retrying on 502 would send another).
+/// client retrying on 502 would send another). Here the slow answer's head comes after
+/// 0.7 of the 1 s timeout and its body 0.7 s later: each pause is within the timeout.
 #[tokio::test]
 async fn a_verify_answer_too_large_or_too_slow_to_read_is_streamed_not_replaced() {
     let large = format!(r#"{{"sid":"VE1","pad":"{}"}}"#, "x".repeat(1_100_000));
     let small = r#"{"sid":"VE2","status":"pending"}"#.to_owned();
-    for (body, delay) in [(large, Duration::ZERO), (small, Duration::from_millis(400))] {
+    let slow = Duration::from_millis(700);
+    for (body, delay) in [(large, Duration::ZERO), (small, slow)] {
         let head = format!(
             "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
             body.len()
         );
         let (addr, heads) = scripted_upstream(vec![
-            (Duration::ZERO, head.into_bytes()),
+            (delay, head.into_bytes()),
             (delay, body.clone().into_bytes()),
         ])
         .await;
         let cfg = format!(
-            "{}\n[upstream]\ntimeout = \"150ms\"\n",
+            "{}\n[upstream]\ntimeout = \"1s\"\n",
             twilio_route(&format!("http://{addr}"), "")
         );
         let p = Proxy::start(&cfg, NO_RULES).await;
@@ -755,4 +757,119 @@ async fn a_client_that_hangs_up_mid_request_is_still_audited_and_counted() {
     assert_eq!(lines[0]["decision"], "allow", "{text}");
     assert_eq!(lines[0]["client_closed"], true, "{text}");
     assert!(lines[0].get("upstream_status").is_none(), "{text}");
+}
+
+/// Fields that describe one hop go neither up nor down: those RFC 9110 §7.6.1 names
+/// (Proxy-Connection among them), those the Connection field names, and `Expect`,
+/// which smsfence has answered itself by reading the whole body before forwarding.
+#[tokio::test]
+async fn hop_by_hop_fields_stay_on_their_hop_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+connection: keep-alive, x-hop\r\nx-hop: 1\r\nkeep-alive: timeout=5\r\n\
+proxy-connection: keep-alive\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n\
+content-length: 2\r\n\r\n{}";
+    let (addr, heads) = scripted_upstream(vec![(Duration::ZERO, answer.to_vec())]).await;
+    let p = Proxy::start(&twilio_route(&format!("http://{addr}"), ""), NO_RULES).await;
+    let mut s = tokio::net::TcpStream::connect(p.instance.proxy_addr)
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /2010-04-01/Accounts/ACtest/Messages/SM1.json HTTP/1.1\r\nhost: x\r\n\
+te: trailers\r\nkeep-alive: 5\r\nproxy-connection: keep-alive\r\nconnection: x-mine\r\n\
+x-mine: 1\r\nupgrade: h2c\r\nexpect: 100-continue\r\nx-end-to-end: kept\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.ends_with(b"{}") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "{:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let down = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    assert!(down.starts_with("http/1.1 200"), "{down}");
+    for gone in ["x-hop", "keep-alive", "proxy-connection"] {
+        assert!(
+            !down.contains(&format!("\n{gone}:")),
+            "{gone} went down: {down}"
+        );
+    }
+    assert!(
+        down.contains("set-cookie: a=1\r\nset-cookie: b=2\r\n"),
+        "{down}"
+    );
+    let up = heads.lock().unwrap()[0].clone();
+    for gone in [
+        "te",
+        "keep-alive",
+        "proxy-connection",
+        "x-mine",
+        "upgrade",
+        "expect",
+    ] {
+        assert!(!up.contains(&format!("\n{gone}:")), "{gone} went up: {up}");
+    }
+    assert!(up.contains("x-end-to-end: kept\r\n"), "{up}");
+}
+
+/// `upstream.pool_idle_timeout` is honoured for every pooled connection: also for those
+/// of an upstream nobody calls any more, and those under the one in use (the pool hands
+/// out its most recent connection first, and looked at no other). They stayed open for
+/// as long as the upstream kept them.
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_pool_idle_timeout() {
+    let up = MockUpstream::with(|_| {
+        let mut r = Reply::json(201, r#"{"sid":"SM1"}"#);
+        r.hang = true;
+        r
+    })
+    .await;
+    let cfg = format!(
+        "[upstream]\npool_idle_timeout = \"300ms\"\n[store]\nsweep_interval = \"100ms\"\n{}",
+        twilio_route(&up.url(), "")
+    );
+    let p = Proxy::start(&cfg, NO_RULES).await;
+    // Two sends at once: two upstream connections, both pooled once answered.
+    let sends: Vec<_> = ["+14155550123", "+14155550124"]
+        .into_iter()
+        .map(|to| {
+            let url = p.url("/2010-04-01/Accounts/ACtest/Messages.json");
+            let body = format!("To={}&Body=x", to.replace('+', "%2B"));
+            tokio::spawn(async move { send("POST", &url, &[FORM, BASIC], body).await })
+        })
+        .collect();
+    for _ in 0..200 {
+        if up.requests().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    up.release();
+    for s in sends {
+        assert_eq!(s.await.unwrap().status, 201);
+    }
+    let pool = &p.instance.app.upstream;
+    // Polled until it holds (at most 2 s).
+    let idle_becomes = |want: usize| async move {
+        let mut idle = usize::MAX;
+        for _ in 0..100 {
+            idle = pool.idle_connections();
+            if idle == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        idle
+    };
+    assert_eq!(idle_becomes(2).await, 2, "both connections pooled");
+    assert_eq!(
+        idle_becomes(0).await,
+        0,
+        "idle past pool_idle_timeout, and still pooled"
+    );
 }

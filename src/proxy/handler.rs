@@ -200,6 +200,15 @@ async fn handle_inner<'a>(
     started: Instant,
 ) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
+    if parts.method == Method::CONNECT {
+        // A tunnel to a host the client names: not what a reverse proxy makes.
+        ctx.outcome = Outcome::BadRequest;
+        return own_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "connect",
+            "smsfence is a reverse proxy and makes no tunnels (CONNECT)",
+        );
+    }
     if super::route::ambiguous_path(parts.uri.path()) {
         ctx.outcome = Outcome::BadRequest;
         return own_error(
@@ -602,7 +611,10 @@ async fn forward<'a>(
     }
 
     let sent = Instant::now();
-    let result = app.upstream.send(scheme, authority, req).await;
+    let result = app
+        .upstream
+        .send(ctx.provider, scheme, authority, req)
+        .await;
     ctx.upstream_time = sent.elapsed();
     let resp = match result {
         Ok(r) => r,
@@ -691,10 +703,7 @@ async fn forward<'a>(
                     )
                 }
                 UpstreamRead::Broken => {
-                    app.metrics
-                        .upstream_errors
-                        .with_label_values(&[ctx.provider, "reset"])
-                        .inc();
+                    // Counted by the body, with its kind.
                     ctx.outcome = Outcome::UpstreamError;
                     (
                         own_error(
@@ -752,10 +761,12 @@ async fn read_upstream_body(mut body: UpstreamBody, left: Duration) -> UpstreamR
     }
 }
 
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1, which names
+/// Proxy-Connection too).
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
@@ -835,8 +846,10 @@ fn forward_headers(incoming: &HeaderMap) -> HeaderMap {
     let mut h = incoming.clone();
     strip_hop_by_hop(&mut h);
     h.remove(header::HOST);
-    // The body was read whole; hyper sets Content-Length from it.
+    // The body was read whole; hyper sets Content-Length from it. An `Expect:
+    // 100-continue` was answered by reading it: the body follows its head at once.
     h.remove(header::CONTENT_LENGTH);
+    h.remove(header::EXPECT);
     h
 }
 

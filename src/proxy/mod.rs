@@ -454,7 +454,11 @@ impl Instance {
             store: Arc::clone(&store),
             clock: Arc::clone(&opts.clock),
             metrics: Arc::clone(&metrics),
-            upstream: upstream::Upstream::new(&cfg.upstream, cfg.server.workers()),
+            upstream: upstream::Upstream::new(
+                &cfg.upstream,
+                cfg.server.workers(),
+                metrics.upstream_errors.clone(),
+            ),
             trusted: Trusted {
                 peers: cfg.trusted.peers.clone(),
                 ip_header: header(&cfg.trusted.ip_header),
@@ -627,7 +631,8 @@ async fn proxy_worker(
     .await;
 }
 
-/// Sweeps idle keys and publishes store gauges until shutdown.
+/// Sweeps idle keys and idle upstream connections, and publishes store gauges, until
+/// shutdown.
 async fn sweeper(app: Arc<App>, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
     let kind = app.store.kind();
@@ -643,6 +648,7 @@ async fn sweeper(app: Arc<App>, every: Duration, mut stop: watch::Receiver<bool>
         let swept = Arc::clone(&app);
         let now = app.clock.now();
         let _ = tokio::task::spawn_blocking(move || swept.store.sweep(now)).await;
+        app.upstream.prune_idle();
         app.store.refresh(now).await;
         let s = app.store.stats();
         let m = &app.metrics;

@@ -1,6 +1,8 @@
 //! The upstream client: keep-alive HTTP/1.1 over TCP or rustls, one connection pool per
 //! proxy worker, a connect timeout and a total timeout, and errors sorted into kinds for
-//! metrics.
+//! metrics. A response body may not pause for longer than the total timeout either: it
+//! fails then (and is counted), rather than hold its client for as long as the upstream
+//! holds the connection.
 //!
 //! Built on hyper's connection API rather than a general-purpose pooled client: a
 //! worker takes an idle connection from its own pool, sends, and the connection goes
@@ -12,6 +14,7 @@
 //! (a pooled connection found closed before anything was sent), on another connection.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -25,20 +28,25 @@ use hyper::http::uri::{Authority, Scheme};
 use hyper::{Request, Response, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use prometheus::IntCounterVec;
 use tower_service::Service;
 
 use crate::config::UpstreamConfig;
 
-/// Why an upstream exchange failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why an upstream exchange, or its response body, failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum UpstreamError {
     /// The connection was refused or could not be opened (TCP or TLS).
+    #[error("the upstream connection could not be opened")]
     Refused,
-    /// No response head within the timeout.
+    /// No response head within the timeout, or a body that paused for longer.
+    #[error("the upstream did not answer in time")]
     Timeout,
     /// The connection broke mid-exchange.
+    #[error("the upstream connection broke")]
     Reset,
     /// Anything else (a malformed response, a protocol error).
+    #[error("the upstream answer was not usable HTTP")]
     Other,
 }
 
@@ -54,11 +62,15 @@ impl UpstreamError {
     }
 
     fn of(e: &hyper::Error) -> UpstreamError {
-        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+        // A body cut short (the connection closed inside it) is an `UnexpectedEof`.
         let io_reset = std::error::Error::source(e)
             .and_then(|s| s.downcast_ref::<std::io::Error>())
             .is_some_and(|io| {
-                matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted)
+                matches!(
+                    io.kind(),
+                    ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof
+                )
             });
         if e.is_canceled() || e.is_incomplete_message() || e.is_closed() || io_reset {
             UpstreamError::Reset
@@ -97,6 +109,8 @@ impl std::fmt::Debug for Upstream {
 
 struct Shared {
     workers: Box<[Mutex<Vec<Host>>]>,
+    /// `smsfence_upstream_errors_total`, for bodies that fail after their exchange.
+    errors: IntCounterVec,
     connector: HttpsConnector<HttpConnector>,
     timeout: Duration,
     idle_timeout: Duration,
@@ -116,8 +130,9 @@ struct Idle {
 }
 
 impl Upstream {
-    /// A client with the configured timeouts and one pool per worker.
-    pub fn new(cfg: &UpstreamConfig, workers: usize) -> Upstream {
+    /// A client with the configured timeouts and one pool per worker; response bodies
+    /// that fail count in `errors` (by provider and kind).
+    pub fn new(cfg: &UpstreamConfig, workers: usize, errors: IntCounterVec) -> Upstream {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(cfg.connect_timeout));
@@ -133,6 +148,7 @@ impl Upstream {
                 workers: (0..workers.max(1))
                     .map(|_| Mutex::new(Vec::new()))
                     .collect(),
+                errors,
                 connector,
                 timeout: cfg.timeout,
                 idle_timeout: cfg.pool_idle_timeout,
@@ -142,20 +158,24 @@ impl Upstream {
     }
 
     /// Sends one request (origin-form URI, `Host` set) to `scheme://authority` and waits
-    /// for the response head, within the total timeout.
+    /// for the response head, within the total timeout. Its body's failures are counted
+    /// under `provider`.
     pub async fn send(
         &self,
+        provider: &'static str,
         scheme: &Scheme,
         authority: &Authority,
         req: Request<Full<Bytes>>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        tokio::time::timeout(self.shared.timeout, self.exchange(scheme, authority, req))
+        let exchange = self.exchange(provider, scheme, authority, req);
+        tokio::time::timeout(self.shared.timeout, exchange)
             .await
             .unwrap_or(Err(UpstreamError::Timeout))
     }
 
     async fn exchange(
         &self,
+        provider: &'static str,
         scheme: &Scheme,
         authority: &Authority,
         mut req: Request<Full<Bytes>>,
@@ -169,6 +189,11 @@ impl Upstream {
                 None => self.connect(scheme, authority).await?,
             };
             match sender.try_send_request(req).await {
+                // `Upgrade` is never sent on, so no protocol switch was asked for: a
+                // broken upstream (and its connection, handed over to the switch, is lost).
+                Ok(resp) if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS => {
+                    return Err(UpstreamError::Other);
+                }
                 Ok(resp) => {
                     let back = Return {
                         shared: Arc::clone(&self.shared),
@@ -180,6 +205,9 @@ impl Upstream {
                         read: None,
                         inner,
                         back: Some(back),
+                        provider,
+                        idle: None,
+                        moved: false,
                     }));
                 }
                 Err(mut e) => match e.take_message() {
@@ -217,6 +245,19 @@ impl Upstream {
             }
         });
         Ok(sender)
+    }
+
+    /// Closes the pooled connections that have been idle for longer than the pool's idle
+    /// timeout, or that the upstream closed. Handing a connection out looks only at the
+    /// most recent ones; this, called in the background, reaches the others.
+    pub fn prune_idle(&self) {
+        let max = self.shared.idle_timeout;
+        for worker in self.shared.workers.iter() {
+            for host in lock(worker).iter_mut() {
+                host.idle
+                    .retain(|i| i.sender.is_ready() && i.since.elapsed() < max);
+            }
+        }
     }
 
     /// The total timeout.
@@ -293,12 +334,21 @@ struct Return {
 }
 
 /// An upstream response body. Read to its end, it returns its connection to the pool;
-/// dropped early, the connection is closed (HTTP/1.1 cannot abandon a response).
+/// dropped early, the connection is closed (HTTP/1.1 cannot abandon a response). It
+/// fails when the upstream breaks it off or sends nothing more for the total timeout.
 pub struct UpstreamBody {
     /// Bytes already read from `inner`, given out first (see [`UpstreamBody::after`]).
     read: Option<Bytes>,
     inner: Incoming,
+    /// The connection's way back to the pool; `None` once returned or failed.
     back: Option<Return>,
+    /// Whose failures these are, for the metric.
+    provider: &'static str,
+    /// Armed the first time a read has to wait (most bodies come with their head, and
+    /// never need it); then re-armed for each wait that follows a frame.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A frame came since `idle` was armed.
+    moved: bool,
 }
 
 impl UpstreamBody {
@@ -306,6 +356,39 @@ impl UpstreamBody {
     pub fn after(mut self, read: Bytes) -> Self {
         self.read = Some(read).filter(|b| !b.is_empty());
         self
+    }
+
+    /// A read that has to wait: the body fails once nothing has come for the timeout.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let Some(back) = &self.back else {
+            return Poll::Pending;
+        };
+        let timeout = back.shared.timeout;
+        let idle = match &mut self.idle {
+            Some(idle) if self.moved => {
+                idle.as_mut().reset(tokio::time::Instant::now() + timeout);
+                idle
+            }
+            Some(idle) => idle,
+            None => self.idle.insert(Box::pin(tokio::time::sleep(timeout))),
+        };
+        self.moved = false;
+        match idle.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(self.fail(UpstreamError::Timeout)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The body failed: its connection is closed (not pooled) and the failure counted.
+    fn fail(&mut self, kind: UpstreamError) -> UpstreamError {
+        if let Some(r) = self.back.take() {
+            r.shared
+                .errors
+                .with_label_values(&[self.provider, kind.as_str()])
+                .inc();
+        }
+        self.idle = None;
+        kind
     }
 
     fn release(&mut self) {
@@ -333,24 +416,31 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
         if let Some(read) = this.read.take() {
             return Poll::Ready(Some(Ok(Frame::data(read))));
         }
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.back = None,
-            _ => {}
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => this.wait(cx),
+            Poll::Ready(None) => {
+                this.release();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                this.moved = true;
+                if this.inner.is_end_stream() {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(this.fail(UpstreamError::of(&e))))),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
