@@ -96,13 +96,8 @@ fn expressions() -> Vec<(String, String)> {
         }
         if let Some(e) = l.trim().strip_prefix("expr: ") {
             out.push((format!("alert {name}"), e.to_owned()));
-            let first = e
-                .split(" and ")
-                .next()
-                .unwrap()
-                .split(" or ")
-                .next()
-                .unwrap();
+            let first = top_level(e, " and ")[0];
+            let first = top_level(first, " or ")[0];
             let lhs = first
                 .rsplit_once(" > ")
                 .or_else(|| first.rsplit_once(" < "))
@@ -111,6 +106,24 @@ fn expressions() -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// `expr` split at `op` where it stands outside every parenthesis, brace and bracket.
+fn top_level<'e>(expr: &'e str, op: &str) -> Vec<&'e str> {
+    let (mut parts, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, c) in expr.char_indices() {
+        match c {
+            '(' | '{' | '[' => depth += 1,
+            ')' | '}' | ']' => depth -= 1,
+            _ if depth == 0 && i >= start && expr[i..].starts_with(op) => {
+                parts.push(&expr[start..i]);
+                start = i + op.len();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&expr[start..]);
+    parts
 }
 
 async fn query(prom: &str, expr: &str) -> serde_json::Value {
@@ -341,4 +354,82 @@ async fn shared_store_error_series_exist_from_the_start() {
         let line = format!("smsfence_store_errors_total{{kind=\"{kind}\",store=\"redis\"}} 0");
         assert!(m.contains(&line), "missing {line}\n{m}");
     }
+}
+
+/// The expression of the dashboard panel titled `title` (its only query, or the first),
+/// with Grafana's range variables set to 5 minutes.
+fn panel_expr(title: &str) -> String {
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("grafana/smsfence-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let panel = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["title"] == title)
+        .unwrap_or_else(|| panic!("no panel {title:?}"));
+    panel["targets"][0]["expr"]
+        .as_str()
+        .unwrap()
+        .replace("$__rate_interval", "5m")
+        .replace("$__range", "5m")
+}
+
+/// Runs `promtool test rules` on one PromQL expression: `series` are input series in
+/// promtool's notation (one sample a minute), `expected` the samples it must give at
+/// `eval_time`, as (labels, value).
+fn promql_gives(series: &[(&str, &str)], expr: &str, eval_time: &str, expected: &[(&str, f64)]) {
+    ensure_prometheus();
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = String::from(
+        "rule_files: []\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n",
+    );
+    for (s, v) in series {
+        t += &format!("      - series: '{s}'\n        values: '{v}'\n");
+    }
+    t += &format!(
+        "    promql_expr_test:\n      - expr: '{}'\n        eval_time: {eval_time}\n        exp_samples:\n",
+        expr.replace('\'', "''")
+    );
+    for (labels, value) in expected {
+        t += &format!("          - labels: '{labels}'\n            value: {value}\n");
+    }
+    std::fs::write(dir.path().join("t.yml"), t).unwrap();
+    let out = Command::new("promtool")
+        .args(["test", "rules", "t.yml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{expr}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A country whose codes are never verified — pure pumping — has no conversions series
+/// at all; the conversion-rate panel shows it at 0%, not as a missing line.
+#[test]
+fn conversion_rate_panel_shows_a_country_never_verified_at_zero() {
+    promql_gives(
+        &[
+            (
+                r#"smsfence_recipients_total{country="KG",number_type="mobile",decision="allow"}"#,
+                "0+60x20",
+            ),
+            (
+                r#"smsfence_recipients_total{country="GB",number_type="mobile",decision="allow"}"#,
+                "0+60x20",
+            ),
+            (
+                r#"smsfence_conversions_total{source="verify_check",outcome="verified",country="GB"}"#,
+                "0+30x20",
+            ),
+        ],
+        &panel_expr("Conversion rate by country (verified / allowed recipients)"),
+        "15m",
+        &[(r#"{country="GB"}"#, 0.5), (r#"{country="KG"}"#, 0.0)],
+    );
 }
