@@ -354,6 +354,12 @@ async fn shared_store_error_series_exist_from_the_start() {
         let line = format!("smsfence_store_errors_total{{kind=\"{kind}\",store=\"redis\"}} 0");
         assert!(m.contains(&line), "missing {line}\n{m}");
     }
+    // Nor is there a second, in-process store for the dashboard to show at 0.
+    let memory: Vec<&str> = m
+        .lines()
+        .filter(|l| l.contains(r#"store="memory""#))
+        .collect();
+    assert!(memory.is_empty(), "{memory:#?}");
 }
 
 /// The expression of the dashboard panel titled `title` (its only query, or the first),
@@ -431,5 +437,37 @@ fn conversion_rate_panel_shows_a_country_never_verified_at_zero() {
         &panel_expr("Conversion rate by country (verified / allowed recipients)"),
         "15m",
         &[(r#"{country="GB"}"#, 0.5), (r#"{country="KG"}"#, 0.0)],
+    );
+}
+
+/// Instances that share one Redis each report its key count: the tracked-keys panel
+/// shows it once, and the sum of the in-process stores, which are one per instance.
+#[test]
+fn tracked_keys_panel_counts_a_shared_store_once() {
+    promql_gives(
+        &[
+            (
+                r#"smsfence_store_keys{instance="a:9090",store="memory"}"#,
+                "100x10",
+            ),
+            (
+                r#"smsfence_store_keys{instance="b:9090",store="memory"}"#,
+                "200x10",
+            ),
+            (
+                r#"smsfence_store_keys{instance="c:9090",store="redis"}"#,
+                "5000x10",
+            ),
+            (
+                r#"smsfence_store_keys{instance="d:9090",store="redis"}"#,
+                "5000x10",
+            ),
+        ],
+        &panel_expr("Tracked keys"),
+        "5m",
+        &[
+            (r#"{store="memory"}"#, 300.0),
+            (r#"{store="redis"}"#, 5000.0),
+        ],
     );
 }
