@@ -778,3 +778,67 @@ async fn the_readme_metrics_table_is_what_smsfence_exports() {
     );
     assert_eq!(documented, exported, "types and labels");
 }
+
+/// The counters of `families` in a scrape as promtool input series, each growing by its
+/// scraped value every minute: rates over them stand in the ratio of the counts.
+fn as_input_series(scrape: &str, families: &[&str]) -> Vec<(String, String)> {
+    scrape
+        .lines()
+        .filter(|l| families.iter().any(|f| l.starts_with(&format!("{f}{{"))))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let value: f64 = value.parse().ok()?;
+            (value > 0.0).then(|| (series.to_owned(), format!("0+{value}x20")))
+        })
+        .collect()
+}
+
+/// SmsfenceRefusalRateSpike ("more than a quarter of decided sends are refused") and the
+/// refusal-rate panel, on real traffic: one send allowed, one refused, and a Verify check
+/// of the allowed code. A check sends nothing: the sends refused are one in two.
+#[tokio::test]
+async fn refusal_rate_counts_sends_not_code_checks() {
+    let up = MockUpstream::with(|r| {
+        if r.uri.contains("VerificationCheck") {
+            Reply::json(200, r#"{"status":"approved","valid":true}"#)
+        } else {
+            Reply::json(201, r#"{"sid":"SM1","status":"queued"}"#)
+        }
+    })
+    .await;
+    let route = format!(
+        "[[route]]\nname = \"twilio\"\npreset = \"twilio\"\nupstream = \"{}\"\n",
+        up.url()
+    );
+    let p = Proxy::start_default_rules(&route).await;
+    assert_eq!(twilio_send(&p, "+447400123456", &[]).await.status, 201);
+    assert_eq!(twilio_send(&p, "+449098790123", &[]).await.status, 400);
+    let check = send(
+        "POST",
+        &p.url("/v2/Services/VA1/VerificationCheck"),
+        &[FORM, BASIC],
+        "To=%2B447400123456&Code=123456",
+    )
+    .await;
+    assert_eq!(check.status, 200, "{}", check.text());
+    let scrape = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    let series = as_input_series(
+        &scrape,
+        &["smsfence_decisions_total", "smsfence_recipients_total"],
+    );
+    let series: Vec<(&str, &str)> = series
+        .iter()
+        .map(|(s, v)| (s.as_str(), v.as_str()))
+        .collect();
+    let (_, alert) = expressions()
+        .into_iter()
+        .find(|(what, _)| what == "alert SmsfenceRefusalRateSpike (left-hand side)")
+        .unwrap();
+    promql_gives(&series, &alert, "10m", &[("{}", 0.5)]);
+    promql_gives(
+        &series,
+        &panel_expr("Refusal rate by country"),
+        "10m",
+        &[(r#"{country="GB"}"#, 0.5)],
+    );
+}
