@@ -87,7 +87,8 @@ fn expressions() -> Vec<(String, String)> {
                 .as_str()
                 .unwrap()
                 .replace("$__rate_interval", "1m")
-                .replace("$__range", "5m");
+                .replace("$__range", "5m")
+                .replace("$instance", ".*");
             out.push((format!("panel {:?}", p["title"].as_str().unwrap()), e));
         }
     }
@@ -383,6 +384,7 @@ fn panel_expr(title: &str) -> String {
         .unwrap()
         .replace("$__rate_interval", "5m")
         .replace("$__range", "5m")
+        .replace("$instance", ".*")
 }
 
 /// Runs `promtool test rules` on one PromQL expression: `series` are input series in
@@ -502,6 +504,9 @@ fn samples(scrape: &str) -> Vec<(String, Vec<(String, String)>)> {
     }
     out
 }
+
+/// Labels Prometheus gives every series it scrapes (smsfence exports neither).
+const TARGET_LABELS: [&str; 2] = ["instance", "job"];
 
 /// A label matcher: (label, operator, value).
 type Matcher = (String, String, String);
@@ -627,6 +632,41 @@ async fn scrape_after_traffic() -> String {
     scrape
 }
 
+/// The dashboard's `instance` variable narrows every panel: with several instances, each
+/// one's numbers (its own rules generation, its own keys) can be seen.
+#[test]
+fn every_dashboard_query_follows_the_instance_variable() {
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("grafana/smsfence-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let variable = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "instance")
+        .expect("an instance variable");
+    assert_eq!(
+        variable["query"]["query"],
+        "label_values(smsfence_build_info, instance)"
+    );
+    assert_eq!(variable["includeAll"], true);
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for (name, matchers) in selectors(expr) {
+                assert!(
+                    matchers
+                        .iter()
+                        .any(|(l, op, v)| l == "instance" && op == "=~" && v == "$instance"),
+                    "panel {}: {name} is not narrowed to $instance in {expr}",
+                    p["title"]
+                );
+            }
+        }
+    }
+}
+
 /// Every metric, label and label value the dashboard and the alerts select on is one
 /// smsfence exports, spelt as it exports it — checked against a scrape after requests of
 /// most outcomes, and against the code's own lists for values traffic here does not
@@ -667,6 +707,9 @@ async fn every_metric_label_and_value_the_dashboard_and_alerts_name_is_exported(
             families.push(family.clone());
             let series: Vec<_> = samples.iter().filter(|(n, _)| *n == family).collect();
             for (label, op, value) in matchers {
+                if TARGET_LABELS.contains(&label.as_str()) {
+                    continue;
+                }
                 let values: Vec<String> = series
                     .iter()
                     .flat_map(|(_, l)| {
@@ -699,6 +742,9 @@ async fn every_metric_label_and_value_the_dashboard_and_alerts_name_is_exported(
             }
         }
         for label in grouping_labels(&expr) {
+            if TARGET_LABELS.contains(&label.as_str()) {
+                continue;
+            }
             let exists = samples
                 .iter()
                 .filter(|(n, _)| families.contains(n))
@@ -840,5 +886,23 @@ async fn refusal_rate_counts_sends_not_code_checks() {
         &panel_expr("Refusal rate by country"),
         "10m",
         &[(r#"{country="GB"}"#, 0.5)],
+    );
+}
+
+/// Each instance numbers its own rule loads (from 1 at start): the panel shows each
+/// instance's, where a maximum would show one instance's count for all.
+#[test]
+fn rules_generation_panel_shows_each_instance() {
+    promql_gives(
+        &[
+            (r#"smsfence_rules_generation{instance="a:9090"}"#, "7x10"),
+            (r#"smsfence_rules_generation{instance="b:9090"}"#, "1x10"),
+        ],
+        &panel_expr("Rules generation"),
+        "5m",
+        &[
+            (r#"{instance="a:9090"}"#, 7.0),
+            (r#"{instance="b:9090"}"#, 1.0),
+        ],
     );
 }
