@@ -242,7 +242,8 @@ impl Metrics {
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
         // Series that only move on trouble exist from the start at 0, so that dashboards
-        // and alerts (increase, rate) see a value rather than nothing.
+        // and alerts (increase, rate) see a value rather than nothing. The store's are
+        // made by [`Metrics::track_store`], for the one store in use.
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
         }
@@ -255,18 +256,12 @@ impl Metrics {
                 upstream_errors.with_label_values(&[p, kind]);
             }
         }
-        for kind in ["timeout", "unavailable", "conversion", "verify_ref"] {
-            store_errors.with_label_values(&["memory", kind]);
-        }
         for fallback in ["open", "closed", "local"] {
             degraded_decisions.with_label_values(&[fallback]);
         }
         for kind in ["malformed", "timeout", "incomplete", "io", "accept"] {
             connection_errors.with_label_values(&[kind]);
         }
-        store_keys.with_label_values(&["memory"]);
-        store_evictions.with_label_values(&["memory"]);
-        store_rejected.with_label_values(&["memory"]);
 
         Metrics {
             registry,
@@ -293,6 +288,17 @@ impl Metrics {
             connection_errors,
             audit_dropped,
         }
+    }
+
+    /// Makes the series of the state store `store` (`memory` or `redis`) at 0: its key
+    /// gauge, and the counters that only move on trouble.
+    pub fn track_store(&self, store: &str) {
+        for kind in ["timeout", "unavailable", "conversion", "verify_ref"] {
+            self.store_errors.with_label_values(&[store, kind]);
+        }
+        self.store_keys.with_label_values(&[store]);
+        self.store_evictions.with_label_values(&[store]);
+        self.store_rejected.with_label_values(&[store]);
     }
 
     /// The Prometheus text exposition of every metric.

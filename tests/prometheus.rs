@@ -1,7 +1,10 @@
 //! The real tools: `promtool check metrics` on a live scrape, `promtool check/test rules`
 //! on the alert rules, and a real Prometheus on loopback scraping a running smsfence
 //! under traffic, through which every PromQL expression of the dashboard and the alert
-//! rules must parse and return data. Installs Debian's prometheus when it is missing.
+//! rules must parse and return data. Without Prometheus: every metric, label and label
+//! value they select on is one smsfence exports, the README's metrics table is what it
+//! exports, and dashboard queries give what they should (promtool on sample series).
+//! Installs Debian's prometheus when it is missing.
 
 mod common;
 
@@ -84,7 +87,8 @@ fn expressions() -> Vec<(String, String)> {
                 .as_str()
                 .unwrap()
                 .replace("$__rate_interval", "1m")
-                .replace("$__range", "5m");
+                .replace("$__range", "5m")
+                .replace("$instance", ".*");
             out.push((format!("panel {:?}", p["title"].as_str().unwrap()), e));
         }
     }
@@ -96,13 +100,8 @@ fn expressions() -> Vec<(String, String)> {
         }
         if let Some(e) = l.trim().strip_prefix("expr: ") {
             out.push((format!("alert {name}"), e.to_owned()));
-            let first = e
-                .split(" and ")
-                .next()
-                .unwrap()
-                .split(" or ")
-                .next()
-                .unwrap();
+            let first = top_level(e, " and ")[0];
+            let first = top_level(first, " or ")[0];
             let lhs = first
                 .rsplit_once(" > ")
                 .or_else(|| first.rsplit_once(" < "))
@@ -111,6 +110,24 @@ fn expressions() -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// `expr` split at `op` where it stands outside every parenthesis, brace and bracket.
+fn top_level<'e>(expr: &'e str, op: &str) -> Vec<&'e str> {
+    let (mut parts, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, c) in expr.char_indices() {
+        match c {
+            '(' | '{' | '[' => depth += 1,
+            ')' | '}' | ']' => depth -= 1,
+            _ if depth == 0 && i >= start && expr[i..].starts_with(op) => {
+                parts.push(&expr[start..i]);
+                start = i + op.len();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&expr[start..]);
+    parts
 }
 
 async fn query(prom: &str, expr: &str) -> serde_json::Value {
@@ -341,4 +358,551 @@ async fn shared_store_error_series_exist_from_the_start() {
         let line = format!("smsfence_store_errors_total{{kind=\"{kind}\",store=\"redis\"}} 0");
         assert!(m.contains(&line), "missing {line}\n{m}");
     }
+    // Nor is there a second, in-process store for the dashboard to show at 0.
+    let memory: Vec<&str> = m
+        .lines()
+        .filter(|l| l.contains(r#"store="memory""#))
+        .collect();
+    assert!(memory.is_empty(), "{memory:#?}");
+}
+
+/// The expression of the dashboard panel titled `title` (its only query, or the first),
+/// with Grafana's range variables set to 5 minutes.
+fn panel_expr(title: &str) -> String {
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("grafana/smsfence-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let panel = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["title"] == title)
+        .unwrap_or_else(|| panic!("no panel {title:?}"));
+    panel["targets"][0]["expr"]
+        .as_str()
+        .unwrap()
+        .replace("$__rate_interval", "5m")
+        .replace("$__range", "5m")
+        .replace("$instance", ".*")
+}
+
+/// Runs `promtool test rules` on one PromQL expression: `series` are input series in
+/// promtool's notation (one sample a minute), `expected` the samples it must give at
+/// `eval_time`, as (labels, value).
+fn promql_gives(series: &[(&str, &str)], expr: &str, eval_time: &str, expected: &[(&str, f64)]) {
+    ensure_prometheus();
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = String::from(
+        "rule_files: []\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n",
+    );
+    for (s, v) in series {
+        t += &format!("      - series: '{s}'\n        values: '{v}'\n");
+    }
+    t += &format!(
+        "    promql_expr_test:\n      - expr: '{}'\n        eval_time: {eval_time}\n        exp_samples:\n",
+        expr.replace('\'', "''")
+    );
+    for (labels, value) in expected {
+        t += &format!("          - labels: '{labels}'\n            value: {value}\n");
+    }
+    std::fs::write(dir.path().join("t.yml"), t).unwrap();
+    let out = Command::new("promtool")
+        .args(["test", "rules", "t.yml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{expr}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A country whose codes are never verified — pure pumping — has no conversions series
+/// at all; the conversion-rate panel shows it at 0%, not as a missing line.
+#[test]
+fn conversion_rate_panel_shows_a_country_never_verified_at_zero() {
+    promql_gives(
+        &[
+            (
+                r#"smsfence_recipients_total{country="KG",number_type="mobile",decision="allow"}"#,
+                "0+60x20",
+            ),
+            (
+                r#"smsfence_recipients_total{country="GB",number_type="mobile",decision="allow"}"#,
+                "0+60x20",
+            ),
+            (
+                r#"smsfence_conversions_total{source="verify_check",outcome="verified",country="GB"}"#,
+                "0+30x20",
+            ),
+        ],
+        &panel_expr("Conversion rate by country (verified / allowed recipients)"),
+        "15m",
+        &[(r#"{country="GB"}"#, 0.5), (r#"{country="KG"}"#, 0.0)],
+    );
+}
+
+/// Instances that share one Redis each report its key count: the tracked-keys panel
+/// shows it once, and the sum of the in-process stores, which are one per instance.
+#[test]
+fn tracked_keys_panel_counts_a_shared_store_once() {
+    promql_gives(
+        &[
+            (
+                r#"smsfence_store_keys{instance="a:9090",store="memory"}"#,
+                "100x10",
+            ),
+            (
+                r#"smsfence_store_keys{instance="b:9090",store="memory"}"#,
+                "200x10",
+            ),
+            (
+                r#"smsfence_store_keys{instance="c:9090",store="redis"}"#,
+                "5000x10",
+            ),
+            (
+                r#"smsfence_store_keys{instance="d:9090",store="redis"}"#,
+                "5000x10",
+            ),
+        ],
+        &panel_expr("Tracked keys"),
+        "5m",
+        &[
+            (r#"{store="memory"}"#, 300.0),
+            (r#"{store="redis"}"#, 5000.0),
+        ],
+    );
+}
+
+/// A scrape's series: (family, labels) for every sample line.
+fn samples(scrape: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let mut out = Vec::new();
+    for line in scrape
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (name, rest) = match line.find('{') {
+            Some(i) => (&line[..i], &line[i + 1..]),
+            None => (line.split(' ').next().unwrap(), ""),
+        };
+        let mut labels = Vec::new();
+        let mut rest = rest;
+        while let Some(eq) = rest.find("=\"") {
+            let label = rest[..eq].trim_start_matches(',').to_owned();
+            let value_and_more = &rest[eq + 2..];
+            let end = value_and_more.find('"').unwrap();
+            labels.push((label, value_and_more[..end].to_owned()));
+            rest = &value_and_more[end + 1..];
+            if rest.starts_with('}') {
+                break;
+            }
+        }
+        out.push((name.to_owned(), labels));
+    }
+    out
+}
+
+/// Labels Prometheus gives every series it scrapes (smsfence exports neither).
+const TARGET_LABELS: [&str; 2] = ["instance", "job"];
+
+/// A label matcher: (label, operator, value).
+type Matcher = (String, String, String);
+
+/// Every `smsfence_…{matchers}` selector of an expression: (metric, matchers).
+fn selectors(expr: &str) -> Vec<(String, Vec<Matcher>)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(i) = expr[at..].find("smsfence_") {
+        let start = at + i;
+        let end = expr[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(expr.len(), |n| start + n);
+        let name = expr[start..end].to_owned();
+        let mut matchers = Vec::new();
+        at = end;
+        if expr[end..].starts_with('{') {
+            let close = end + expr[end..].find('}').unwrap();
+            for m in expr[end + 1..close]
+                .split(',')
+                .filter(|m| !m.trim().is_empty())
+            {
+                let op_at = m.find(['=', '!']).unwrap();
+                let op_len = if m[op_at + 1..].starts_with(['=', '~']) {
+                    2
+                } else {
+                    1
+                };
+                let label = m[..op_at].trim().to_owned();
+                let op = m[op_at..op_at + op_len].to_owned();
+                let value = m[op_at + op_len..].trim().trim_matches('"').to_owned();
+                matchers.push((label, op, value));
+            }
+            at = close;
+        }
+        out.push((name, matchers));
+    }
+    out
+}
+
+/// The labels of every `by (…)` of an expression.
+fn grouping_labels(expr: &str) -> Vec<String> {
+    expr.match_indices("by (")
+        .flat_map(|(i, _)| {
+            let inner = &expr[i + 4..];
+            inner[..inner.find(')').unwrap()]
+                .split(',')
+                .map(|l| l.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A scrape of smsfence (shipped rules and a shadow rule) after requests of most
+/// outcomes: forwarded, throttled (a repeat), blocked (premium rate), passthrough,
+/// not_found, upstream_error; a verified Verify check and failed feedback.
+async fn scrape_after_traffic() -> String {
+    let up = MockUpstream::with(|r| {
+        if r.uri.contains("VerificationCheck") {
+            Reply::json(200, r#"{"status":"approved","valid":true}"#)
+        } else {
+            Reply::json(201, r#"{"sid":"SM1","status":"queued"}"#)
+        }
+    })
+    .await;
+    let dir = rules_dir_with_shadow();
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let routes = format!(
+        "[[route]]\nname = \"twilio\"\npreset = \"twilio\"\nupstream = \"{}\"\n\
+         [[route]]\nname = \"vonage\"\npreset = \"vonage\"\nupstream = \"{closed}\"\n",
+        up.url()
+    );
+    let p = Proxy::start_with(
+        &routes,
+        smsfence::rules::reload::Source::Dir(dir.path().to_owned()),
+        Some(dir),
+        false,
+    )
+    .await;
+    // forwarded, throttled (a repeat), blocked (premium rate), passthrough, not_found,
+    // upstream_error; a verified Verify check and failed feedback.
+    twilio_send(&p, "+447400123456", &[]).await;
+    twilio_send(&p, "+447400123456", &[]).await;
+    twilio_send(&p, "+449098790123", &[]).await;
+    send(
+        "GET",
+        &p.url("/2010-04-01/Accounts/ACtest/Messages/SM1.json"),
+        &[BASIC],
+        "",
+    )
+    .await;
+    send("GET", &p.url("/nowhere"), &[], "").await;
+    send(
+        "POST",
+        &p.url("/sms/json"),
+        &[FORM],
+        "api_key=k&api_secret=s&to=447400123457&from=X&text=hi",
+    )
+    .await;
+    send(
+        "POST",
+        &p.url("/v2/Services/VA1/VerificationCheck"),
+        &[FORM, BASIC],
+        "To=%2B447400123456&Code=123456",
+    )
+    .await;
+    let failed = r#"{"number":"+447400123458","outcome":"failed"}"#;
+    assert_eq!(
+        send("POST", &p.admin("/v1/feedback"), &[JSON], failed)
+            .await
+            .status,
+        204
+    );
+    // The store's gauges and counters are published by the sweeper, at once on start.
+    let mut scrape = String::new();
+    for _ in 0..250 {
+        scrape = send("GET", &p.admin("/metrics"), &[], "").await.text();
+        if scrape.contains("smsfence_store_refused_cache_hits_total") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    scrape
+}
+
+/// The dashboard's `instance` variable narrows every panel: with several instances, each
+/// one's numbers (its own rules generation, its own keys) can be seen.
+#[test]
+fn every_dashboard_query_follows_the_instance_variable() {
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("grafana/smsfence-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let variable = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "instance")
+        .expect("an instance variable");
+    assert_eq!(
+        variable["query"]["query"],
+        "label_values(smsfence_build_info, instance)"
+    );
+    assert_eq!(variable["includeAll"], true);
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for (name, matchers) in selectors(expr) {
+                assert!(
+                    matchers
+                        .iter()
+                        .any(|(l, op, v)| l == "instance" && op == "=~" && v == "$instance"),
+                    "panel {}: {name} is not narrowed to $instance in {expr}",
+                    p["title"]
+                );
+            }
+        }
+    }
+}
+
+/// Every metric, label and label value the dashboard and the alerts select on is one
+/// smsfence exports, spelt as it exports it — checked against a scrape after requests of
+/// most outcomes, and against the code's own lists for values traffic here does not
+/// produce (every reason code, every request outcome). A typo in one alternative of
+/// `reason=~"a|b"` still returns data, so "returns data" alone would not see it.
+#[tokio::test]
+async fn every_metric_label_and_value_the_dashboard_and_alerts_name_is_exported() {
+    let scrape = scrape_after_traffic().await;
+    let samples = samples(&scrape);
+
+    // What the code can put in a label that this traffic did not.
+    let known = |family: &str, label: &str| -> Vec<String> {
+        match (family, label) {
+            (_, "reason") => smsfence::decide::Reason::ALL
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .chain(["none".to_owned()])
+                .collect(),
+            ("smsfence_requests_total", "outcome") => smsfence::proxy::handler::Outcome::ALL
+                .iter()
+                .map(|o| o.as_str().to_owned())
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let mut wrong = Vec::new();
+    for (what, expr) in expressions() {
+        let mut families = Vec::new();
+        for (name, matchers) in selectors(&expr) {
+            let family = samples
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(n, _)| n.clone());
+            let Some(family) = family else {
+                wrong.push(format!("{what}: no metric {name}"));
+                continue;
+            };
+            families.push(family.clone());
+            let series: Vec<_> = samples.iter().filter(|(n, _)| *n == family).collect();
+            for (label, op, value) in matchers {
+                if TARGET_LABELS.contains(&label.as_str()) {
+                    continue;
+                }
+                let values: Vec<String> = series
+                    .iter()
+                    .flat_map(|(_, l)| {
+                        l.iter()
+                            .filter(|(k, _)| *k == label)
+                            .map(|(_, v)| v.clone())
+                    })
+                    .chain(known(&family, &label))
+                    .collect();
+                if values.is_empty() {
+                    wrong.push(format!("{what}: {family} has no label {label}"));
+                    continue;
+                }
+                let alternatives: Vec<&str> = if op.ends_with('~') {
+                    assert!(
+                        value
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '|'),
+                        "{what}: only alternations of values are checked: {value}"
+                    );
+                    value.split('|').collect()
+                } else {
+                    vec![value.as_str()]
+                };
+                for v in alternatives {
+                    if !values.iter().any(|x| x == v) {
+                        wrong.push(format!("{what}: {family}{{{label}{op}…}}: no value {v:?}"));
+                    }
+                }
+            }
+        }
+        for label in grouping_labels(&expr) {
+            if TARGET_LABELS.contains(&label.as_str()) {
+                continue;
+            }
+            let exists = samples
+                .iter()
+                .filter(|(n, _)| families.contains(n))
+                .any(|(_, l)| l.iter().any(|(k, _)| *k == label));
+            if !exists {
+                wrong.push(format!("{what}: by ({label}) is no label of {families:?}"));
+            }
+        }
+    }
+    // Legends name labels their query keeps.
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("grafana/smsfence-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let legend = t["legendFormat"].as_str().unwrap_or("");
+            let by = grouping_labels(t["expr"].as_str().unwrap());
+            for (i, _) in legend.match_indices("{{") {
+                let label = &legend[i + 2..i + 2 + legend[i + 2..].find("}}").unwrap()];
+                if !by.iter().any(|b| b == label.trim()) {
+                    wrong.push(format!(
+                        "panel {}: legend {{{{{label}}}}} is not kept by its query",
+                        p["title"]
+                    ));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}\n\n{scrape}", wrong.join("\n"));
+}
+
+/// The README's metrics table is what `/metrics` exports: every family, its type and its
+/// labels, and nothing else.
+#[tokio::test]
+async fn the_readme_metrics_table_is_what_smsfence_exports() {
+    let scrape = scrape_after_traffic().await;
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let table = &readme[readme.find("| metric | type | labels | meaning |").unwrap()..];
+    let mut documented = std::collections::BTreeMap::new();
+    for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let name = cells[1].trim_matches('`').to_owned();
+        let mut labels: Vec<String> = cells[3]
+            .split(',')
+            .map(|l| l.trim().trim_matches('`').to_owned())
+            .filter(|l| !l.is_empty())
+            .collect();
+        labels.sort();
+        documented.insert(name, (cells[2].to_owned(), labels));
+    }
+    let mut exported = std::collections::BTreeMap::new();
+    for line in scrape.lines() {
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = t.split_once(' ').unwrap();
+            exported.insert(name.to_owned(), (kind.to_owned(), Vec::<String>::new()));
+        }
+    }
+    for (name, labels) in samples(&scrape) {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| exported.contains_key(*f)))
+            .unwrap_or(&name)
+            .to_owned();
+        let entry = &mut exported.get_mut(&family).unwrap().1;
+        for (l, _) in labels.into_iter().filter(|(l, _)| l != "le") {
+            if !entry.contains(&l) {
+                entry.push(l);
+            }
+        }
+        entry.sort();
+    }
+    assert_eq!(
+        documented.keys().collect::<Vec<_>>(),
+        exported.keys().collect::<Vec<_>>(),
+        "families"
+    );
+    assert_eq!(documented, exported, "types and labels");
+}
+
+/// The counters of `families` in a scrape as promtool input series, each growing by its
+/// scraped value every minute: rates over them stand in the ratio of the counts.
+fn as_input_series(scrape: &str, families: &[&str]) -> Vec<(String, String)> {
+    scrape
+        .lines()
+        .filter(|l| families.iter().any(|f| l.starts_with(&format!("{f}{{"))))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let value: f64 = value.parse().ok()?;
+            (value > 0.0).then(|| (series.to_owned(), format!("0+{value}x20")))
+        })
+        .collect()
+}
+
+/// SmsfenceRefusalRateSpike ("more than a quarter of decided sends are refused") and the
+/// refusal-rate panel, on real traffic: one send allowed, one refused, and a Verify check
+/// of the allowed code. A check sends nothing: the sends refused are one in two.
+#[tokio::test]
+async fn refusal_rate_counts_sends_not_code_checks() {
+    let up = MockUpstream::with(|r| {
+        if r.uri.contains("VerificationCheck") {
+            Reply::json(200, r#"{"status":"approved","valid":true}"#)
+        } else {
+            Reply::json(201, r#"{"sid":"SM1","status":"queued"}"#)
+        }
+    })
+    .await;
+    let route = format!(
+        "[[route]]\nname = \"twilio\"\npreset = \"twilio\"\nupstream = \"{}\"\n",
+        up.url()
+    );
+    let p = Proxy::start_default_rules(&route).await;
+    assert_eq!(twilio_send(&p, "+447400123456", &[]).await.status, 201);
+    assert_eq!(twilio_send(&p, "+449098790123", &[]).await.status, 400);
+    let check = send(
+        "POST",
+        &p.url("/v2/Services/VA1/VerificationCheck"),
+        &[FORM, BASIC],
+        "To=%2B447400123456&Code=123456",
+    )
+    .await;
+    assert_eq!(check.status, 200, "{}", check.text());
+    let scrape = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    let series = as_input_series(
+        &scrape,
+        &["smsfence_decisions_total", "smsfence_recipients_total"],
+    );
+    let series: Vec<(&str, &str)> = series
+        .iter()
+        .map(|(s, v)| (s.as_str(), v.as_str()))
+        .collect();
+    let (_, alert) = expressions()
+        .into_iter()
+        .find(|(what, _)| what == "alert SmsfenceRefusalRateSpike (left-hand side)")
+        .unwrap();
+    promql_gives(&series, &alert, "10m", &[("{}", 0.5)]);
+    promql_gives(
+        &series,
+        &panel_expr("Refusal rate by country"),
+        "10m",
+        &[(r#"{country="GB"}"#, 0.5)],
+    );
+}
+
+/// Each instance numbers its own rule loads (from 1 at start): the panel shows each
+/// instance's, where a maximum would show one instance's count for all.
+#[test]
+fn rules_generation_panel_shows_each_instance() {
+    promql_gives(
+        &[
+            (r#"smsfence_rules_generation{instance="a:9090"}"#, "7x10"),
+            (r#"smsfence_rules_generation{instance="b:9090"}"#, "1x10"),
+        ],
+        &panel_expr("Rules generation"),
+        "5m",
+        &[
+            (r#"{instance="a:9090"}"#, 7.0),
+            (r#"{instance="b:9090"}"#, 1.0),
+        ],
+    );
 }

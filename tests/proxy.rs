@@ -873,3 +873,109 @@ async fn idle_upstream_connections_are_closed_after_the_pool_idle_timeout() {
         "idle past pool_idle_timeout, and still pooled"
     );
 }
+
+/// The sum of a histogram's observations in a scrape, over the series whose labels
+/// contain every one of `must`.
+fn histogram_sum(metrics: &str, family: &str, must: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}_sum")) && must.iter().all(|m| l.contains(m)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `smsfence_proxy_overhead_seconds` is the time smsfence adds: a client that hangs up
+/// while the upstream holds its request did not wait on smsfence for all that time.
+#[tokio::test]
+async fn a_client_hang_up_during_the_upstream_exchange_is_not_overhead() {
+    use tokio::io::AsyncWriteExt;
+    let up = MockUpstream::with(|_| {
+        let mut r = Reply::json(201, r#"{"sid":"SMslow"}"#);
+        r.hang = true;
+        r
+    })
+    .await;
+    let p = Proxy::start(&twilio_route(&up.url(), ""), NO_RULES).await;
+    let body = "To=%2B14155550123&Body=x";
+    let mut s = tokio::net::TcpStream::connect(p.instance.proxy_addr)
+        .await
+        .unwrap();
+    s.write_all(
+        format!(
+            "POST /2010-04-01/Accounts/ACtest/Messages.json HTTP/1.1\r\nhost: x\r\n\
+             authorization: {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n{body}",
+            BASIC.1,
+            FORM.1,
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), up.arrived.notified())
+        .await
+        .unwrap();
+    // The request is at the upstream from here on: at least this long is upstream time.
+    let held = std::time::Instant::now();
+    drop(s);
+    let held = held.elapsed().as_secs_f64();
+    let counted =
+        r#"smsfence_requests_total{outcome="client_closed",provider="twilio",route="twilio"} 1"#;
+    let mut m = String::new();
+    for _ in 0..250 {
+        m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+        if m.contains(counted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    up.release();
+    assert!(m.contains(counted), "{m}");
+    let total = histogram_sum(
+        &m,
+        "smsfence_request_duration_seconds",
+        &[r#"outcome="client_closed""#],
+    );
+    let overhead = histogram_sum(&m, "smsfence_proxy_overhead_seconds", &[]);
+    assert!(
+        overhead < total && total - overhead >= held,
+        "overhead {overhead} s of a request of {total} s, {held} s of it at the upstream"
+    );
+}
+
+/// A Verify check's answer is read whole for its outcome: waiting for a body the
+/// upstream is slow to send is upstream time, not smsfence's overhead.
+#[tokio::test]
+async fn a_slow_verify_answer_body_is_not_overhead() {
+    let body = br#"{"status":"approved","valid":true}"#;
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let (addr, _) = scripted_upstream(vec![
+        (Duration::ZERO, head.into_bytes()),
+        (Duration::from_millis(300), body.to_vec()),
+    ])
+    .await;
+    let p = Proxy::start(&twilio_route(&format!("http://{addr}"), ""), NO_RULES).await;
+    // Numbers of a calling code are first read in a debug build in about a second: not
+    // in this request.
+    let number = r#"{"number":"+447400123456"}"#;
+    send("POST", &p.admin("/v1/check"), &[JSON], number).await;
+    let a = send(
+        "POST",
+        &p.url("/v2/Services/VA1/VerificationCheck"),
+        &[FORM, BASIC],
+        "To=%2B447400123456&Code=123456",
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    let total = histogram_sum(&m, "smsfence_request_duration_seconds", &[]);
+    let overhead = histogram_sum(&m, "smsfence_proxy_overhead_seconds", &[]);
+    assert!(total >= 0.3, "{m}");
+    assert!(
+        overhead < 0.2,
+        "overhead {overhead} s of a request of {total} s, 0.3 s of it waiting for the upstream's body"
+    );
+}

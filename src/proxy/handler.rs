@@ -110,7 +110,12 @@ struct Ctx<'a> {
     /// Where the route's prefix ends in the request's path.
     prefix_end: usize,
     outcome: Outcome,
+    /// Time spent waiting on the upstream: its response head, and a body read whole for
+    /// a conversion signal.
     upstream_time: Duration,
+    /// When the exchange began, while smsfence waits on the upstream (a client that hangs
+    /// up then has waited on the upstream, not on smsfence, since).
+    upstream_since: Option<Instant>,
     upstream_status: Option<u16>,
     /// The upstream could not be connected to: the request never reached it.
     upstream_refused: bool,
@@ -136,6 +141,7 @@ pub async fn handle(
             prefix_end: 0,
             outcome: Outcome::NotFound,
             upstream_time: Duration::ZERO,
+            upstream_since: None,
             upstream_status: None,
             upstream_refused: false,
             event: AuditEvent::default(),
@@ -163,6 +169,9 @@ impl Drop for InFlight<'_> {
             return;
         }
         self.ctx.outcome = Outcome::ClientClosed;
+        if let Some(since) = self.ctx.upstream_since.take() {
+            self.ctx.upstream_time = since.elapsed();
+        }
         count_request(self.app, &self.ctx, self.started);
         if self.ctx.event.decision.is_some() {
             self.ctx.event.client_closed = true;
@@ -611,11 +620,13 @@ async fn forward<'a>(
     }
 
     let sent = Instant::now();
+    ctx.upstream_since = Some(sent);
     let result = app
         .upstream
         .send(ctx.provider, scheme, authority, req)
         .await;
     ctx.upstream_time = sent.elapsed();
+    ctx.upstream_since = None;
     let resp = match result {
         Ok(r) => r,
         Err(kind) => {
@@ -677,7 +688,11 @@ async fn forward<'a>(
     match op {
         Some((op, view, extracted, recipients)) if providers::wants_response_body(op) => {
             let left = app.upstream.timeout().saturating_sub(ctx.upstream_time);
-            match read_upstream_body(incoming, left).await {
+            ctx.upstream_since = Some(sent);
+            let read = read_upstream_body(incoming, left).await;
+            ctx.upstream_time = sent.elapsed();
+            ctx.upstream_since = None;
+            match read {
                 UpstreamRead::Whole(bytes) => {
                     app.apply_signal(
                         providers::conversion(op, view, extracted, status, &bytes),

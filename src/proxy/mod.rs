@@ -428,13 +428,9 @@ impl Instance {
                     .map_err(StartError::Store)?,
             ),
         });
-        // Series that only move on trouble exist at 0 from the start (`Metrics::new` makes
-        // the memory store's): a shared store's too, so that rate() sees its first errors.
-        for kind in ["timeout", "unavailable", "conversion", "verify_ref"] {
-            metrics
-                .store_errors
-                .with_label_values(&[store.kind(), kind]);
-        }
+        // The store's series exist at 0 from the start, so that rate() sees its first
+        // errors; only its own (a dashboard would show a store not in use at 0).
+        metrics.track_store(store.kind());
         let audit = Audit::start(&cfg.audit, Arc::clone(&metrics)).map_err(StartError::Audit)?;
         let header = |h: &Option<String>| {
             h.as_ref()
