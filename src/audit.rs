@@ -81,6 +81,10 @@ pub struct AuditEvent {
     /// Upstream status, when forwarded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
+    /// Why the upstream gave no answer (`refused`: the send never reached it; `timeout`,
+    /// `reset`, `other`), when forwarded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_error: Option<&'static str>,
     /// Whole-request latency in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
