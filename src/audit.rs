@@ -215,6 +215,16 @@ enum Target {
     File { path: PathBuf, max_bytes: u64 },
 }
 
+impl Target {
+    /// For messages: the path, or `stdout`.
+    fn name(&self) -> std::path::Display<'_> {
+        match self {
+            Target::Stdout => std::path::Path::new("stdout").display(),
+            Target::File { path, .. } => path.display(),
+        }
+    }
+}
+
 /// Opens the file for appending; one it creates is readable by its owner only (it holds
 /// numbers and IPs). An existing file keeps its mode.
 fn open_append(path: &PathBuf) -> std::io::Result<std::fs::File> {
@@ -229,14 +239,21 @@ fn open_append(path: &PathBuf) -> std::io::Result<std::fs::File> {
 fn writer(mut rx: mpsc::Receiver<Msg>, target: Target, metrics: Arc<Metrics>) {
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut acks = Vec::new();
+    // Whether the last batch could not be written: logged once when writing starts to
+    // fail and once when it works again, not once per batch.
+    let mut failing = false;
     while let Some(first) = rx.blocking_recv() {
         buf.clear();
+        let mut events = 0;
         let mut next = Some(first);
         while let Some(m) = next {
             match m {
                 Msg::Event(e) => {
                     if serde_json::to_writer(&mut buf, &e).is_ok() {
                         buf.push(b'\n');
+                        events += 1;
+                    } else {
+                        metrics.audit_dropped.inc();
                     }
                 }
                 Msg::Flush(ack) => acks.push(ack),
@@ -255,8 +272,22 @@ fn writer(mut rx: mpsc::Receiver<Msg>, target: Target, metrics: Arc<Metrics>) {
                 }
                 Target::File { path, max_bytes } => write_file(path, *max_bytes, &buf),
             };
-            if written.is_err() {
-                metrics.audit_dropped.inc();
+            match written {
+                Err(e) => {
+                    metrics.audit_dropped.inc_by(events);
+                    if !failing {
+                        tracing::error!(
+                            "cannot write the audit log {}: {e}; its events are dropped (smsfence_audit_dropped_total) until it can",
+                            target.name()
+                        );
+                    }
+                    failing = true;
+                }
+                Ok(()) if failing => {
+                    tracing::info!("the audit log {} is written again", target.name());
+                    failing = false;
+                }
+                Ok(()) => {}
             }
         }
         for ack in acks.drain(..) {
@@ -322,6 +353,40 @@ mod tests {
             .last()
             .unwrap()
             .contains(&format!("r{}", n - 1)));
+    }
+
+    /// Events that cannot be written (the directory is gone, the disk is full) are each
+    /// counted as dropped, not one per batch of them; writing resumes once it can.
+    #[tokio::test]
+    async fn every_event_that_cannot_be_written_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("logs");
+        std::fs::create_dir(&sub).unwrap();
+        let path = sub.join("audit.jsonl");
+        let cfg = AuditConfig {
+            output: Some(path.display().to_string()),
+            ..AuditConfig::default()
+        };
+        let metrics = Arc::new(Metrics::new());
+        let audit = Audit::start(&cfg, Arc::clone(&metrics)).unwrap();
+        std::fs::remove_dir_all(&sub).unwrap();
+        let emit = |i: u32| {
+            audit.emit(AuditEvent {
+                event: "send",
+                request_id: format!("r{i}"),
+                ..AuditEvent::default()
+            })
+        };
+        for i in 0..1000 {
+            emit(i);
+        }
+        assert!(audit.flush(std::time::Duration::from_secs(10)).await);
+        assert_eq!(metrics.audit_dropped.get(), 1000);
+        std::fs::create_dir(&sub).unwrap();
+        emit(1000);
+        assert!(audit.flush(std::time::Duration::from_secs(10)).await);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        assert_eq!(metrics.audit_dropped.get(), 1000);
     }
 
     /// The file holds numbers and IPs: created for its owner only, also when rotation
