@@ -297,7 +297,8 @@ fn writer(mut rx: mpsc::Receiver<Msg>, target: Target, metrics: Arc<Metrics>) {
 }
 
 /// Appends to the file (opened per batch, so a rename by logrotate is followed at once),
-/// rotating it to `<file>.1` first when it has grown past `max_bytes`.
+/// rotating it to `<file>.1` first when it has grown past `max_bytes`. A batch is written
+/// whole or not at all.
 fn write_file(path: &PathBuf, max_bytes: u64, buf: &[u8]) -> std::io::Result<()> {
     if max_bytes > 0 {
         if let Ok(meta) = std::fs::metadata(path) {
@@ -309,7 +310,14 @@ fn write_file(path: &PathBuf, max_bytes: u64, buf: &[u8]) -> std::io::Result<()>
         }
     }
     let mut f = open_append(path)?;
-    f.write_all(buf)
+    let start = f.metadata()?.len();
+    f.write_all(buf).inspect_err(|_| {
+        // Failed part-way (a full disk): the fragment is taken back out, so that no line
+        // written once there is room again is glued to it.
+        if f.metadata().is_ok_and(|m| m.len() > start) {
+            let _ = f.set_len(start);
+        }
+    })
 }
 
 /// SipHash-2-4 with a 128-bit key: a stable, keyed PRF (std keeps the algorithm
