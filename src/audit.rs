@@ -397,6 +397,30 @@ mod tests {
         assert_eq!(metrics.audit_dropped.get(), 1000);
     }
 
+    /// Hashes are stable under one key (across instances and restarts) and differ
+    /// under another; without a key, they differ per process.
+    #[test]
+    fn hashed_numbers_depend_on_the_key() {
+        let hashed = |key: Option<&str>| {
+            let cfg = AuditConfig {
+                output: Some("stdout".into()),
+                numbers: NumberRedaction::Hash,
+                hash_key: key.map(str::to_owned),
+                ..AuditConfig::default()
+            };
+            let audit = Audit::start(&cfg, Arc::new(Metrics::new())).unwrap();
+            audit.number("+14155550123")
+        };
+        let a = hashed(Some("0123456789abcdef"));
+        assert_eq!(a, hashed(Some("0123456789abcdef")));
+        assert!(
+            a.starts_with("h:") && a.len() == 18 && !a.contains("4155550123"),
+            "{a}"
+        );
+        assert_ne!(a, hashed(Some("0123456789abcdeF")));
+        assert_ne!(hashed(None), hashed(None));
+    }
+
     /// The file holds numbers and IPs: created for its owner only, also when rotation
     /// starts a new one.
     #[tokio::test]
