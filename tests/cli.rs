@@ -254,3 +254,35 @@ fn a_sighup_during_start_up_is_a_reload_not_the_end() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// An audit log in a directory that does not exist stops start-up with a message that
+/// names the file (it said only "opening the audit log: No such file or directory").
+#[test]
+fn an_audit_log_that_cannot_be_opened_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("missing").join("audit.jsonl");
+    let config = dir.path().join("svc.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [audit]\noutput = \"{}\"\n",
+            audit.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_smsfence"))
+        .args(["--config", config.to_str().unwrap()])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "smsfence: opening the audit log {}: No such file or directory",
+            audit.display()
+        )),
+        "{stderr}"
+    );
+}
