@@ -11,7 +11,7 @@
 //! the network.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -194,6 +194,9 @@ impl Summary {
 /// in `ts` order, holding each line back until a line this much later has been read.
 pub const REORDER_WINDOW: Duration = Duration::from_secs(300);
 
+/// The longest line read (an audit event is a few hundred bytes).
+pub const MAX_LINE: usize = 1 << 20;
+
 /// A line read and checked, waiting for its turn.
 struct Event {
     line: usize,
@@ -235,17 +238,36 @@ pub async fn replay(
     // answered (and written before it).
     let mut pending: BTreeMap<(Timestamp, bool, usize), Event> = BTreeMap::new();
     let mut newest = Timestamp::default();
-    // Split on bytes, not `lines()`: a line that is not UTF-8 is one malformed line, not
-    // an I/O error that ends the replay.
-    for (i, line) in input.split(b'\n').enumerate() {
-        let line = line?;
-        let n = i + 1;
+    // Read as bytes, not `lines()`: a line that is not UTF-8 is one malformed line, not
+    // an I/O error that ends the replay; and at most MAX_LINE of it: a line longer than
+    // any event is not held in memory.
+    let mut input = input;
+    let mut n = 0;
+    loop {
+        let mut line = Vec::new();
+        let len = (&mut input)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)?;
+        if len == 0 {
+            break;
+        }
+        n += 1;
         summary.lines = n;
-        read += line.len() as u64 + 1;
+        read += len as u64;
         if n % 65_536 == 0 {
             progress(read);
         }
-        match parse(n, line) {
+        let parsed = if line.last() == Some(&b'\n') {
+            line.pop();
+            parse(n, line)
+        } else if line.len() > MAX_LINE {
+            read += input.skip_until(b'\n')? as u64;
+            Err(format!("longer than {MAX_LINE} bytes"))
+        } else {
+            // The last line, with no newline.
+            parse(n, line)
+        };
+        match parsed {
             Ok(Some(event)) => {
                 newest = newest.max(event.ts);
                 let outcome = !matches!(event.what, What::Send(_));

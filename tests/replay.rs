@@ -174,6 +174,31 @@ fn a_line_that_is_not_utf8_is_malformed_not_the_end_of_the_replay() {
     assert!(stdout.contains("malformed line 2:"), "{stdout}");
 }
 
+/// A line longer than any event (a binary file, a run of NULs where a log was truncated
+/// under its writer) is one malformed line, read past without holding it in memory.
+#[test]
+fn an_overlong_line_is_malformed_and_skipped() {
+    let (dir, a, _b, _file) = setup();
+    let file = dir.path().join("long.jsonl");
+    let mut bytes = vec![0u8; 3 << 20];
+    bytes.push(b'\n');
+    bytes.extend_from_slice(
+        br#"{"ts":"2026-11-22T10:00:02Z","event":"send","number":"+447400123458"}"#,
+    );
+    bytes.push(b'\n');
+    std::fs::write(&file, bytes).unwrap();
+    let (ok, stdout, stderr) = replay(&["--rules", &a, &file.display().to_string()]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("2 lines: 1 sends, 0 verification outcomes, 1 malformed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("malformed line 1: longer than 1048576 bytes"),
+        "{stdout}"
+    );
+}
+
 /// The audit log of a live run, replayed against the same rules, decides every send as
 /// the proxy did: the lines are written when requests finish (an allowed send after its
 /// upstream answered, a refusal at once), not in the order they were decided, and sends
