@@ -256,7 +256,8 @@ fn a_sighup_during_start_up_is_a_reload_not_the_end() {
 }
 
 /// An audit log in a directory that does not exist stops start-up with a message that
-/// names the file (it said only "opening the audit log: No such file or directory").
+/// names the file (it said only "opening the audit log: No such file or directory"), as
+/// a JSON log line with `--log-format json`.
 #[test]
 fn an_audit_log_that_cannot_be_opened_is_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -271,18 +272,28 @@ fn an_audit_log_that_cannot_be_opened_is_named() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_smsfence"))
-        .args(["--config", config.to_str().unwrap()])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let run = |format: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_smsfence"))
+            .args(["--config", config.to_str().unwrap(), "--log-format", format])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let message = format!(
+        "opening the audit log {}: No such file or directory",
+        audit.display()
+    );
+    let stderr = run("pretty");
+    assert!(stderr.contains(&format!("smsfence: {message}")), "{stderr}");
+    // With JSON logs, the error is a JSON log line too.
+    let stderr = run("json");
+    let last: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("not a JSON line ({e}): {stderr}"));
+    assert_eq!(last["level"], "ERROR", "{stderr}");
     assert!(
-        stderr.contains(&format!(
-            "smsfence: opening the audit log {}: No such file or directory",
-            audit.display()
-        )),
+        last["message"].as_str().unwrap().starts_with(&message),
         "{stderr}"
     );
 }
