@@ -397,6 +397,48 @@ mod tests {
         assert_eq!(metrics.audit_dropped.get(), 1000);
     }
 
+    /// logrotate's two ways: a rename (with or without `create`) is followed by the next
+    /// batch, which goes to a new file at the path; `copytruncate` empties the file under
+    /// the writer, whose next lines start at its new end (no hole of NULs before them).
+    #[tokio::test]
+    async fn rotation_by_rename_or_copytruncate_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let cfg = AuditConfig {
+            output: Some(path.display().to_string()),
+            ..AuditConfig::default()
+        };
+        let audit = Audit::start(&cfg, Arc::new(Metrics::new())).unwrap();
+        let write = |id: &str| {
+            audit.emit(AuditEvent {
+                event: "send",
+                request_id: id.to_owned(),
+                ..AuditEvent::default()
+            });
+            audit.flush(std::time::Duration::from_secs(10))
+        };
+        assert!(write("before").await);
+        std::fs::rename(&path, dir.path().join("audit.jsonl.1")).unwrap();
+        assert!(write("renamed").await);
+        std::fs::copy(&path, dir.path().join("audit.jsonl.2")).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert!(write("truncated").await);
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert!(read("audit.jsonl.1").contains("\"before\""));
+        assert!(read("audit.jsonl.2").contains("\"renamed\""));
+        let now = read("audit.jsonl");
+        assert_eq!(now.lines().count(), 1, "{now:?}");
+        assert!(
+            now.starts_with('{') && now.contains("\"truncated\""),
+            "{now:?}"
+        );
+    }
+
     /// Hashes are stable under one key (across instances and restarts) and differ
     /// under another; without a key, they differ per process.
     #[test]
