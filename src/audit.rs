@@ -81,6 +81,10 @@ pub struct AuditEvent {
     /// Upstream status, when forwarded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
+    /// Why the upstream gave no answer (`refused`: the send never reached it; `timeout`,
+    /// `reset`, `other`), when forwarded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_error: Option<&'static str>,
     /// Whole-request latency in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
@@ -211,6 +215,16 @@ enum Target {
     File { path: PathBuf, max_bytes: u64 },
 }
 
+impl Target {
+    /// For messages: the path, or `stdout`.
+    fn name(&self) -> std::path::Display<'_> {
+        match self {
+            Target::Stdout => std::path::Path::new("stdout").display(),
+            Target::File { path, .. } => path.display(),
+        }
+    }
+}
+
 /// Opens the file for appending; one it creates is readable by its owner only (it holds
 /// numbers and IPs). An existing file keeps its mode.
 fn open_append(path: &PathBuf) -> std::io::Result<std::fs::File> {
@@ -225,14 +239,21 @@ fn open_append(path: &PathBuf) -> std::io::Result<std::fs::File> {
 fn writer(mut rx: mpsc::Receiver<Msg>, target: Target, metrics: Arc<Metrics>) {
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut acks = Vec::new();
+    // Whether the last batch could not be written: logged once when writing starts to
+    // fail and once when it works again, not once per batch.
+    let mut failing = false;
     while let Some(first) = rx.blocking_recv() {
         buf.clear();
+        let mut events = 0;
         let mut next = Some(first);
         while let Some(m) = next {
             match m {
                 Msg::Event(e) => {
                     if serde_json::to_writer(&mut buf, &e).is_ok() {
                         buf.push(b'\n');
+                        events += 1;
+                    } else {
+                        metrics.audit_dropped.inc();
                     }
                 }
                 Msg::Flush(ack) => acks.push(ack),
@@ -251,8 +272,22 @@ fn writer(mut rx: mpsc::Receiver<Msg>, target: Target, metrics: Arc<Metrics>) {
                 }
                 Target::File { path, max_bytes } => write_file(path, *max_bytes, &buf),
             };
-            if written.is_err() {
-                metrics.audit_dropped.inc();
+            match written {
+                Err(e) => {
+                    metrics.audit_dropped.inc_by(events);
+                    if !failing {
+                        tracing::error!(
+                            "cannot write the audit log {}: {e}; its events are dropped (smsfence_audit_dropped_total) until it can",
+                            target.name()
+                        );
+                    }
+                    failing = true;
+                }
+                Ok(()) if failing => {
+                    tracing::info!("the audit log {} is written again", target.name());
+                    failing = false;
+                }
+                Ok(()) => {}
             }
         }
         for ack in acks.drain(..) {
@@ -262,7 +297,8 @@ fn writer(mut rx: mpsc::Receiver<Msg>, target: Target, metrics: Arc<Metrics>) {
 }
 
 /// Appends to the file (opened per batch, so a rename by logrotate is followed at once),
-/// rotating it to `<file>.1` first when it has grown past `max_bytes`.
+/// rotating it to `<file>.1` first when it has grown past `max_bytes`. A batch is written
+/// whole or not at all.
 fn write_file(path: &PathBuf, max_bytes: u64, buf: &[u8]) -> std::io::Result<()> {
     if max_bytes > 0 {
         if let Ok(meta) = std::fs::metadata(path) {
@@ -274,7 +310,14 @@ fn write_file(path: &PathBuf, max_bytes: u64, buf: &[u8]) -> std::io::Result<()>
         }
     }
     let mut f = open_append(path)?;
-    f.write_all(buf)
+    let start = f.metadata()?.len();
+    f.write_all(buf).inspect_err(|_| {
+        // Failed part-way (a full disk): the fragment is taken back out, so that no line
+        // written once there is room again is glued to it.
+        if f.metadata().is_ok_and(|m| m.len() > start) {
+            let _ = f.set_len(start);
+        }
+    })
 }
 
 /// SipHash-2-4 with a 128-bit key: a stable, keyed PRF (std keeps the algorithm
@@ -318,6 +361,106 @@ mod tests {
             .last()
             .unwrap()
             .contains(&format!("r{}", n - 1)));
+    }
+
+    /// Events that cannot be written (the directory is gone, the disk is full) are each
+    /// counted as dropped, not one per batch of them; writing resumes once it can.
+    #[tokio::test]
+    async fn every_event_that_cannot_be_written_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("logs");
+        std::fs::create_dir(&sub).unwrap();
+        let path = sub.join("audit.jsonl");
+        let cfg = AuditConfig {
+            output: Some(path.display().to_string()),
+            ..AuditConfig::default()
+        };
+        let metrics = Arc::new(Metrics::new());
+        let audit = Audit::start(&cfg, Arc::clone(&metrics)).unwrap();
+        std::fs::remove_dir_all(&sub).unwrap();
+        let emit = |i: u32| {
+            audit.emit(AuditEvent {
+                event: "send",
+                request_id: format!("r{i}"),
+                ..AuditEvent::default()
+            })
+        };
+        for i in 0..1000 {
+            emit(i);
+        }
+        assert!(audit.flush(std::time::Duration::from_secs(10)).await);
+        assert_eq!(metrics.audit_dropped.get(), 1000);
+        std::fs::create_dir(&sub).unwrap();
+        emit(1000);
+        assert!(audit.flush(std::time::Duration::from_secs(10)).await);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        assert_eq!(metrics.audit_dropped.get(), 1000);
+    }
+
+    /// logrotate's two ways: a rename (with or without `create`) is followed by the next
+    /// batch, which goes to a new file at the path; `copytruncate` empties the file under
+    /// the writer, whose next lines start at its new end (no hole of NULs before them).
+    #[tokio::test]
+    async fn rotation_by_rename_or_copytruncate_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let cfg = AuditConfig {
+            output: Some(path.display().to_string()),
+            ..AuditConfig::default()
+        };
+        let audit = Audit::start(&cfg, Arc::new(Metrics::new())).unwrap();
+        let write = |id: &str| {
+            audit.emit(AuditEvent {
+                event: "send",
+                request_id: id.to_owned(),
+                ..AuditEvent::default()
+            });
+            audit.flush(std::time::Duration::from_secs(10))
+        };
+        assert!(write("before").await);
+        std::fs::rename(&path, dir.path().join("audit.jsonl.1")).unwrap();
+        assert!(write("renamed").await);
+        std::fs::copy(&path, dir.path().join("audit.jsonl.2")).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert!(write("truncated").await);
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert!(read("audit.jsonl.1").contains("\"before\""));
+        assert!(read("audit.jsonl.2").contains("\"renamed\""));
+        let now = read("audit.jsonl");
+        assert_eq!(now.lines().count(), 1, "{now:?}");
+        assert!(
+            now.starts_with('{') && now.contains("\"truncated\""),
+            "{now:?}"
+        );
+    }
+
+    /// Hashes are stable under one key (across instances and restarts) and differ
+    /// under another; without a key, they differ per process.
+    #[test]
+    fn hashed_numbers_depend_on_the_key() {
+        let hashed = |key: Option<&str>| {
+            let cfg = AuditConfig {
+                output: Some("stdout".into()),
+                numbers: NumberRedaction::Hash,
+                hash_key: key.map(str::to_owned),
+                ..AuditConfig::default()
+            };
+            let audit = Audit::start(&cfg, Arc::new(Metrics::new())).unwrap();
+            audit.number("+14155550123")
+        };
+        let a = hashed(Some("0123456789abcdef"));
+        assert_eq!(a, hashed(Some("0123456789abcdef")));
+        assert!(
+            a.starts_with("h:") && a.len() == 18 && !a.contains("4155550123"),
+            "{a}"
+        );
+        assert_ne!(a, hashed(Some("0123456789abcdeF")));
+        assert_ne!(hashed(None), hashed(None));
     }
 
     /// The file holds numbers and IPs: created for its owner only, also when rotation

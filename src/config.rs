@@ -265,6 +265,9 @@ pub enum NumberRedaction {
     Hash,
 }
 
+/// The shortest `audit.hash_key` taken (bytes).
+pub const MIN_HASH_KEY: usize = 16;
+
 /// The audit log of decisions.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -432,6 +435,20 @@ impl Config {
                 0,
                 "admin.token".into(),
                 "must not be empty (leave it out to run the admin API without a token)".into(),
+            ));
+        }
+        // A key anyone can guess (empty: an unset variable in a template) makes hashed
+        // numbers reversible by hashing every number of a country with it.
+        if self
+            .audit
+            .hash_key
+            .as_deref()
+            .is_some_and(|k| k.len() < MIN_HASH_KEY)
+        {
+            return Err(err(
+                0,
+                "audit.hash_key".into(),
+                format!("must be at least {MIN_HASH_KEY} bytes (a random string): a short key lets anyone reverse the hashed numbers"),
             ));
         }
         if self.upstream.timeout.is_zero() || self.upstream.connect_timeout.is_zero() {
@@ -699,6 +716,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("admin.token"), "{e}");
+    }
+
+    /// A hash key anyone could guess (empty: an unset variable in a template; or short)
+    /// makes the audit log's hashed numbers reversible by hashing every number.
+    #[test]
+    fn a_short_audit_hash_key_is_an_error_not_a_public_key() {
+        for key in ["", "short-key"] {
+            let text = format!("[audit]\nnumbers = \"hash\"\nhash_key = \"{key}\"\n");
+            let e = Config::from_toml("svc.toml", &text)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("audit.hash_key"), "{e}");
+            assert!(
+                key.is_empty() || !e.contains(key),
+                "the key is not repeated: {e}"
+            );
+        }
+        let text = "[audit]\nnumbers = \"hash\"\nhash_key = \"0123456789abcdef\"\n";
+        assert!(Config::from_toml("svc.toml", text)
+            .unwrap()
+            .validate()
+            .is_ok());
     }
 
     /// toml's own message quotes the offending line, and serde's the offending value: a

@@ -258,6 +258,18 @@ fn init_logging(format: LogFormat) {
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
+    let json_logs = matches!(args.log_format, LogFormat::Json);
+    match run_logged(args) {
+        // Keep stderr pure JSON lines in this mode, to the last one.
+        Err(e) if json_logs => {
+            tracing::error!("{e:#}");
+            Ok(ExitCode::FAILURE)
+        }
+        result => result,
+    }
+}
+
+fn run_logged(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),

@@ -254,3 +254,46 @@ fn a_sighup_during_start_up_is_a_reload_not_the_end() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// An audit log in a directory that does not exist stops start-up with a message that
+/// names the file (it said only "opening the audit log: No such file or directory"), as
+/// a JSON log line with `--log-format json`.
+#[test]
+fn an_audit_log_that_cannot_be_opened_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("missing").join("audit.jsonl");
+    let config = dir.path().join("svc.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [audit]\noutput = \"{}\"\n",
+            audit.display()
+        ),
+    )
+    .unwrap();
+    let run = |format: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_smsfence"))
+            .args(["--config", config.to_str().unwrap(), "--log-format", format])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let message = format!(
+        "opening the audit log {}: No such file or directory",
+        audit.display()
+    );
+    let stderr = run("pretty");
+    assert!(stderr.contains(&format!("smsfence: {message}")), "{stderr}");
+    // With JSON logs, the error is a JSON log line too.
+    let stderr = run("json");
+    let last: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("not a JSON line ({e}): {stderr}"));
+    assert_eq!(last["level"], "ERROR", "{stderr}");
+    assert!(
+        last["message"].as_str().unwrap().starts_with(&message),
+        "{stderr}"
+    );
+}

@@ -399,3 +399,76 @@ async fn an_upstream_body_broken_off_is_counted() {
         "{m}"
     );
 }
+
+/// A disk that fills up inside a line leaves no torn line in the audit log: a batch that
+/// cannot be written whole is taken back out, so the lines written once there is room
+/// again are not glued to a fragment (which replay and log shippers read as garbage).
+/// The full disk here is a file size limit (`ulimit -f`, with SIGXFSZ ignored: writes past
+/// it fail part-way, as on a full disk).
+#[test]
+fn a_full_disk_leaves_no_torn_audit_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let cfg = dir.path().join("svc.toml");
+    std::fs::write(&cfg, format!("[audit]\noutput = \"{}\"\n", audit.display())).unwrap();
+    let (proxy, admin) = (free_port(), free_port());
+    let mut child = std::process::Command::new("bash")
+        .args([
+            "-c",
+            r#"ulimit -f 2; trap '' XFSZ; exec "$@""#,
+            "bash",
+            env!("CARGO_BIN_EXE_smsfence"),
+            "--listen",
+            &format!("127.0.0.1:{proxy}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+            "--rules",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/rules"),
+            "--config",
+        ])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = |port: u16, path: &str| format!("http://127.0.0.1:{port}{path}");
+    rt.block_on(async {
+        let started = std::time::Instant::now();
+        loop {
+            let req = hyper::Request::get(url(admin, "/healthz"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            if client().request(req).await.is_ok() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "smsfence did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // 20 lines of about 400 bytes, one at a time, into 2 KiB.
+        for i in 0..20 {
+            let body = format!("To=%2B4474001234{i:02}&From=%2B15005550006&Body=hi");
+            let path = "/2010-04-01/Accounts/ACtest/Messages.json";
+            send("POST", &url(proxy, path), &[FORM, BASIC], body).await;
+        }
+    });
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(text.lines().count() >= 3, "lines were written: {text}");
+    assert!(text.ends_with('\n'), "a torn last line: {text}");
+    for line in text.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "{line}"
+        );
+    }
+}

@@ -279,3 +279,58 @@ async fn no_text_code_or_credential_leaves_smsfence() {
         "a number leaked into the metrics"
     );
 }
+
+/// `numbers = "masked"` and `"hash"` apply to every number the audit log writes: every
+/// recipient of a multi-recipient send, Verify checks, verification outcomes, refusals.
+#[tokio::test]
+async fn redacted_audit_logs_hold_no_number_in_full() {
+    for mode in ["masked", "hash"] {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit.jsonl");
+        let cfg = format!(
+            "[audit]\noutput = \"{}\"\nnumbers = \"{mode}\"\nhash_key = \"0123456789abcdef\"\n",
+            audit.display()
+        );
+        let p = Proxy::start_default_rules(&cfg).await;
+        let plivo = r#"{"src":"+15005550006","dst":"447400123456<447400123457","text":"hi"}"#;
+        send(
+            "POST",
+            &p.url("/v1/Account/MA1/Message/"),
+            &[JSON, BASIC],
+            plivo,
+        )
+        .await;
+        twilio_send(&p, "+447400123458", &[]).await;
+        twilio_send(&p, "+447400123458", &[]).await; // throttled
+        twilio_send(&p, "+449098790123", &[]).await; // premium rate: blocked
+        send(
+            "POST",
+            &p.url("/v2/Services/VA1/VerificationCheck"),
+            &[FORM, BASIC],
+            "To=%2B447400123459&Code=987654",
+        )
+        .await;
+        send(
+            "POST",
+            &p.admin("/v1/feedback"),
+            &[JSON],
+            r#"{"number":"+447400123460","outcome":"failed"}"#,
+        )
+        .await;
+        assert!(p.instance.app.audit.flush(Duration::from_secs(10)).await);
+        let text = std::fs::read_to_string(&audit).unwrap();
+        assert!(text.lines().count() >= 7, "{mode}: {text}");
+        for n in [
+            "7400123456",
+            "7400123457",
+            "7400123458",
+            "7400123459",
+            "7400123460",
+            "9098790123",
+        ] {
+            assert!(!text.contains(n), "{mode}: {n} in full: {text}");
+        }
+        let marker = if mode == "hash" { "\"h:" } else { "****\"" };
+        assert!(text.matches(marker).count() >= 7, "{mode}: {text}");
+    }
+}

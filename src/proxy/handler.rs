@@ -117,8 +117,8 @@ struct Ctx<'a> {
     /// up then has waited on the upstream, not on smsfence, since).
     upstream_since: Option<Instant>,
     upstream_status: Option<u16>,
-    /// The upstream could not be connected to: the request never reached it.
-    upstream_refused: bool,
+    /// Why the upstream gave no answer (`Refused`: the request never reached it).
+    upstream_error: Option<UpstreamError>,
     /// The audit event, once the request is decided (written by [`finish_event`]).
     event: AuditEvent,
 }
@@ -143,7 +143,7 @@ pub async fn handle(
             upstream_time: Duration::ZERO,
             upstream_since: None,
             upstream_status: None,
-            upstream_refused: false,
+            upstream_error: None,
             event: AuditEvent::default(),
         },
     };
@@ -423,7 +423,7 @@ async fn handle_inner<'a>(
             // or a broken exchange stays counted: the code may have gone out.
             let not_taken = match ctx.upstream_status {
                 Some(status) => status >= 400,
-                None => ctx.upstream_refused,
+                None => ctx.upstream_error == Some(UpstreamError::Refused),
             };
             if not_taken && !decision.counted.is_empty() {
                 let given =
@@ -489,6 +489,7 @@ fn finish_event(app: &App, ctx: &mut Ctx<'_>, started: Instant) {
         return;
     }
     event.upstream_status = ctx.upstream_status;
+    event.upstream_error = ctx.upstream_error.map(UpstreamError::as_str);
     event.latency_ms = Some(started.elapsed().as_secs_f64() * 1e3);
     if ctx.upstream_time > Duration::ZERO {
         event.upstream_ms = Some(ctx.upstream_time.as_secs_f64() * 1e3);
@@ -635,7 +636,7 @@ async fn forward<'a>(
                 .with_label_values(&[ctx.provider, kind.as_str()])
                 .inc();
             tracing::warn!(route = %route.name, kind = kind.as_str(), "upstream request failed");
-            ctx.upstream_refused = kind == UpstreamError::Refused;
+            ctx.upstream_error = Some(kind);
             return match kind {
                 UpstreamError::Timeout => {
                     ctx.outcome = Outcome::UpstreamTimeout;

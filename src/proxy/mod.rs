@@ -376,8 +376,13 @@ pub enum StartError {
         error: std::io::Error,
     },
     /// The audit log could not be opened.
-    #[error("opening the audit log: {0}")]
-    Audit(std::io::Error),
+    #[error("opening the audit log {path}: {error}")]
+    Audit {
+        /// `audit.output`.
+        path: String,
+        /// Why (in the message, so not a `source` too: it would be printed twice).
+        error: std::io::Error,
+    },
     /// A proxy worker's thread or event loop could not be started.
     #[error("starting a proxy worker: {0}")]
     Worker(std::io::Error),
@@ -431,7 +436,11 @@ impl Instance {
         // The store's series exist at 0 from the start, so that rate() sees its first
         // errors; only its own (a dashboard would show a store not in use at 0).
         metrics.track_store(store.kind());
-        let audit = Audit::start(&cfg.audit, Arc::clone(&metrics)).map_err(StartError::Audit)?;
+        let audit =
+            Audit::start(&cfg.audit, Arc::clone(&metrics)).map_err(|error| StartError::Audit {
+                path: cfg.audit.output.clone().unwrap_or_default(),
+                error,
+            })?;
         let header = |h: &Option<String>| {
             h.as_ref()
                 .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
