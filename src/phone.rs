@@ -277,8 +277,10 @@ pub enum PhoneError {
 
 /// Normalizes one recipient as written by a client.
 ///
-/// `Err` means the string could not be read as a number; `Ok` with `is_valid() == false`
-/// means it parsed but matches no numbering plan. Both are refused as `invalid_number`.
+/// `Err` means the string could not be read as a number (or is written with more than
+/// digits, a leading `+` and the separators ` -.()`, which providers may read otherwise);
+/// `Ok` with `is_valid() == false` means it parsed but matches no numbering plan. Both are
+/// refused as `invalid_number`.
 ///
 /// International digits (`+` and ASCII digits, or bare digits read as international) go
 /// through [`fast`], a table built once from the same metadata; anything it is not sure
@@ -348,6 +350,23 @@ fn international_digits(
     (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(digits)
 }
 
+/// Whether `raw` (trimmed) is an optional leading `+` and then ASCII digits and the
+/// separators ` -.()` only: what every provider reads as the same digits.
+///
+/// `phonenumber` reads far more, in ways a provider need not share: letters as keypad
+/// digits (`+499A001234567` is a German fixed line to it, and +49 900 1234567, premium
+/// rate, to a provider that drops letters), everything after an extension mark (`,` `;`
+/// `#` `~` `x` `ext`) dropped (`+6619001234,56` is a Thai fixed line to it, +66 1900
+/// 123456, premium rate, to a provider that drops punctuation), leading and trailing
+/// junk, several `+`, `tel:` URIs, Unicode spaces and dashes. Such a recipient is not a
+/// number here, and so refused as `invalid_number`.
+fn plainly_written(raw: &str) -> bool {
+    raw.strip_prefix('+')
+        .unwrap_or(raw)
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b' ' | b'-' | b'.' | b'(' | b')'))
+}
+
 /// The reference path: every recipient through the full `phonenumber` parse, validity and
 /// type. [`normalize`] gives the same result faster; this is public for the differential
 /// test and the benches.
@@ -357,7 +376,7 @@ pub fn normalize_full(
     default_region: Option<Country>,
 ) -> Result<Destination, PhoneError> {
     let raw = raw.trim();
-    if raw.is_empty() || raw.len() > 64 {
+    if raw.is_empty() || raw.len() > 64 || !plainly_written(raw) {
         return Err(PhoneError::NotANumber);
     }
     let parsed = if raw.starts_with('+') {
@@ -472,6 +491,88 @@ mod tests {
         ] {
             let r = normalize(s, NumberFormat::E164, None);
             assert!(r.is_err() || !r.unwrap().is_valid(), "{s:?}");
+        }
+    }
+
+    /// A number written with more than digits and plain separators is read by
+    /// `phonenumber` in ways a provider need not share: letters become digits, and
+    /// everything after an extension mark (`,` `;` `#` `~` `x` `ext`) is dropped, so that
+    /// smsfence would decide a Thai fixed line where the provider dials the premium-rate
+    /// +66 1900 123456. None of them is a number.
+    #[test]
+    fn only_digits_and_plain_separators_are_read() {
+        let th = Country::parse("TH");
+        for s in [
+            "+6619001234,56",
+            "+6619001234;56",
+            "+6619001234#56",
+            "+6619001234~56",
+            "+6619001234 , 56",
+            "+6619001234x56",
+            "+6619001234 ext 56",
+            "+6619001234/x56",
+            "6619001234,56",
+            "+499A001234567",
+            "+1-800-FLOWERS",
+            "+447400123456#",
+            "+447400123456!",
+            "*+447400123456",
+            "abc+447400123456",
+            "++447400123456",
+            "+ +447400123456",
+            "44+7400123456",
+            "tel:+447400123456",
+            "tel:7400123456;phone-context=+44",
+            "\u{ff0b}447400123456",
+            "+44\u{a0}7400123456",
+            "+44\u{200b}7400123456",
+            "+44\u{2013}7400123456",
+            "+44\t7400123456",
+            "+447400123456\n+449098790123",
+        ] {
+            for (format, region) in [
+                (NumberFormat::E164, None),
+                (NumberFormat::E164, th),
+                (NumberFormat::InternationalDigits, None),
+                (NumberFormat::National, th),
+            ] {
+                assert_eq!(
+                    normalize(s, format, region),
+                    Err(PhoneError::NotANumber),
+                    "{s:?} {format:?} {region:?}"
+                );
+            }
+        }
+        // Spaces, dashes, dots and parentheses stay as readable as before.
+        let gb = Country::parse("GB");
+        let us = Country::parse("US");
+        for (s, format, region, want) in [
+            ("+44 7400 123456", NumberFormat::E164, None, "+447400123456"),
+            ("+44-7400-123456", NumberFormat::E164, None, "+447400123456"),
+            ("+44.7400.123456", NumberFormat::E164, None, "+447400123456"),
+            (
+                " +44 (0) 7400 123456 ",
+                NumberFormat::E164,
+                None,
+                "+447400123456",
+            ),
+            (
+                "+ 44 7400 123456",
+                NumberFormat::E164,
+                None,
+                "+447400123456",
+            ),
+            (
+                "44 7400 123456",
+                NumberFormat::InternationalDigits,
+                None,
+                "+447400123456",
+            ),
+            ("07400 123456", NumberFormat::National, gb, "+447400123456"),
+            ("(415) 555-0123", NumberFormat::E164, us, "+14155550123"),
+        ] {
+            let d = normalize(s, format, region).expect(s);
+            assert_eq!(d.e164(), want, "{s:?}");
         }
     }
 

@@ -296,6 +296,53 @@ async fn bodies_read_two_ways_are_refused() {
     .await;
 }
 
+/// Recipients that `phonenumber` reads as an allowed number and a provider that keeps
+/// only the digits (or the letters' absence) reads as a premium-rate one: +66 1900 123456
+/// written with an extension mark (a Thai fixed line to `phonenumber`), +49 900 1234567
+/// with a letter (a German fixed line, `A` read as 2).
+#[tokio::test]
+async fn recipients_written_with_more_than_digits_are_refused() {
+    refused(&[
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest/Messages.json",
+            &[FORM, BASIC],
+            "To=%2B6619001234%2C56&From=%2B15005550006&Body=hi",
+        ),
+        (
+            "POST",
+            "/v2/Services/VAtest/Verifications",
+            &[FORM, BASIC],
+            "To=%2B6619001234+ext+56&Channel=sms",
+        ),
+        (
+            "POST",
+            "/sms/json",
+            &[FORM],
+            "api_key=k&api_secret=s&to=6619001234%2356&from=A&text=hi",
+        ),
+        (
+            "POST",
+            "/v2/messages",
+            &[JSON],
+            r#"{"from":"+15005550006","to":"+499A001234567","text":"hi"}"#,
+        ),
+        (
+            "POST",
+            "/v1/Account/MA123/Message/",
+            &[JSON],
+            r#"{"src":"+15005550006","dst":"6619001234;56","text":"hi"}"#,
+        ),
+        (
+            "POST",
+            "/sms/3/messages",
+            &[JSON],
+            r#"{"messages":[{"sender":"A","destinations":[{"to":"6619001234~56"}],"content":{"text":"hi"}}]}"#,
+        ),
+    ])
+    .await;
+}
+
 /// A gzip body whose header comment reads, as a form, `to=447400123456`, and which
 /// inflates to `to=449098790123&from=A&text=hi`.
 const GZIP_POLYGLOT: &str = "1f8b08100000000000ff26746f3d343437343030313233343536266170695f6b65793d6b26002bc9b73531b134b0b430b734303432564b2bcacfb575542b49ad28b1cdc804003ed0c0921e000000";
