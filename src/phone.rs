@@ -144,7 +144,8 @@ impl NumberType {
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NumberFormat {
-    /// `+` and the international digits; national numbers are read with the default region.
+    /// `+` and the international digits; a number without `+` is national, read with the
+    /// default region (and without one, not a number).
     #[default]
     E164,
     /// International digits without `+` (Vonage, Infobip, Sinch accept this).
@@ -292,7 +293,7 @@ pub fn normalize(
     default_region: Option<Country>,
 ) -> Result<Destination, PhoneError> {
     let trimmed = raw.trim();
-    if let Some(digits) = international_digits(trimmed, format, default_region) {
+    if let Some(digits) = international_digits(trimmed, format) {
         if let Some(d) = fast::normalize(digits) {
             return Ok(d);
         }
@@ -330,19 +331,13 @@ pub fn warm_up() {
 
 /// The ASCII digits after the calling code's `+`, when `raw` (trimmed) is read as an
 /// international number by [`normalize_full`] and is nothing but digits.
-fn international_digits(
-    raw: &str,
-    format: NumberFormat,
-    default_region: Option<Country>,
-) -> Option<&str> {
+fn international_digits(raw: &str, format: NumberFormat) -> Option<&str> {
     if raw.is_empty() || raw.len() > 64 {
         return None;
     }
     let digits = if let Some(d) = raw.strip_prefix('+') {
         d
-    } else if format == NumberFormat::InternationalDigits
-        || (format == NumberFormat::E164 && default_region.is_none())
-    {
+    } else if format == NumberFormat::InternationalDigits {
         raw.strip_prefix("00").unwrap_or(raw)
     } else {
         return None;
@@ -381,14 +376,14 @@ pub fn normalize_full(
     }
     let parsed = if raw.starts_with('+') {
         phonenumber::parse(None, raw)
-    } else if format == NumberFormat::InternationalDigits
-        || (format == NumberFormat::E164 && default_region.is_none())
-    {
-        // Vonage-style digits, or a number sent without its `+` and no region to guess:
-        // read it as international, which is what every provider does with it.
+    } else if format == NumberFormat::InternationalDigits {
+        // Vonage-style digits: international, as those providers read them.
         let digits = raw.strip_prefix("00").unwrap_or(raw);
         phonenumber::parse(None, format!("+{digits}"))
     } else {
+        // An E.164 route's number without its `+` is national: Twilio reads it in its
+        // sender's country (`6589068136` is Jamaica to a US sender, Singapore read as
+        // international), so only the route's region can say which it is.
         let region = default_region
             .and_then(Country::to_id)
             .ok_or(PhoneError::NoRegion)?;
@@ -574,6 +569,40 @@ mod tests {
             let d = normalize(s, format, region).expect(s);
             assert_eq!(d.e164(), want, "{s:?}");
         }
+    }
+
+    /// Digits without `+` on an E.164 route are international to smsfence only when there
+    /// is no other reading: Twilio reads them in its sender's country, so that
+    /// `6589068136` is +1 658 906 8136 (Jamaica) to it and was +65 8906 8136 (Singapore)
+    /// here. With no region to read them in, they are not a number.
+    #[test]
+    fn e164_digits_without_plus_need_a_region() {
+        for s in [
+            "6589068136",
+            "447400123456",
+            "00447400123456",
+            "(658) 906-8136",
+        ] {
+            assert_eq!(
+                normalize(s, NumberFormat::E164, None),
+                Err(PhoneError::NoRegion),
+                "{s:?}"
+            );
+            assert_eq!(
+                normalize_full(s, NumberFormat::E164, None),
+                Err(PhoneError::NoRegion),
+                "{s:?}"
+            );
+        }
+        let us = normalize("6589068136", NumberFormat::E164, Country::parse("US")).unwrap();
+        assert_eq!(
+            (us.e164(), us.country()),
+            ("+16589068136".into(), Country::parse("JM"))
+        );
+        // International digits stay international, with or without a region.
+        let sg = normalize("6589068136", NumberFormat::InternationalDigits, None).unwrap();
+        assert_eq!(sg.country(), Country::parse("SG"));
+        assert_eq!(n("+6589068136").country(), Country::parse("SG"));
     }
 
     #[test]

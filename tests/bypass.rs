@@ -343,6 +343,59 @@ async fn recipients_written_with_more_than_digits_are_refused() {
     .await;
 }
 
+/// Digits without `+` on an E.164 route with no `default_region`: Twilio reads them in its
+/// sender's country, so `6589068136` is Jamaica (+1 658) to a US sender, and smsfence read
+/// it as Singapore (+65). Refused, since smsfence cannot tell which; with a region, decided.
+#[tokio::test]
+async fn e164_digits_without_plus_and_no_region_are_refused() {
+    const NO_JM: &str = r#"
+[[policy]]
+name = "no-jamaica"
+country_mode = "deny"
+countries = ["JM"]
+"#;
+    let up = MockUpstream::with(|_| Reply::json(200, r#"{"ok":true}"#)).await;
+    let routes = format!(
+        "{}[[route]]\nname = \"twilio-us\"\npreset = \"twilio\"\nupstream = \"{}\"\ndefault_region = \"US\"\npath_prefix = \"/us\"\n",
+        all_presets_to(&up.url()),
+        up.url()
+    );
+    let p = Proxy::start(&routes, &[("r.toml", NO_JM)]).await;
+    let body = "To=6589068136&From=%2B15005550006&Body=hi";
+    for (path, reason) in [
+        (
+            "/2010-04-01/Accounts/ACtest/Messages.json",
+            "invalid_number",
+        ),
+        (
+            "/us/2010-04-01/Accounts/ACtest/Messages.json",
+            "denied_country",
+        ),
+    ] {
+        let a = send("POST", &p.url(path), &[FORM, BASIC], body.to_string()).await;
+        assert_eq!(
+            a.header("smsfence-reason"),
+            Some(reason),
+            "{path}: {}",
+            a.text()
+        );
+    }
+    let a = send(
+        "POST",
+        &p.url("/v2/messages"),
+        &[JSON],
+        r#"{"from":"+15005550006","to":"6589068136","text":"hi"}"#.to_string(),
+    )
+    .await;
+    assert_eq!(
+        a.header("smsfence-reason"),
+        Some("invalid_number"),
+        "{}",
+        a.text()
+    );
+    assert!(up.requests().is_empty(), "forwarded");
+}
+
 /// A gzip body whose header comment reads, as a form, `to=447400123456`, and which
 /// inflates to `to=449098790123&from=A&text=hi`.
 const GZIP_POLYGLOT: &str = "1f8b08100000000000ff26746f3d343437343030313233343536266170695f6b65793d6b26002bc9b73531b134b0b430b734303432564b2bcacfb575542b49ad28b1cdc804003ed0c0921e000000";
