@@ -82,6 +82,14 @@ async fn twilio_ambiguous_fields_are_refused() {
             &[FORM, BASIC],
             "To=%2B449098790123&Channel=email&Channel=sms",
         ),
+        // Two `To` on a check: smsfence counted (and credited) the first, a last-wins
+        // reader checks the code of the second.
+        (
+            "POST",
+            "/v2/Services/VAtest/VerificationCheck",
+            &[FORM, BASIC],
+            "To=%2B447400123456&To=%2B449098790123&Code=123456",
+        ),
     ])
     .await;
 }
