@@ -271,10 +271,11 @@ async fn check(app: &App, c: CheckRequest) -> Response<Body> {
         Some(Some(k)) => k,
         None => RequestKind::Send,
     };
+    // Without a region, digits without `+` are international, as they always were here.
     let format = if region.is_some() {
         NumberFormat::National
     } else {
-        NumberFormat::E164
+        NumberFormat::InternationalDigits
     };
     let recipient = phone::normalize(&c.number, format, region);
     let recipients = [recipient.clone()];
@@ -385,7 +386,8 @@ enum FeedbackOutcome {
 }
 
 async fn feedback(app: &App, f: FeedbackRequest) -> Response<Body> {
-    match phone::normalize(&f.number, NumberFormat::E164, None) {
+    // Digits without `+` are international, as the digits-only presets send them.
+    match phone::normalize(&f.number, NumberFormat::InternationalDigits, None) {
         Ok(d) if d.is_valid() => {
             app.record_conversion(&d, "feedback", f.outcome == FeedbackOutcome::Verified)
                 .await;

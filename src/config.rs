@@ -308,7 +308,8 @@ pub struct RouteConfig {
     /// A path prefix the proxy strips before matching and forwarding.
     #[serde(default)]
     pub path_prefix: Option<String>,
-    /// Region for national-format numbers, e.g. `"GB"`.
+    /// Region for national-format numbers (no `+`), e.g. `"GB"`; without it an E.164
+    /// route refuses them.
     #[serde(default)]
     pub default_region: Option<String>,
     /// How recipients are written, when the preset does not decide it.

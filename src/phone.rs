@@ -144,7 +144,8 @@ impl NumberType {
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NumberFormat {
-    /// `+` and the international digits; national numbers are read with the default region.
+    /// `+` and the international digits; a number without `+` is national, read with the
+    /// default region (and without one, not a number).
     #[default]
     E164,
     /// International digits without `+` (Vonage, Infobip, Sinch accept this).
@@ -277,8 +278,10 @@ pub enum PhoneError {
 
 /// Normalizes one recipient as written by a client.
 ///
-/// `Err` means the string could not be read as a number; `Ok` with `is_valid() == false`
-/// means it parsed but matches no numbering plan. Both are refused as `invalid_number`.
+/// `Err` means the string could not be read as a number (or is written with more than
+/// digits, a leading `+` and the separators ` -.()`, which providers may read otherwise);
+/// `Ok` with `is_valid() == false` means it parsed but matches no numbering plan. Both are
+/// refused as `invalid_number`.
 ///
 /// International digits (`+` and ASCII digits, or bare digits read as international) go
 /// through [`fast`], a table built once from the same metadata; anything it is not sure
@@ -290,7 +293,7 @@ pub fn normalize(
     default_region: Option<Country>,
 ) -> Result<Destination, PhoneError> {
     let trimmed = raw.trim();
-    if let Some(digits) = international_digits(trimmed, format, default_region) {
+    if let Some(digits) = international_digits(trimmed, format) {
         if let Some(d) = fast::normalize(digits) {
             return Ok(d);
         }
@@ -328,24 +331,35 @@ pub fn warm_up() {
 
 /// The ASCII digits after the calling code's `+`, when `raw` (trimmed) is read as an
 /// international number by [`normalize_full`] and is nothing but digits.
-fn international_digits(
-    raw: &str,
-    format: NumberFormat,
-    default_region: Option<Country>,
-) -> Option<&str> {
+fn international_digits(raw: &str, format: NumberFormat) -> Option<&str> {
     if raw.is_empty() || raw.len() > 64 {
         return None;
     }
     let digits = if let Some(d) = raw.strip_prefix('+') {
         d
-    } else if format == NumberFormat::InternationalDigits
-        || (format == NumberFormat::E164 && default_region.is_none())
-    {
+    } else if format == NumberFormat::InternationalDigits {
         raw.strip_prefix("00").unwrap_or(raw)
     } else {
         return None;
     };
     (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(digits)
+}
+
+/// Whether `raw` (trimmed) is an optional leading `+` and then ASCII digits and the
+/// separators ` -.()` only: what every provider reads as the same digits.
+///
+/// `phonenumber` reads far more, in ways a provider need not share: letters as keypad
+/// digits (`+499A001234567` is a German fixed line to it, and +49 900 1234567, premium
+/// rate, to a provider that drops letters), everything after an extension mark (`,` `;`
+/// `#` `~` `x` `ext`) dropped (`+6619001234,56` is a Thai fixed line to it, +66 1900
+/// 123456, premium rate, to a provider that drops punctuation), leading and trailing
+/// junk, several `+`, `tel:` URIs, Unicode spaces and dashes. Such a recipient is not a
+/// number here, and so refused as `invalid_number`.
+fn plainly_written(raw: &str) -> bool {
+    raw.strip_prefix('+')
+        .unwrap_or(raw)
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b' ' | b'-' | b'.' | b'(' | b')'))
 }
 
 /// The reference path: every recipient through the full `phonenumber` parse, validity and
@@ -357,19 +371,19 @@ pub fn normalize_full(
     default_region: Option<Country>,
 ) -> Result<Destination, PhoneError> {
     let raw = raw.trim();
-    if raw.is_empty() || raw.len() > 64 {
+    if raw.is_empty() || raw.len() > 64 || !plainly_written(raw) {
         return Err(PhoneError::NotANumber);
     }
     let parsed = if raw.starts_with('+') {
         phonenumber::parse(None, raw)
-    } else if format == NumberFormat::InternationalDigits
-        || (format == NumberFormat::E164 && default_region.is_none())
-    {
-        // Vonage-style digits, or a number sent without its `+` and no region to guess:
-        // read it as international, which is what every provider does with it.
+    } else if format == NumberFormat::InternationalDigits {
+        // Vonage-style digits: international, as those providers read them.
         let digits = raw.strip_prefix("00").unwrap_or(raw);
         phonenumber::parse(None, format!("+{digits}"))
     } else {
+        // An E.164 route's number without its `+` is national: Twilio reads it in its
+        // sender's country (`6589068136` is Jamaica to a US sender, Singapore read as
+        // international), so only the route's region can say which it is.
         let region = default_region
             .and_then(Country::to_id)
             .ok_or(PhoneError::NoRegion)?;
@@ -473,6 +487,122 @@ mod tests {
             let r = normalize(s, NumberFormat::E164, None);
             assert!(r.is_err() || !r.unwrap().is_valid(), "{s:?}");
         }
+    }
+
+    /// A number written with more than digits and plain separators is read by
+    /// `phonenumber` in ways a provider need not share: letters become digits, and
+    /// everything after an extension mark (`,` `;` `#` `~` `x` `ext`) is dropped, so that
+    /// smsfence would decide a Thai fixed line where the provider dials the premium-rate
+    /// +66 1900 123456. None of them is a number.
+    #[test]
+    fn only_digits_and_plain_separators_are_read() {
+        let th = Country::parse("TH");
+        for s in [
+            "+6619001234,56",
+            "+6619001234;56",
+            "+6619001234#56",
+            "+6619001234~56",
+            "+6619001234 , 56",
+            "+6619001234x56",
+            "+6619001234 ext 56",
+            "+6619001234/x56",
+            "6619001234,56",
+            "+499A001234567",
+            "+1-800-FLOWERS",
+            "+447400123456#",
+            "+447400123456!",
+            "*+447400123456",
+            "abc+447400123456",
+            "++447400123456",
+            "+ +447400123456",
+            "44+7400123456",
+            "tel:+447400123456",
+            "tel:7400123456;phone-context=+44",
+            "\u{ff0b}447400123456",
+            "+44\u{a0}7400123456",
+            "+44\u{200b}7400123456",
+            "+44\u{2013}7400123456",
+            "+44\t7400123456",
+            "+447400123456\n+449098790123",
+        ] {
+            for (format, region) in [
+                (NumberFormat::E164, None),
+                (NumberFormat::E164, th),
+                (NumberFormat::InternationalDigits, None),
+                (NumberFormat::National, th),
+            ] {
+                assert_eq!(
+                    normalize(s, format, region),
+                    Err(PhoneError::NotANumber),
+                    "{s:?} {format:?} {region:?}"
+                );
+            }
+        }
+        // Spaces, dashes, dots and parentheses stay as readable as before.
+        let gb = Country::parse("GB");
+        let us = Country::parse("US");
+        for (s, format, region, want) in [
+            ("+44 7400 123456", NumberFormat::E164, None, "+447400123456"),
+            ("+44-7400-123456", NumberFormat::E164, None, "+447400123456"),
+            ("+44.7400.123456", NumberFormat::E164, None, "+447400123456"),
+            (
+                " +44 (0) 7400 123456 ",
+                NumberFormat::E164,
+                None,
+                "+447400123456",
+            ),
+            (
+                "+ 44 7400 123456",
+                NumberFormat::E164,
+                None,
+                "+447400123456",
+            ),
+            (
+                "44 7400 123456",
+                NumberFormat::InternationalDigits,
+                None,
+                "+447400123456",
+            ),
+            ("07400 123456", NumberFormat::National, gb, "+447400123456"),
+            ("(415) 555-0123", NumberFormat::E164, us, "+14155550123"),
+        ] {
+            let d = normalize(s, format, region).expect(s);
+            assert_eq!(d.e164(), want, "{s:?}");
+        }
+    }
+
+    /// Digits without `+` on an E.164 route are international to smsfence only when there
+    /// is no other reading: Twilio reads them in its sender's country, so that
+    /// `6589068136` is +1 658 906 8136 (Jamaica) to it and was +65 8906 8136 (Singapore)
+    /// here. With no region to read them in, they are not a number.
+    #[test]
+    fn e164_digits_without_plus_need_a_region() {
+        for s in [
+            "6589068136",
+            "447400123456",
+            "00447400123456",
+            "(658) 906-8136",
+        ] {
+            assert_eq!(
+                normalize(s, NumberFormat::E164, None),
+                Err(PhoneError::NoRegion),
+                "{s:?}"
+            );
+            assert_eq!(
+                normalize_full(s, NumberFormat::E164, None),
+                Err(PhoneError::NoRegion),
+                "{s:?}"
+            );
+        }
+        let us = normalize("6589068136", NumberFormat::E164, Country::parse("US")).unwrap();
+        assert_eq!(
+            (us.e164(), us.country()),
+            ("+16589068136".into(), Country::parse("JM"))
+        );
+        // International digits stay international, with or without a region.
+        let sg = normalize("6589068136", NumberFormat::InternationalDigits, None).unwrap();
+        assert_eq!(sg.country(), Country::parse("SG"));
+        assert_eq!(n("+6589068136").country(), Country::parse("SG"));
     }
 
     #[test]

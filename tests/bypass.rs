@@ -82,6 +82,14 @@ async fn twilio_ambiguous_fields_are_refused() {
             &[FORM, BASIC],
             "To=%2B449098790123&Channel=email&Channel=sms",
         ),
+        // Two `To` on a check: smsfence counted (and credited) the first, a last-wins
+        // reader checks the code of the second.
+        (
+            "POST",
+            "/v2/Services/VAtest/VerificationCheck",
+            &[FORM, BASIC],
+            "To=%2B447400123456&To=%2B449098790123&Code=123456",
+        ),
     ])
     .await;
 }
@@ -294,6 +302,106 @@ async fn bodies_read_two_ways_are_refused() {
         ),
     ])
     .await;
+}
+
+/// Recipients that `phonenumber` reads as an allowed number and a provider that keeps
+/// only the digits (or the letters' absence) reads as a premium-rate one: +66 1900 123456
+/// written with an extension mark (a Thai fixed line to `phonenumber`), +49 900 1234567
+/// with a letter (a German fixed line, `A` read as 2).
+#[tokio::test]
+async fn recipients_written_with_more_than_digits_are_refused() {
+    refused(&[
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest/Messages.json",
+            &[FORM, BASIC],
+            "To=%2B6619001234%2C56&From=%2B15005550006&Body=hi",
+        ),
+        (
+            "POST",
+            "/v2/Services/VAtest/Verifications",
+            &[FORM, BASIC],
+            "To=%2B6619001234+ext+56&Channel=sms",
+        ),
+        (
+            "POST",
+            "/sms/json",
+            &[FORM],
+            "api_key=k&api_secret=s&to=6619001234%2356&from=A&text=hi",
+        ),
+        (
+            "POST",
+            "/v2/messages",
+            &[JSON],
+            r#"{"from":"+15005550006","to":"+499A001234567","text":"hi"}"#,
+        ),
+        (
+            "POST",
+            "/v1/Account/MA123/Message/",
+            &[JSON],
+            r#"{"src":"+15005550006","dst":"6619001234;56","text":"hi"}"#,
+        ),
+        (
+            "POST",
+            "/sms/3/messages",
+            &[JSON],
+            r#"{"messages":[{"sender":"A","destinations":[{"to":"6619001234~56"}],"content":{"text":"hi"}}]}"#,
+        ),
+    ])
+    .await;
+}
+
+/// Digits without `+` on an E.164 route with no `default_region`: Twilio reads them in its
+/// sender's country, so `6589068136` is Jamaica (+1 658) to a US sender, and smsfence read
+/// it as Singapore (+65). Refused, since smsfence cannot tell which; with a region, decided.
+#[tokio::test]
+async fn e164_digits_without_plus_and_no_region_are_refused() {
+    const NO_JM: &str = r#"
+[[policy]]
+name = "no-jamaica"
+country_mode = "deny"
+countries = ["JM"]
+"#;
+    let up = MockUpstream::with(|_| Reply::json(200, r#"{"ok":true}"#)).await;
+    let routes = format!(
+        "{}[[route]]\nname = \"twilio-us\"\npreset = \"twilio\"\nupstream = \"{}\"\ndefault_region = \"US\"\npath_prefix = \"/us\"\n",
+        all_presets_to(&up.url()),
+        up.url()
+    );
+    let p = Proxy::start(&routes, &[("r.toml", NO_JM)]).await;
+    let body = "To=6589068136&From=%2B15005550006&Body=hi";
+    for (path, reason) in [
+        (
+            "/2010-04-01/Accounts/ACtest/Messages.json",
+            "invalid_number",
+        ),
+        (
+            "/us/2010-04-01/Accounts/ACtest/Messages.json",
+            "denied_country",
+        ),
+    ] {
+        let a = send("POST", &p.url(path), &[FORM, BASIC], body.to_string()).await;
+        assert_eq!(
+            a.header("smsfence-reason"),
+            Some(reason),
+            "{path}: {}",
+            a.text()
+        );
+    }
+    let a = send(
+        "POST",
+        &p.url("/v2/messages"),
+        &[JSON],
+        r#"{"from":"+15005550006","to":"6589068136","text":"hi"}"#.to_string(),
+    )
+    .await;
+    assert_eq!(
+        a.header("smsfence-reason"),
+        Some("invalid_number"),
+        "{}",
+        a.text()
+    );
+    assert!(up.requests().is_empty(), "forwarded");
 }
 
 /// A gzip body whose header comment reads, as a form, `to=447400123456`, and which

@@ -130,10 +130,18 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
         Op::VerifyCheck => {
             out.account = req.basic_user();
             out.sender = req.param(0);
-            match (
-                present(req.form_value("To")),
-                req.form_value("VerificationSid"),
-            ) {
+            // One pass over the body; a second, different `To` or `VerificationSid` is a
+            // check of another number than the one smsfence would count and credit.
+            let [to, sid] =
+                super::form_first_unique(req.body, ["To", "VerificationSid"], [true, true])
+                    .map_err(|key| {
+                        ExtractError::Unsupported(if key == "To" {
+                            "several different `To`"
+                        } else {
+                            "several different `VerificationSid`"
+                        })
+                    })?;
+            match (present(to), sid) {
                 (Some(to), _) if to.contains('@') => out.no_phone = true,
                 (Some(to), _) => out.recipients.push(
                     super::phone_part(&to)
@@ -411,6 +419,35 @@ mod tests {
         .unwrap();
         assert_eq!(by_sid.verify_ref.as_deref(), Some("VE1"));
         assert!(by_sid.recipients.is_empty());
+    }
+
+    /// A check names its number (or verification) once: smsfence would count and credit
+    /// the first `To`, and a last-wins reader check the code of the other.
+    #[test]
+    fn check_with_two_different_numbers_or_sids_is_unsupported() {
+        let h = form_headers();
+        for body in [
+            &b"To=%2B447400123456&To=%2B447400123457&Code=123456"[..],
+            b"VerificationSid=VE1&VerificationSid=VE2&Code=123456",
+        ] {
+            assert!(
+                matches!(
+                    extract(Op::VerifyCheck, &view(&h, &["VAxxx"], body)),
+                    Err(ExtractError::Unsupported(_))
+                ),
+                "{body:?}"
+            );
+        }
+        let same = extract(
+            Op::VerifyCheck,
+            &view(
+                &h,
+                &["VAxxx"],
+                b"To=%2B447400123456&To=%2B447400123456&Code=1",
+            ),
+        )
+        .unwrap();
+        assert_eq!(same.recipients, vec!["+447400123456"]);
     }
 
     #[test]
