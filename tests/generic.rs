@@ -149,3 +149,100 @@ fn every_example_is_a_valid_config() {
         c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
+
+/// A generic route in front of `upstream`, with `generic` as its `[route.generic]` body.
+fn route(upstream: &str, generic: &str) -> String {
+    format!(
+        "[[route]]\nname = \"g\"\npreset = \"generic\"\nupstream = \"{upstream}\"\n[route.generic]\n{generic}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_form_route_reads_only_form_bodies() {
+    let up = MockUpstream::with(|_| Reply::json(200, "{}")).await;
+    let cfg = route(
+        &up.url(),
+        "method = \"POST\"\npath = \"/send\"\nroots = [\"/**\"]\nrecipients = { form = \"to\" }\nnumber_format = \"international_digits\"",
+    );
+    let p = Proxy::start(&cfg, &[("r.toml", RULES)]).await;
+    // A multipart body naming a premium number, with a form-looking `to` inside another part.
+    let multipart = "--b\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\n449098790123\r\n--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n&to=447400123456&\r\n--b--\r\n";
+    let a = send(
+        "POST",
+        &p.url("/send"),
+        &[("content-type", "multipart/form-data; boundary=b")],
+        multipart,
+    )
+    .await;
+    assert_eq!(a.status, 403, "{}", a.text());
+    assert_eq!(a.json()["error"]["code"], "unsupported_request");
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_json_route_reads_only_json_bodies() {
+    let up = MockUpstream::with(|_| Reply::json(200, "{}")).await;
+    let cfg = route(
+        &up.url(),
+        "method = \"POST\"\npath = \"/send\"\nrecipients = { json = \"/to\" }\nnumber_format = \"international_digits\"",
+    );
+    let p = Proxy::start(&cfg, &[("r.toml", RULES)]).await;
+    // Valid JSON naming one number, and a form naming another to a form reader.
+    let body = r#"{"to":"447400123456","x":"&to=449098790123&y="}"#;
+    let a = send("POST", &p.url("/send"), &[FORM], body).await;
+    assert_eq!(a.status, 403, "{}", a.text());
+    assert_eq!(a.json()["error"]["code"], "unsupported_request");
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_json_number_that_is_not_whole_is_refused() {
+    let up = MockUpstream::with(|_| Reply::json(200, "{}")).await;
+    let cfg = route(
+        &up.url(),
+        "method = \"POST\"\npath = \"/send\"\nrecipients = { json = \"/to\" }\nnumber_format = \"international_digits\"",
+    );
+    let p = Proxy::start(&cfg, &[("r.toml", RULES)]).await;
+    // Read as "44740012345.6" (447400123456 once the `.` is dropped); a provider may
+    // truncate it to 44740012345.
+    let a = send("POST", &p.url("/send"), &[JSON], r#"{"to":44740012345.6}"#).await;
+    assert_eq!(a.status, 403, "{}", a.text());
+    assert_eq!(a.json()["error"]["code"], "invalid_number");
+    // A whole number is read as its digits.
+    let b = send("POST", &p.url("/send"), &[JSON], r#"{"to":447400123456}"#).await;
+    assert_eq!(b.status, 200, "{}", b.text());
+    assert_eq!(up.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn the_method_is_matched_however_it_is_written() {
+    let up = MockUpstream::with(|_| Reply::json(200, "{}")).await;
+    let cfg = route(
+        &up.url(),
+        "method = \"post\"\npath = \"/send\"\nroots = [\"/**\"]\nrecipients = { form = \"to\" }\nnumber_format = \"international_digits\"",
+    );
+    let p = Proxy::start(&cfg, &[("r.toml", RULES)]).await;
+    let a = send("POST", &p.url("/send"), &[FORM], "to=449098790123").await;
+    assert_eq!(a.status, 403, "{}", a.text());
+    assert_eq!(a.json()["error"]["code"], "number_type");
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_form_recipient_also_in_the_query_string_is_decided() {
+    let up = MockUpstream::with(|_| Reply::json(200, "{}")).await;
+    let cfg = route(
+        &up.url(),
+        "method = \"POST\"\npath = \"/send\"\nrecipients = { form = \"to\" }\nnumber_format = \"international_digits\"",
+    );
+    let p = Proxy::start(&cfg, &[("r.toml", RULES)]).await;
+    let a = send(
+        "POST",
+        &p.url("/send?to=449098790123"),
+        &[FORM],
+        "to=447400123456",
+    )
+    .await;
+    assert_eq!(a.status, 403, "{}", a.text());
+    assert!(up.requests().is_empty());
+}

@@ -142,10 +142,19 @@ pub struct Template {
     body: String,
 }
 
+/// How a route's locators read the body: it must be sent that way, since a provider
+/// reads a body by its Content-Type (a multipart or JSON body can hold text that looks
+/// like a form field smsfence would read instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Form,
+    Json,
+}
+
 /// A compiled generic extractor.
 #[derive(Debug, Clone)]
 pub struct Generic {
-    /// The method.
+    /// The method, upper-cased (the route table compares methods upper-cased).
     pub method: String,
     /// The path pattern.
     pub path: String,
@@ -154,6 +163,8 @@ pub struct Generic {
     /// The request kind.
     pub kind: RequestKind,
     recipients: Locator,
+    /// What the body must be, when a locator reads it.
+    body: Option<BodyKind>,
     number_format: Option<NumberFormat>,
     sender: Option<Locator>,
     text: Option<Locator>,
@@ -271,6 +282,30 @@ impl GenericConfig {
                 check_capture(k, l)?;
             }
         }
+        let mut body = None;
+        for l in [
+            Some(&recipients),
+            sender.as_ref(),
+            text.as_ref(),
+            account.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let kind = match l.source {
+                Source::Form(_) => BodyKind::Form,
+                Source::Json(_) => BodyKind::Json,
+                _ => continue,
+            };
+            if body.is_some_and(|b| b != kind) {
+                return Err(
+                    "recipients, sender, text and account read the body both as a form and as JSON: \
+                     a request has one Content-Type"
+                        .into(),
+                );
+            }
+            body = Some(kind);
+        }
         for r in &self.roots {
             if !r.starts_with('/') || !r.ends_with("/**") {
                 return Err(format!("roots: {r:?} must look like \"/api/**\""));
@@ -280,11 +315,12 @@ impl GenericConfig {
             t.as_ref().map(|t| compile_template(key, t)).transpose()
         };
         Ok(Generic {
-            method: self.method.clone(),
+            method: self.method.to_ascii_uppercase(),
             path: self.path.clone(),
             roots: self.roots.clone(),
             kind,
             recipients,
+            body,
             number_format: self.number_format,
             sender,
             text,
@@ -332,11 +368,23 @@ impl Generic {
         json: &mut Option<serde_json::Value>,
     ) -> Result<Vec<String>, ExtractError> {
         let raw: Vec<String> = match &l.source {
-            Source::Form(f) => req.form_values(f),
-            Source::Query(q) => form_urlencoded::parse(req.query.unwrap_or("").as_bytes())
-                .filter(|(k, _)| k == q)
-                .map(|(_, v)| v.into_owned())
-                .collect(),
+            // A server that reads "the parameters" may take a field from the form body or
+            // the query string: every value in either is read (one in both, once).
+            Source::Form(name) | Source::Query(name) => {
+                let query = req.query.unwrap_or("").as_bytes();
+                let form = if req.is_form() { req.body } else { &[] };
+                let (first, other) = match l.source {
+                    Source::Form(_) => (form, query),
+                    _ => (query, form),
+                };
+                let mut out = super::form_values(first, name);
+                for v in super::form_values(other, name) {
+                    if !out.contains(&v) {
+                        out.push(v);
+                    }
+                }
+                out
+            }
             Source::PathSegment(i) => req.param(*i).into_iter().collect(),
             Source::Header(h) => req
                 .headers
@@ -400,6 +448,17 @@ impl Generic {
 
     /// Reads a request.
     pub fn extract(&self, req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
+        match self.body {
+            Some(BodyKind::Form) if !req.is_form() => {
+                return Err(ExtractError::MalformedBody(
+                    "this route takes application/x-www-form-urlencoded bodies",
+                ))
+            }
+            Some(BodyKind::Json) if !req.is_json() => {
+                return Err(ExtractError::MalformedBody("this route takes JSON bodies"))
+            }
+            _ => {}
+        }
         let mut json = None;
         let recipients = self.find(&self.recipients, req, &mut json)?;
         if recipients.is_empty() {
@@ -585,6 +644,25 @@ mod tests {
         )
         .unwrap();
         assert!(two.compile().unwrap_err().contains("exactly one"));
+    }
+
+    #[test]
+    fn locators_read_the_body_one_way() {
+        let mixed: GenericConfig = toml::from_str(
+            "method = \"POST\"\npath = \"/s\"\nrecipients = { form = \"to\" }\ntext = { json = \"/text\" }\n",
+        )
+        .unwrap();
+        assert!(mixed
+            .compile()
+            .unwrap_err()
+            .contains("both as a form and as JSON"));
+        let g = generic("method = \"post\"\npath = \"/s\"\nrecipients = { form = \"to\" }\n");
+        assert_eq!(g.method, "POST");
+        let h = json_headers();
+        assert!(matches!(
+            g.extract(&view(&h, &[], b"to=447400123456")),
+            Err(ExtractError::MalformedBody(_))
+        ));
     }
 
     #[test]
