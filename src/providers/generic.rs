@@ -17,8 +17,10 @@
 //! JSON pointer where `*` matches every array element or object member), `query` (a
 //! query parameter), `path_segment` (the index of a `{}` capture) or `header`; `split`
 //! cuts a list (`,` `<` `;`). Refusals are rendered from `block` / `throttle` templates
-//! with the placeholders `{reason}`, `{rule}`, `{message}` and `{retry_after}` (JSON-
-//! escaped when the body is JSON). Values are never logged.
+//! with the placeholders `{reason}`, `{rule}`, `{message}` and `{retry_after}`, escaped
+//! for the template's media type (JSON, XML, HTML, form) and filled in in one pass; an
+//! unknown placeholder, or a JSON template that is not JSON once filled in, is a
+//! configuration error. Values are never logged.
 
 use std::collections::BTreeMap;
 
@@ -138,8 +140,96 @@ pub struct Locator {
 pub struct Template {
     status: StatusCode,
     headers: Vec<(HeaderName, HeaderValue)>,
-    json: bool,
+    media: Media,
     body: String,
+}
+
+/// What a template's body is, by its `content-type`: how placeholders are escaped in it
+/// and the Content-Type it is sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    /// `…json…`: inside JSON strings.
+    Json,
+    /// `…xml…`: markup.
+    Xml,
+    /// `text/html`: markup.
+    Html,
+    /// `application/x-www-form-urlencoded`: percent-encoded.
+    Form,
+    /// Anything else: plain text, as it is.
+    Text,
+}
+
+impl Media {
+    fn of(content_type: &str) -> Media {
+        let c = content_type.to_ascii_lowercase();
+        if c.contains("json") {
+            Media::Json
+        } else if c.starts_with("text/html") {
+            Media::Html
+        } else if c.contains("xml") {
+            Media::Xml
+        } else if c.starts_with("application/x-www-form-urlencoded") {
+            Media::Form
+        } else {
+            Media::Text
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Media::Json => "application/json",
+            Media::Xml => "application/xml; charset=utf-8",
+            Media::Html => "text/html; charset=utf-8",
+            Media::Form => "application/x-www-form-urlencoded",
+            Media::Text => "text/plain; charset=utf-8",
+        }
+    }
+
+    /// Appends `s`, escaped so that it stays one value of this media type.
+    fn push(self, out: &mut String, s: &str) {
+        match self {
+            Media::Json => {
+                let q = serde_json::to_string(s).unwrap_or_default();
+                out.push_str(&q[1..q.len().saturating_sub(1)]);
+            }
+            Media::Xml | Media::Html => {
+                for c in s.chars() {
+                    match c {
+                        '&' => out.push_str("&amp;"),
+                        '<' => out.push_str("&lt;"),
+                        '>' => out.push_str("&gt;"),
+                        '"' => out.push_str("&quot;"),
+                        '\'' => out.push_str("&#39;"),
+                        c => out.push(c),
+                    }
+                }
+            }
+            Media::Form => out.extend(form_urlencoded::byte_serialize(s.as_bytes())),
+            Media::Text => out.push_str(s),
+        }
+    }
+}
+
+/// The placeholders a template body may hold.
+const PLACEHOLDERS: [&str; 4] = ["reason", "rule", "message", "retry_after"];
+
+/// The first `{name}` in `s` (lower-case letters and `_` between braces; JSON's own
+/// braces never look like one): where it starts, and the name.
+fn placeholder(s: &str) -> Option<(usize, &str)> {
+    let mut from = 0;
+    while let Some(at) = s[from..].find('{').map(|i| from + i) {
+        let rest = &s[at + 1..];
+        let len = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_lowercase() || *b == b'_')
+            .count();
+        if len > 0 && rest.as_bytes().get(len) == Some(&b'}') {
+            return Some((at, &rest[..len]));
+        }
+        from = at + 1;
+    }
+    None
 }
 
 /// How a route's locators read the body: it must be sent that way, since a provider
@@ -226,7 +316,7 @@ fn compile_template(key: &str, t: &TemplateDef) -> Result<Template, String> {
     let status = StatusCode::from_u16(t.status)
         .map_err(|_| format!("{key}.status: {} is not an HTTP status", t.status))?;
     let mut headers = Vec::new();
-    let mut json = true;
+    let mut media = Media::Json;
     for (k, v) in &t.headers {
         let name = HeaderName::from_bytes(k.as_bytes())
             .map_err(|_| format!("{key}.headers: {k:?} is not a header name"))?;
@@ -234,16 +324,60 @@ fn compile_template(key: &str, t: &TemplateDef) -> Result<Template, String> {
             .map_err(|_| format!("{key}.headers.{k}: not a valid header value"))?;
         if name == hyper::header::CONTENT_TYPE {
             // Media types are case-insensitive (`Application/JSON`).
-            json = v.to_ascii_lowercase().contains("json");
+            media = Media::of(v);
+        }
+        if name == hyper::header::RETRY_AFTER && key == "throttle" {
+            return Err(format!(
+                "{key}.headers.{k}: a throttle's Retry-After is the time its limit gives"
+            ));
         }
         headers.push((name, value));
     }
-    Ok(Template {
+    let template = Template {
         status,
         headers,
-        json,
+        media,
         body: t.body.clone(),
-    })
+    };
+    // The sandbox's answer is sent as written; a refusal has its placeholders filled in.
+    let sample = match key {
+        "block" => Some(RefusalKind::Block),
+        "throttle" => Some(RefusalKind::Throttle {
+            retry_after: std::time::Duration::from_secs(60),
+        }),
+        _ => None,
+    };
+    if let Some(kind) = sample {
+        let mut rest = t.body.as_str();
+        while let Some((at, name)) = placeholder(rest) {
+            if !PLACEHOLDERS.contains(&name) {
+                return Err(format!(
+                    "{key}.body: unknown placeholder {{{name}}} (known: {{reason}}, {{rule}}, {{message}}, {{retry_after}})"
+                ));
+            }
+            rest = &rest[at + name.len() + 2..];
+        }
+        if media == Media::Json {
+            let sample = Refusal {
+                kind,
+                reason: crate::decide::Reason::RateLimited,
+                rule: "rule",
+                recipient: None,
+                recipients: 1,
+            };
+            let body = render(&template, Some(&sample)).body;
+            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+                return Err(format!(
+                    "{key}.body: not valid JSON once its placeholders are filled in ({e})"
+                ));
+            }
+        }
+    } else if media == Media::Json
+        && serde_json::from_str::<serde::de::IgnoredAny>(&t.body).is_err()
+    {
+        return Err(format!("{key}.body: not valid JSON"));
+    }
+    Ok(template)
 }
 
 impl GenericConfig {
@@ -489,45 +623,40 @@ impl Generic {
 }
 
 fn render(t: &Template, refusal: Option<&Refusal<'_>>) -> NativeResponse {
-    let mut body = t.body.clone();
-    if let Some(r) = refusal {
-        let retry = r
-            .retry_after_secs()
-            .map_or_else(String::new, |s| s.to_string());
-        let esc = |s: &str| {
-            if t.json {
-                let q = serde_json::to_string(s).unwrap_or_default();
-                q[1..q.len().saturating_sub(1)].to_owned()
-            } else {
-                s.to_owned()
+    let body = match refusal {
+        None => t.body.clone(),
+        Some(r) => {
+            // One pass: a value filled in is never read again for placeholders.
+            let mut body = String::with_capacity(t.body.len() + 128);
+            let mut rest = t.body.as_str();
+            while let Some((at, name)) = placeholder(rest) {
+                body.push_str(&rest[..at]);
+                let end = at + name.len() + 2;
+                match name {
+                    "reason" => t.media.push(&mut body, r.reason.as_str()),
+                    "rule" => t.media.push(&mut body, r.rule),
+                    "message" => t.media.push(&mut body, &r.message()),
+                    "retry_after" => {
+                        if let Some(s) = r.retry_after_secs() {
+                            body.push_str(&s.to_string());
+                        }
+                    }
+                    _ => body.push_str(&rest[at..end]),
+                }
+                rest = &rest[end..];
             }
-        };
-        body = body
-            .replace("{reason}", &esc(r.reason.as_str()))
-            .replace("{rule}", &esc(r.rule))
-            .replace("{message}", &esc(&r.message()))
-            .replace("{retry_after}", &retry);
-    }
+            body.push_str(rest);
+            body
+        }
+    };
     let mut n = NativeResponse {
         status: t.status,
         headers: Vec::new(),
-        content_type: "application/json",
+        content_type: t.media.content_type(),
         body: Bytes::from(body),
     };
     for (k, v) in &t.headers {
-        if k == hyper::header::CONTENT_TYPE {
-            n.content_type = if t.json {
-                "application/json"
-            } else {
-                "text/plain; charset=utf-8"
-            };
-            if !t.json
-                && v.to_str()
-                    .is_ok_and(|s| s.to_ascii_lowercase().starts_with("text/html"))
-            {
-                n.content_type = "text/html; charset=utf-8";
-            }
-        } else {
+        if k != hyper::header::CONTENT_TYPE {
             n.headers.push((k.clone(), v.clone()));
         }
     }
@@ -701,5 +830,69 @@ mod tests {
         assert_eq!(n.content_type, "application/json");
         let v: serde_json::Value = serde_json::from_slice(&n.body).expect("escaped");
         assert_eq!(v["rule"], "r\"q");
+    }
+
+    fn block(rule: &str) -> Refusal<'_> {
+        Refusal {
+            kind: RefusalKind::Block,
+            reason: Reason::DeniedPrefix,
+            rule,
+            recipient: None,
+            recipients: 1,
+        }
+    }
+
+    #[test]
+    fn templates_escape_xml_and_forms() {
+        let g = generic(
+            "method = \"POST\"\npath = \"/s\"\nrecipients = { form = \"to\" }\n[block]\nstatus = 400\nheaders = { \"content-type\" = \"text/xml\" }\nbody = '<r><rule>{rule}</rule></r>'\n",
+        );
+        let n = refusal(Some(&g), &block("a</rule><x>&"));
+        assert_eq!(
+            &n.body[..],
+            b"<r><rule>a&lt;/rule&gt;&lt;x&gt;&amp;</rule></r>"
+        );
+        assert_eq!(n.content_type, "application/xml; charset=utf-8");
+        let g = generic(
+            "method = \"POST\"\npath = \"/s\"\nrecipients = { form = \"to\" }\n[block]\nstatus = 400\nheaders = { \"content-type\" = \"application/x-www-form-urlencoded\" }\nbody = 'status=error&rule={rule}'\n",
+        );
+        let n = refusal(Some(&g), &block("a&status=ok"));
+        assert_eq!(&n.body[..], b"status=error&rule=a%26status%3Dok");
+    }
+
+    #[test]
+    fn a_value_filled_in_is_not_read_for_placeholders() {
+        let g = generic(
+            "method = \"POST\"\npath = \"/s\"\nrecipients = { form = \"to\" }\n[block]\nstatus = 400\nheaders = { \"content-type\" = \"text/plain\" }\nbody = '{rule} {reason}'\n",
+        );
+        let n = refusal(Some(&g), &block("{message}"));
+        assert_eq!(&n.body[..], b"{message} denied_prefix");
+    }
+
+    #[test]
+    fn templates_are_checked_when_compiled() {
+        let compile = |tail: &str| {
+            let c: GenericConfig = toml::from_str(&format!(
+                "method = \"POST\"\npath = \"/s\"\nrecipients = {{ form = \"to\" }}\n{tail}"
+            ))
+            .unwrap();
+            c.compile().map(|_| ())
+        };
+        let e = compile("[block]\nstatus = 403\nbody = '{\"code\":\"{reson}\"}'\n").unwrap_err();
+        assert!(e.contains("block.body: unknown placeholder {reson}"), "{e}");
+        // Unquoted, `{retry_after}` is empty in a block: not JSON.
+        let e = compile("[block]\nstatus = 403\nbody = '{\"retry\":{retry_after}}'\n").unwrap_err();
+        assert!(e.contains("block.body: not valid JSON"), "{e}");
+        compile("[throttle]\nstatus = 429\nbody = '{\"retry\":{retry_after}}'\n").unwrap();
+        let e = compile("[throttle]\nstatus = 429\nbody = '{\"a\":1'\n").unwrap_err();
+        assert!(e.contains("throttle.body: not valid JSON"), "{e}");
+        let e = compile("[sandbox]\nstatus = 200\nbody = 'ok'\n").unwrap_err();
+        assert!(e.contains("sandbox.body: not valid JSON"), "{e}");
+        compile("[sandbox]\nstatus = 200\nheaders = { \"content-type\" = \"text/plain\" }\nbody = 'ok'\n").unwrap();
+        let e = compile(
+            "[throttle]\nstatus = 429\nheaders = { \"retry-after\" = \"5\" }\nbody = '{}'\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("throttle.headers.retry-after"), "{e}");
     }
 }
