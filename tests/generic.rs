@@ -246,3 +246,27 @@ async fn a_form_recipient_also_in_the_query_string_is_decided() {
     assert_eq!(a.status, 403, "{}", a.text());
     assert!(up.requests().is_empty());
 }
+
+#[tokio::test]
+async fn every_element_a_json_wildcard_names_has_its_recipient() {
+    let up = MockUpstream::with(|_| Reply::json(200, "{}")).await;
+    let cfg = route(
+        &up.url(),
+        "method = \"POST\"\npath = \"/send\"\nrecipients = { json = \"/messages/*/to\" }\nnumber_format = \"international_digits\"",
+    );
+    let p = Proxy::start(&cfg, &[("r.toml", RULES)]).await;
+    for body in [
+        // The second message's number under a spelling a case-blind reader (Go,
+        // ASP.NET) takes for `to`.
+        r#"{"messages":[{"to":"447400123456"},{"To":"449098790123"}]}"#,
+        // Both spellings in one object: such a reader may keep either.
+        r#"{"messages":[{"to":"447400123456","TO":"449098790123"}]}"#,
+    ] {
+        let a = send("POST", &p.url("/send"), &[JSON], body).await;
+        assert_eq!(a.status, 403, "{body}: {}", a.text());
+        assert_eq!(a.json()["error"]["code"], "unsupported_request", "{body}");
+    }
+    assert!(up.requests().is_empty());
+    let ok = r#"{"messages":[{"to":"447400123456"},{"to":"447400123457"}]}"#;
+    assert_eq!(send("POST", &p.url("/send"), &[JSON], ok).await.status, 200);
+}

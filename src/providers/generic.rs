@@ -467,37 +467,62 @@ impl GenericConfig {
 }
 
 /// Every value at a JSON pointer with `*` wildcards.
+///
+/// For the recipients (`strict`), every place the pointer leads to must be there: a
+/// message of a list without its `to` may be read by a provider under another spelling.
+/// So may a key a case-blind reader (Go's `encoding/json`, ASP.NET) takes for the
+/// pointer's: an object with `To` (alone, or beside `to`) is unsupported.
 fn json_values<'v>(
     v: &'v serde_json::Value,
     path: &[String],
+    strict: bool,
     out: &mut Vec<&'v serde_json::Value>,
-) {
+) -> Result<(), ExtractError> {
     let Some((head, rest)) = path.split_first() else {
         out.push(v);
-        return;
+        return Ok(());
+    };
+    let missing = || {
+        if strict {
+            Err(ExtractError::MissingRecipient(
+                "a place the recipients pointer names",
+            ))
+        } else {
+            Ok(())
+        }
     };
     match (head.as_str(), v) {
-        ("*", serde_json::Value::Array(a)) => a.iter().for_each(|x| json_values(x, rest, out)),
-        ("*", serde_json::Value::Object(o)) => o.values().for_each(|x| json_values(x, rest, out)),
+        ("*", serde_json::Value::Array(a)) => {
+            a.iter().try_for_each(|x| json_values(x, rest, strict, out))
+        }
+        ("*", serde_json::Value::Object(o)) => o
+            .values()
+            .try_for_each(|x| json_values(x, rest, strict, out)),
         (k, serde_json::Value::Object(o)) => {
-            if let Some(x) = o.get(k) {
-                json_values(x, rest, out);
+            if strict && o.keys().any(|o| o != k && o.eq_ignore_ascii_case(k)) {
+                return Err(ExtractError::Unsupported(
+                    "a recipients key given again in another case",
+                ));
+            }
+            match o.get(k) {
+                Some(x) => json_values(x, rest, strict, out),
+                None => missing(),
             }
         }
-        (k, serde_json::Value::Array(a)) => {
-            if let Some(x) = k.parse::<usize>().ok().and_then(|i| a.get(i)) {
-                json_values(x, rest, out);
-            }
-        }
-        _ => {}
+        (k, serde_json::Value::Array(a)) => match k.parse::<usize>().ok().and_then(|i| a.get(i)) {
+            Some(x) => json_values(x, rest, strict, out),
+            None => missing(),
+        },
+        _ => missing(),
     }
 }
 
 impl Generic {
-    /// Every value a locator finds.
+    /// Every value a locator finds (`strict` for the recipients: see [`json_values`]).
     fn find(
         &self,
         l: &Locator,
+        strict: bool,
         req: &RequestView<'_>,
         json: &mut Option<serde_json::Value>,
     ) -> Result<Vec<String>, ExtractError> {
@@ -533,7 +558,7 @@ impl Generic {
                 }
                 let mut found = Vec::new();
                 if let Some(v) = json.as_ref() {
-                    json_values(v, path, &mut found);
+                    json_values(v, path, strict, &mut found)?;
                 }
                 let mut out = Vec::new();
                 for v in found {
@@ -594,7 +619,7 @@ impl Generic {
             _ => {}
         }
         let mut json = None;
-        let recipients = self.find(&self.recipients, req, &mut json)?;
+        let recipients = self.find(&self.recipients, true, req, &mut json)?;
         if recipients.is_empty() {
             return Err(ExtractError::MissingRecipient(
                 "the configured recipients locator",
@@ -604,7 +629,7 @@ impl Generic {
                      json: &mut Option<serde_json::Value>|
          -> Result<Option<String>, ExtractError> {
             Ok(match l {
-                Some(l) => self.find(l, req, json)?.into_iter().next(),
+                Some(l) => self.find(l, false, req, json)?.into_iter().next(),
                 None => None,
             })
         };
