@@ -524,6 +524,13 @@ impl Config {
             }
             let generic = match (r.preset, &r.generic) {
                 (Preset::Generic, Some(g)) => {
+                    if g.number_format == Some(NumberFormat::National) && default_region.is_none() {
+                        return Err(err(
+                            start,
+                            key("generic"),
+                            "number_format: \"national\" needs default_region".into(),
+                        ));
+                    }
                     Some(g.compile().map_err(|m| err(start, key("generic"), m))?)
                 }
                 (Preset::Generic, None) => {
@@ -706,6 +713,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("svc.toml:4: route \"t\".upstream"), "{e}");
+    }
+
+    #[test]
+    fn generic_route_mistakes_name_line_and_key() {
+        let route = |generic: &str, route: &str| {
+            let text = format!(
+                "[[route]]\nname = \"g\"\npreset = \"generic\"\nupstream = \"sandbox\"\n{route}\n[route.generic]\nmethod = \"POST\"\nrecipients = {{ form = \"to\" }}\n{generic}\n"
+            );
+            Config::from_toml("svc.toml", &text)
+                .unwrap()
+                .validate()
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let e = route("path = \"/s\"\nnumber_format = \"national\"", "").unwrap_err();
+        assert!(e.starts_with("svc.toml:1: route \"g\".generic"), "{e}");
+        assert!(
+            e.contains("number_format: \"national\" needs default_region"),
+            "{e}"
+        );
+        route(
+            "path = \"/s\"\nnumber_format = \"national\"",
+            "default_region = \"GB\"",
+        )
+        .unwrap();
+        let e = route("path = \"/send?api=1\"", "").unwrap_err();
+        assert!(e.contains("path: "), "{e}");
+        let e = route(
+            "path = \"/s\"\n[route.generic.block]\nstatus = 101\nbody = '{}'",
+            "",
+        )
+        .unwrap_err();
+        assert!(e.contains("block.status: 101"), "{e}");
     }
 
     #[test]

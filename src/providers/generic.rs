@@ -313,8 +313,11 @@ fn compile_locator(key: &str, d: &LocatorDef) -> Result<Locator, String> {
 }
 
 fn compile_template(key: &str, t: &TemplateDef) -> Result<Template, String> {
+    // A 1xx is not a final answer (101 would switch the connection's protocol).
     let status = StatusCode::from_u16(t.status)
-        .map_err(|_| format!("{key}.status: {} is not an HTTP status", t.status))?;
+        .ok()
+        .filter(|s| !s.is_informational())
+        .ok_or_else(|| format!("{key}.status: {} is not a final HTTP status", t.status))?;
     let mut headers = Vec::new();
     let mut media = Media::Json;
     for (k, v) in &t.headers {
@@ -388,6 +391,12 @@ impl GenericConfig {
         }
         if !self.path.starts_with('/') {
             return Err("path: must start with '/'".into());
+        }
+        if self.path.contains(['?', '#']) {
+            return Err(
+                "path: only the path (`?` and `#` never reach it; read query parameters with `query`)"
+                    .into(),
+            );
         }
         let captures = self.path.split('/').filter(|s| *s == "{}").count();
         let kind = match self.kind.as_deref() {
