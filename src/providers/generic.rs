@@ -554,13 +554,23 @@ impl Generic {
                 out
             }
             Source::PathSegment(i) => req.param(*i).into_iter().collect(),
-            Source::Header(h) => req
-                .headers
-                .get_all(h)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(str::to_owned)
-                .collect(),
+            // A value that is not visible ASCII is skipped, or, for the recipients (which
+            // a provider may read as Latin-1), unsupported.
+            Source::Header(h) => {
+                let mut out = Vec::new();
+                for v in req.headers.get_all(h) {
+                    match v.to_str() {
+                        Ok(v) => out.push(v.to_owned()),
+                        Err(_) if strict => {
+                            return Err(ExtractError::Unsupported(
+                                "a recipients header that is not visible ASCII",
+                            ))
+                        }
+                        Err(_) => {}
+                    }
+                }
+                out
+            }
             Source::Json(path) => {
                 if json.is_none() {
                     *json = Some(req.json()?);
@@ -928,5 +938,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("throttle.headers.retry-after"), "{e}");
+    }
+
+    #[test]
+    fn a_recipient_header_smsfence_cannot_read_is_unsupported() {
+        let g = generic("method = \"POST\"\npath = \"/s\"\nrecipients = { header = \"x-to\" }\n");
+        let mut h = hyper::HeaderMap::new();
+        h.append("x-to", HeaderValue::from_static("+447400123456"));
+        h.append(
+            "x-to",
+            HeaderValue::from_bytes(b"+44909879\xa00123").unwrap(),
+        );
+        assert!(matches!(
+            g.extract(&view(&h, &[], b"")),
+            Err(ExtractError::Unsupported(_))
+        ));
     }
 }
