@@ -270,3 +270,19 @@ async fn every_element_a_json_wildcard_names_has_its_recipient() {
     let ok = r#"{"messages":[{"to":"447400123456"},{"to":"447400123457"}]}"#;
     assert_eq!(send("POST", &p.url("/send"), &[JSON], ok).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_head_on_a_get_send_path_is_decided_as_the_get() {
+    // Servers commonly answer a HEAD by running the GET's handler (and drop the body).
+    let up = MockUpstream::with(|_| Reply::json(200, "{}")).await;
+    let cfg = route(
+        &up.url(),
+        "method = \"GET\"\npath = \"/send\"\nroots = [\"/**\"]\nrecipients = { query = \"to\" }\nnumber_format = \"international_digits\"",
+    );
+    let p = Proxy::start(&cfg, &[("r.toml", RULES)]).await;
+    let a = send("HEAD", &p.url("/send?to=449098790123"), &[], "").await;
+    assert_eq!(a.status, 403);
+    assert!(up.requests().is_empty());
+    // Other requests under the root still pass.
+    assert_eq!(send("HEAD", &p.url("/status"), &[], "").await.status, 200);
+}

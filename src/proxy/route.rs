@@ -130,7 +130,10 @@ impl RouteTable {
             method
         };
         'entries: for e in &self.entries {
-            if e.method.as_ref().is_some_and(|m| m != method) {
+            // A HEAD is a GET to most servers (they run its handler and drop the body):
+            // on a GET send endpoint it is decided as one.
+            let other = |m: &Method| m != method && !(*m == Method::GET && method == Method::HEAD);
+            if e.method.as_ref().is_some_and(other) {
                 continue;
             }
             let mut captures = Vec::new();
