@@ -275,6 +275,12 @@ fn compile_locator(key: &str, d: &LocatorDef) -> Result<Locator, String> {
                 "{key}.json: a JSON pointer starts with '/', e.g. \"/messages/*/to\""
             ));
         };
+        // `~` escapes `~0` (`~`) and `~1` (`/`) and nothing else (RFC 6901).
+        if rest.split('~').skip(1).any(|s| !s.starts_with(['0', '1'])) {
+            return Err(format!(
+                "{key}.json: `~` in a JSON pointer is `~0` (for ~) or `~1` (for /)"
+            ));
+        }
         sources.push(Source::Json(
             rest.split('/')
                 .map(|s| s.replace("~1", "/").replace("~0", "~"))
@@ -953,5 +959,20 @@ mod tests {
             g.extract(&view(&h, &[], b"")),
             Err(ExtractError::Unsupported(_))
         ));
+    }
+
+    #[test]
+    fn a_json_pointer_escape_is_0_or_1() {
+        let c: GenericConfig =
+            toml::from_str("method = \"POST\"\npath = \"/s\"\nrecipients = { json = \"/a~2b\" }\n")
+                .unwrap();
+        assert!(c.compile().unwrap_err().contains("recipients.json"));
+        let g =
+            generic("method = \"POST\"\npath = \"/s\"\nrecipients = { json = \"/a~1b/c~0d\" }\n");
+        let h = json_headers();
+        let ex = g
+            .extract(&view(&h, &[], br#"{"a/b":{"c~d":"+447400123456"}}"#))
+            .unwrap();
+        assert_eq!(ex.recipients, vec!["+447400123456"]);
     }
 }
