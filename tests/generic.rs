@@ -286,3 +286,30 @@ async fn a_head_on_a_get_send_path_is_decided_as_the_get() {
     // Other requests under the root still pass.
     assert_eq!(send("HEAD", &p.url("/status"), &[], "").await.status, 200);
 }
+
+#[tokio::test]
+async fn a_form_field_a_server_may_read_as_the_recipients_is_unsupported() {
+    let up = MockUpstream::with(|_| Reply::json(200, "{}")).await;
+    let cfg = route(
+        &up.url(),
+        "method = \"POST\"\npath = \"/send\"\nrecipients = { form = \"to_number\" }\nnumber_format = \"international_digits\"",
+    );
+    let p = Proxy::start(&cfg, &[("r.toml", RULES)]).await;
+    for body in [
+        // PHP and Rack read `to_number[]` as the list `to_number`, the last one winning.
+        "to_number=447400123456&to_number%5B%5D=449098790123",
+        "to_number=447400123456&to_number[0]=449098790123",
+        // ASP.NET binds form names ignoring case.
+        "to_number=447400123456&TO_NUMBER=449098790123",
+        // PHP reads `.` and ` ` in a name as `_`.
+        "to_number=447400123456&to.number=449098790123",
+        "to_number=447400123456&to+number=449098790123",
+    ] {
+        let a = send("POST", &p.url("/send"), &[FORM], body).await;
+        assert_eq!(a.status, 403, "{body}: {}", a.text());
+        assert_eq!(a.json()["error"]["code"], "unsupported_request", "{body}");
+        let q = send("POST", &p.url(&format!("/send?{body}")), &[FORM], "").await;
+        assert_eq!(q.status, 403, "{body} in the query: {}", q.text());
+    }
+    assert!(up.requests().is_empty());
+}

@@ -551,6 +551,13 @@ impl Generic {
                     Source::Form(_) => (form, query),
                     _ => (query, form),
                 };
+                if strict
+                    && (super::form_lookalike(first, name) || super::form_lookalike(other, name))
+                {
+                    return Err(ExtractError::Unsupported(
+                        "a field a server may read as the recipients field",
+                    ));
+                }
                 let mut out = super::form_values(first, name);
                 for v in super::form_values(other, name) {
                     if !out.contains(&v) {

@@ -372,6 +372,30 @@ pub fn form_values(body: &[u8], key: &str) -> Vec<String> {
     form_fields(body, key).collect()
 }
 
+/// Whether a URL-encoded form names a field that a server may read as `key` though it is
+/// not `key`: `key[]` or `key[0]` (PHP and Rack read a list, the last field winning),
+/// `key` in another case (ASP.NET binds names ignoring case), or with `.` or a space for
+/// a `_` (PHP's names).
+pub fn form_lookalike(body: &[u8], key: &str) -> bool {
+    let key = key.as_bytes();
+    form_pairs(body).any(|(name, _)| {
+        let decoded;
+        let name = match name.plain() {
+            Some(plain) => plain,
+            None => {
+                decoded = form_decode(name.0);
+                decoded.as_bytes()
+            }
+        };
+        name != key
+            && (name.starts_with(key) && name.get(key.len()) == Some(&b'[')
+                || name.len() == key.len()
+                    && name.iter().zip(key).all(|(&n, &k)| {
+                        n.eq_ignore_ascii_case(&k) || k == b'_' && (n == b'.' || n == b' ')
+                    }))
+    })
+}
+
 /// The first value of `key` in a URL-encoded form body.
 pub fn form_value(body: &[u8], key: &str) -> Option<String> {
     form_fields(body, key).next()
