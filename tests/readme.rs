@@ -1,0 +1,79 @@
+//! The README's TOML snippets are what smsfence reads: every rules snippet passes
+//! `check-rules`, every service-config snippet parses and validates. A key renamed in the
+//! code, or a typo in the README, fails here instead of in a reader's first start.
+
+use std::path::Path;
+
+use smsfence::config::Config;
+use smsfence::rules::RuleSet;
+
+/// Every ```toml block of README.md, with the line its fence opens on.
+fn toml_snippets() -> Vec<(usize, String)> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("reading README.md");
+    let mut snippets = Vec::new();
+    let mut open: Option<(usize, String)> = None;
+    for (i, line) in readme.lines().enumerate() {
+        match &mut open {
+            None if line.trim_start().starts_with("```toml") => open = Some((i + 1, String::new())),
+            None => {}
+            Some(_) if line.trim_start().starts_with("```") => snippets.extend(open.take()),
+            Some((_, text)) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    assert!(open.is_none(), "README.md: a ```toml block is never closed");
+    snippets
+}
+
+/// A rules snippet has a rule table, `[settings]` or `[prices]`; every other one is service
+/// configuration.
+fn is_rules(text: &str) -> bool {
+    text.lines().map(str::trim).any(|l| {
+        [
+            "[[limit]]",
+            "[[list]]",
+            "[[policy]]",
+            "[[heuristic]]",
+            "[settings]",
+            "[prices]",
+        ]
+        .contains(&l)
+    })
+}
+
+#[test]
+fn every_toml_snippet_in_the_readme_loads() {
+    let snippets = toml_snippets();
+    let (rules, configs): (Vec<_>, Vec<_>) = snippets.iter().partition(|(_, t)| is_rules(t));
+    // The README has rules and config snippets both; finding none means the parser above broke.
+    assert!(rules.len() >= 5, "rules snippets found: {}", rules.len());
+    assert!(
+        configs.len() >= 3,
+        "config snippets found: {}",
+        configs.len()
+    );
+
+    let mut wrong = Vec::new();
+    for (line, text) in rules {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("snippet.toml"), text).unwrap();
+        if let Err(errors) = RuleSet::load_dir(dir.path()) {
+            for e in errors {
+                wrong.push(format!(
+                    "README.md:{line}: rules snippet, its line {}: {}: {}",
+                    e.line, e.rule, e.message
+                ));
+            }
+        }
+    }
+    for (line, text) in configs {
+        let checked = Config::from_toml("snippet.toml", text).and_then(|c| c.validate());
+        if let Err(e) = checked {
+            wrong.push(format!("README.md:{line}: config snippet: {e}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
