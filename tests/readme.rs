@@ -77,3 +77,62 @@ fn every_toml_snippet_in_the_readme_loads() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// The README's `check-rules` sample is what `smsfence check-rules rules` prints for the
+/// shipped rules with the two mistakes it shows made (line numbers included: they move when
+/// `rules/` is edited). A line ending in `…` in the README is a prefix of the real one.
+#[test]
+fn the_readme_check_rules_sample_is_what_check_rules_prints() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let start = readme
+        .find("$ smsfence check-rules rules\n")
+        .expect("the README's check-rules sample");
+    let sample: Vec<&str> = readme[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("```"))
+        .collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    for entry in std::fs::read_dir(repo.join("rules")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, rules.join(path.file_name().unwrap())).unwrap();
+    }
+    let edit = |file: &str, from: &str, to: &str| {
+        let path = rules.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "rules/{file} no longer has {from:?}");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    };
+    // The two mistakes of the sample: a prefix limit without drop_digits, a misspelt type.
+    edit(
+        "30-limits.toml",
+        "name = \"prefix-1k-velocity\"\ndescription = \"A block of 1,000 numbers rarely needs more than 20 codes in 10 minutes.\"\nkey = \"prefix\"\ndrop_digits = 3\n",
+        "name = \"prefix-1k-velocity\"\ndescription = \"A block of 1,000 numbers rarely needs more than 20 codes in 10 minutes.\"\nkey = \"prefix\"\n",
+    );
+    edit(
+        "20-policies.toml",
+        "deny_types = [\"premium_rate\"",
+        "deny_types = [\"premium\"",
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smsfence"))
+        .args(["check-rules", "rules"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let printed = String::from_utf8_lossy(&out.stderr);
+    let printed: Vec<&str> = printed.lines().collect();
+    assert_eq!(sample.len(), printed.len(), "{sample:#?}\n{printed:#?}");
+    for (s, p) in sample.iter().zip(&printed) {
+        let matches = match s.strip_suffix('…') {
+            Some(prefix) => p.starts_with(prefix),
+            None => s == p,
+        };
+        assert!(matches, "README: {s}\nprinted: {p}");
+    }
+}
