@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use smsfence::clock::SystemClock;
 use smsfence::config::{Config, Upstream};
+use smsfence::providers::Preset;
 use smsfence::proxy::{Instance, Options};
 use smsfence::rules::reload::Source;
 use smsfence::rules::RuleSet;
@@ -368,7 +369,16 @@ fn banner(instance: &Instance, rules: &Source, json_logs: bool) {
         };
         tracing::info!(route = %r.name, preset = r.preset.as_str(), "route → {upstream}");
     }
-    let p = instance.proxy_addr;
+    // The examples send to a Twilio route's sandbox: with no such route they would reach a
+    // real provider (with made-up credentials) or no route at all, so none are printed.
+    let Some(twilio) = app
+        .routes
+        .iter()
+        .find(|r| r.preset == Preset::Twilio && matches!(r.upstream, Upstream::Sandbox))
+    else {
+        return;
+    };
+    let p = format!("{}{}", instance.proxy_addr, twilio.path_prefix);
     let a = instance.admin_addr;
     let send = format!(
         "curl -i -u ACtest:secret http://{p}/2010-04-01/Accounts/ACtest/Messages.json \\\n    \

@@ -297,3 +297,74 @@ fn an_audit_log_that_cannot_be_opened_is_named() {
         "{stderr}"
     );
 }
+
+/// The start-up log of smsfence run on `config` from an empty directory (JSON lines), from
+/// start to its exit after SIGTERM: the banner is written before the signal is handled.
+fn start_up_log(config: &str) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("svc.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smsfence"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--log-format", "json", "--no-watch"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines only");
+        let listening = v["message"] == "smsfence is listening";
+        log.push(v);
+        if listening {
+            break;
+        }
+    }
+    assert!(
+        log.iter().any(|v| v["message"] == "smsfence is listening"),
+        "{log:#?}"
+    );
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    log.extend(
+        lines
+            .map_while(Result::ok)
+            .map(|l| serde_json::from_str(&l).expect("JSON log lines only")),
+    );
+    assert!(child.wait().unwrap().success(), "{log:#?}");
+    log
+}
+
+#[test]
+fn the_start_up_example_is_printed_only_when_it_reaches_the_sandbox() {
+    let examples = |log: &[serde_json::Value]| -> Vec<String> {
+        log.iter()
+            .filter_map(|v| v["example"].as_str().map(str::to_owned))
+            .collect()
+    };
+    // A Twilio route to a real provider: the example would send there (made-up credentials).
+    let real = start_up_log(
+        "[[route]]\nname = \"twilio\"\npreset = \"twilio\"\nupstream = \"http://127.0.0.1:9\"\n",
+    );
+    assert!(examples(&real).is_empty(), "{real:#?}");
+    // A sandbox route under a prefix: the example goes through the prefix.
+    let prefixed = start_up_log(
+        "[[route]]\nname = \"tw\"\npreset = \"twilio\"\nupstream = \"sandbox\"\npath_prefix = \"/tw\"\n",
+    );
+    let ex = examples(&prefixed);
+    assert_eq!(ex.len(), 1, "{prefixed:#?}");
+    assert!(
+        ex[0].contains("/tw/2010-04-01/Accounts/ACtest/Messages.json"),
+        "{}",
+        ex[0]
+    );
+}
