@@ -96,7 +96,9 @@ pub async fn handle(
             // operator said the store is required.
             let rules = app.rules.snapshot();
             let healthy = app.store.ping().await;
+            let draining = app.draining.load(std::sync::atomic::Ordering::Relaxed);
             let (code, status) = match (healthy, admin.require_store) {
+                _ if draining => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
                 (true, _) => (StatusCode::OK, "ready"),
                 (false, false) => (StatusCode::OK, "degraded"),
                 (false, true) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),

@@ -87,6 +87,10 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(with = "serde_duration")]
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long `/readyz` answers 503 while requests are still served,
+    /// before the listeners close: time for load balancers to stop sending.
+    #[serde(with = "serde_duration")]
+    pub shutdown_delay: Duration,
     /// How long a client may take to send its request head and body.
     #[serde(with = "serde_duration")]
     pub request_read_timeout: Duration,
@@ -111,6 +115,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
             request_read_timeout: Duration::from_secs(10),
             worker_threads: 0,
         }

@@ -336,8 +336,13 @@ async fn serve(
             }
         }
     }
+    // A second signal cuts the shutdown delay short.
+    tokio::select! {
+        _ = instance.stop() => {}
+        _ = term.recv() => instance.shutdown(),
+        _ = tokio::signal::ctrl_c() => instance.shutdown(),
+    }
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
-    instance.shutdown();
     instance.wait().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -265,6 +265,35 @@ async fn health_ready_and_metrics() {
     assert!(!text.contains("4155550123"), "no phone number in metrics");
 }
 
+/// With `shutdown_delay`, a stopping instance first tells its load balancer (`/readyz`
+/// 503) and keeps serving; without it, `/readyz` would just stop answering.
+#[tokio::test]
+async fn a_shutdown_delay_answers_not_ready_and_keeps_serving() {
+    let up = MockUpstream::with(|_| Reply::json(201, r#"{"sid":"SM1"}"#)).await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_delay = \"60s\"\n{}",
+        twilio_route(&up.url(), "")
+    );
+    let p = Proxy::start(&config, NO_RULES).await;
+    let ready = send("GET", &p.admin("/readyz"), &[], "").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    let url = p.url("/2010-04-01/Accounts/ACtest/Messages.json");
+    let meanwhile = async {
+        let ready = send("GET", &p.admin("/readyz"), &[], "").await;
+        let sent = send("POST", &url, &[FORM, BASIC], "To=%2B14155550123&Body=x").await;
+        (ready, sent)
+    };
+    let (ready, sent) = tokio::select! {
+        biased; // `stop` first: it says "shutting down" before the requests are sent
+        _ = p.instance.stop() => panic!("stopped before its shutdown delay"),
+        r = meanwhile => r,
+    };
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["status"], "shutting_down");
+    assert_eq!(sent.status, 201);
+    assert_eq!(up.requests().len(), 1);
+}
+
 #[tokio::test]
 async fn graceful_shutdown_finishes_an_in_flight_request() {
     let up = MockUpstream::with(|_| {

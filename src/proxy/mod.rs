@@ -198,6 +198,8 @@ pub struct App {
     decision_series: DecisionSeries,
     /// Upstream latency series by (provider, status class), resolved once.
     upstream_series: Series<prometheus::Histogram>,
+    /// Shutting down: `/readyz` answers 503 (see [`Instance::stop`]).
+    pub draining: std::sync::atomic::AtomicBool,
     /// Request ids.
     next_id: AtomicU64,
     /// A per-process prefix for request ids.
@@ -412,6 +414,7 @@ pub struct Instance {
     /// The shared state (for tests and the CLI).
     pub app: Arc<App>,
     shutdown: watch::Sender<bool>,
+    shutdown_delay: Duration,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _watcher: Option<crate::rules::reload::Watch>,
 }
@@ -473,6 +476,7 @@ impl Instance {
             read_timeout: cfg.server.request_read_timeout,
             refs: refs::VerifyRefs::new(100_000),
             audit,
+            draining: std::sync::atomic::AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             id_prefix: std::process::id(),
         });
@@ -587,6 +591,7 @@ impl Instance {
             admin_addr,
             app,
             shutdown,
+            shutdown_delay: cfg.server.shutdown_delay,
             tasks,
             _watcher: watcher,
         })
@@ -595,6 +600,20 @@ impl Instance {
     /// Stops accepting connections; in-flight requests may finish within the drain timeout.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+    }
+
+    /// The way out on SIGTERM: `/readyz` answers 503 at once, requests are still served
+    /// for `server.shutdown_delay` (load balancers see the 503 and stop sending), then
+    /// [`Instance::shutdown`].
+    pub async fn stop(&self) {
+        self.app
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if !self.shutdown_delay.is_zero() {
+            tracing::info!(delay = ?self.shutdown_delay, "shutting down: /readyz answers 503, still serving until the delay is over");
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
+        self.shutdown();
     }
 
     /// Waits until both listeners have drained and every task has stopped, then until the
