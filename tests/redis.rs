@@ -883,3 +883,167 @@ async fn expired_flags_leave_the_index_and_a_flag_set_again_stays() {
         .unwrap();
     assert_eq!(dropped.trim(), "1");
 }
+
+/// Redis' clock (`TIME`), for the memory store of a differential test.
+fn redis_now(redis: &Redis) -> smsfence::clock::Timestamp {
+    let out = redis.cli(&["TIME"]).unwrap();
+    let mut parts = out.split_whitespace().map(|p| p.parse::<u64>().unwrap());
+    let (s, us) = (parts.next().unwrap(), parts.next().unwrap());
+    smsfence::clock::Timestamp::from_nanos(s * 1_000_000_000 + us * 1_000)
+}
+
+/// The same operations, keys and times through the `Store` interface on memory and on
+/// Redis give the same answers: GCRA (costs above one, several keys, refusals, dry runs),
+/// windows (sums, distinct members at their cap, neighbours, reads without commit),
+/// give-backs (more than a window holds, too) and flags. Windows and limits are an hour
+/// long, so the microseconds between the two stores' clocks cross no boundary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_redis_decide_alike() {
+    use smsfence::store::memory::MemoryStore;
+    use smsfence::store::redis::RedisStore;
+    use smsfence::store::{Entity, Flag, GcraCheck, GcraOutcome, LimitKey, Store, WindowOp};
+
+    let redis = Redis::start(false);
+    let cfg = smsfence::config::StoreConfig {
+        timeout: Duration::from_secs(2),
+        ..redis.store_config()
+    };
+    let shared = Store::Redis(RedisStore::connect(&cfg).await.unwrap());
+    let memory = Store::Memory(MemoryStore::new(1_000_000));
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let hour = Duration::from_secs(3600);
+    let entity = |r: u64| match r % 3 {
+        0 => Entity::Number(447_400_123_000 + r),
+        1 => Entity::Prefix(4_474_001 + r),
+        _ => Entity::Global,
+    };
+    for step in 0..300 {
+        let now = redis_now(&redis);
+        match rnd(4) {
+            0 => {
+                let checks: Vec<GcraCheck<'_>> = (0..1 + rnd(3))
+                    .map(|_| GcraCheck {
+                        key: LimitKey {
+                            rule: rnd(2),
+                            entity: entity(rnd(4)),
+                        },
+                        interval: hour / 4,
+                        burst: 4,
+                        cost: 1 + rnd(3) as u32,
+                        on_overflow_closed: false,
+                    })
+                    .collect();
+                let commit = rnd(4) != 0;
+                let m = memory.gcra(&checks, now, commit).await.unwrap();
+                let r = shared.gcra(&checks, now, commit).await.unwrap();
+                match (&m, &r) {
+                    (GcraOutcome::Allowed { states: a }, GcraOutcome::Allowed { states: b }) => {
+                        let rem = |s: &Vec<smsfence::decide::gcra::State>| {
+                            s.iter().map(|s| s.remaining).collect::<Vec<_>>()
+                        };
+                        assert_eq!(rem(a), rem(b), "step {step}: {checks:?}");
+                    }
+                    // A refusal answered from Redis' refused-key cache names a key
+                    // the cache knows, with its wait: never longer than memory's.
+                    (
+                        GcraOutcome::Refused { retry_after: a, .. },
+                        GcraOutcome::Refused { retry_after: b, .. },
+                    ) => assert!(
+                        *b <= *a + Duration::from_secs(1),
+                        "step {step}: {checks:?}: memory {m:?}, redis {r:?}"
+                    ),
+                    _ => panic!("step {step}: memory {m:?}, redis {r:?} for {checks:?}"),
+                }
+            }
+            1 | 2 => {
+                let ops: Vec<WindowOp<'_>> = (0..1 + rnd(3))
+                    .map(|_| {
+                        // A key counts members always or never (as every heuristic's).
+                        let rule = 10 + rnd(2);
+                        let members = rule == 10;
+                        WindowOp {
+                            key: LimitKey {
+                                rule,
+                                entity: entity(rnd(4)),
+                            },
+                            window: hour,
+                            amount: rnd(4),
+                            // Under the cap: past it, which of several members seen at
+                            // the same time (one request's) is dropped differs.
+                            member: members.then(|| 100 + rnd(6)),
+                            cap: 8,
+                            near: (members && rnd(2) == 0).then_some(2),
+                        }
+                    })
+                    .collect();
+                let commits: Vec<bool> = ops.iter().map(|_| rnd(4) != 0).collect();
+                let m = memory.windows_each(&ops, &commits, now).await.unwrap();
+                let r = shared.windows_each(&ops, &commits, now).await.unwrap();
+                assert_eq!(m, r, "step {step}: {ops:?} {commits:?}");
+            }
+            _ => {
+                let ops: Vec<WindowOp<'_>> = (0..1 + rnd(2))
+                    .map(|_| WindowOp {
+                        key: LimitKey {
+                            rule: 10 + rnd(2),
+                            entity: entity(rnd(4)),
+                        },
+                        window: hour,
+                        amount: 1 + rnd(5),
+                        member: None,
+                        cap: 3,
+                        near: None,
+                    })
+                    .collect();
+                memory.give_back(&ops, now).await.unwrap();
+                shared.give_back(&ops, now).await.unwrap();
+            }
+        }
+    }
+
+    // Flags: set, read back, listed, removed.
+    let now = redis_now(&redis);
+    let key = |n| LimitKey {
+        rule: 3,
+        entity: Entity::Number(n),
+    };
+    for store in [&memory, &shared] {
+        for (n, label) in [(1, "block a"), (2, smsfence::store::TRUST_LABEL)] {
+            let flag = Flag {
+                until: now.add(hour),
+                level: 1,
+                label: label.into(),
+            };
+            store.set_flag(key(n), flag, now).await.unwrap();
+        }
+    }
+    let m = memory.flags(&[key(1), key(2), key(3)], now).await.unwrap();
+    let r = shared.flags(&[key(1), key(2), key(3)], now).await.unwrap();
+    assert_eq!(m, r);
+    let later = now.add(hour);
+    assert_eq!(
+        memory.flags(&[key(1)], later).await.unwrap(),
+        shared.flags(&[key(1)], later).await.unwrap()
+    );
+    // Trust marks are not listed on Redis (`GET /v1/blocks` leaves them out anyway).
+    let labels = |v: Vec<Flag>| {
+        v.into_iter()
+            .map(|f| f.label)
+            .filter(|l| l != smsfence::store::TRUST_LABEL)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        labels(memory.list_flags(now).await.unwrap()),
+        labels(shared.list_flags(now).await.unwrap())
+    );
+    assert_eq!(
+        memory.remove_flags("block a").await.unwrap(),
+        shared.remove_flags("block a").await.unwrap()
+    );
+}
