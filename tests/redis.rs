@@ -1047,3 +1047,48 @@ async fn memory_and_redis_decide_alike() {
         shared.remove_flags("block a").await.unwrap()
     );
 }
+
+/// A request of several keys that the refused-key cache knows is answered with the
+/// longest of their waits, as Redis (and memory) would: not with the first key's, which
+/// gave the client a `Retry-After` after which it was refused again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_refusal_waits_for_the_slowest_key() {
+    use smsfence::store::redis::RedisStore;
+    use smsfence::store::{Entity, GcraCheck, GcraOutcome, LimitKey};
+
+    let redis = Redis::start(false);
+    let store = RedisStore::connect(&redis.store_config()).await.unwrap();
+    let now = redis_now(&redis);
+    let check = |n: u64, interval: u64| GcraCheck {
+        key: LimitKey {
+            rule: 1,
+            entity: Entity::Number(n),
+        },
+        interval: Duration::from_secs(interval),
+        burst: 1,
+        cost: 1,
+        on_overflow_closed: false,
+    };
+    let (fast, slow) = (check(1, 10), check(2, 3600));
+    for c in [fast, slow] {
+        assert!(matches!(
+            store.gcra(&[c], now, true).await,
+            Ok(GcraOutcome::Allowed { .. })
+        ));
+        // Refused, and cached.
+        assert!(matches!(
+            store.gcra(&[c], now, true).await,
+            Ok(GcraOutcome::Refused { .. })
+        ));
+    }
+    match store.gcra(&[fast, slow], now, true).await {
+        Ok(GcraOutcome::Refused {
+            index, retry_after, ..
+        }) => {
+            assert_eq!(index, 1, "the slow key names the wait");
+            assert!(retry_after > Duration::from_secs(3000), "{retry_after:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(store.stats().cache_hits >= 1);
+}

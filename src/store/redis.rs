@@ -527,13 +527,20 @@ impl RedisStore {
         if cache.is_empty() {
             return None;
         }
-        checks.iter().enumerate().find_map(|(index, c)| {
-            let (until, expires, cost) = *cache.get(&refusal_hash(c))?;
-            (expires > now && until > now && c.cost >= cost).then(|| GcraOutcome::Refused {
-                index,
-                retry_after: until.since(now),
-                capacity: false,
+        // The longest wait of the keys known refused, as Redis would answer (the first
+        // one's would send the client back too early).
+        let (index, until) = checks
+            .iter()
+            .enumerate()
+            .filter_map(|(index, c)| {
+                let (until, expires, cost) = *cache.get(&refusal_hash(c))?;
+                (expires > now && until > now && c.cost >= cost).then_some((index, until))
             })
+            .max_by_key(|&(_, until)| until)?;
+        Some(GcraOutcome::Refused {
+            index,
+            retry_after: until.since(now),
+            capacity: false,
         })
     }
 
