@@ -1026,11 +1026,8 @@ async fn memory_and_redis_decide_alike() {
     let m = memory.flags(&[key(1), key(2), key(3)], now).await.unwrap();
     let r = shared.flags(&[key(1), key(2), key(3)], now).await.unwrap();
     assert_eq!(m, r);
-    let later = now.add(hour);
-    assert_eq!(
-        memory.flags(&[key(1)], later).await.unwrap(),
-        shared.flags(&[key(1)], later).await.unwrap()
-    );
+    // When a flag ends Redis says, by its own clock (see
+    // `a_flag_lasts_as_long_as_its_key_whatever_the_instance_clock`).
     // Trust marks are not listed on Redis (`GET /v1/blocks` leaves them out anyway).
     let labels = |v: Vec<Flag>| {
         v.into_iter()
@@ -1046,6 +1043,18 @@ async fn memory_and_redis_decide_alike() {
         memory.remove_flags("block a").await.unwrap(),
         shared.remove_flags("block a").await.unwrap()
     );
+
+    // Every key expires by itself, but the flag index.
+    let dest =
+        smsfence::phone::normalize("+447400123456", smsfence::phone::NumberFormat::E164, None)
+            .unwrap();
+    shared.put_ref("VE123", &dest, hour).await.unwrap();
+    let keys = redis.cli(&["--scan"]).unwrap();
+    assert!(keys.lines().count() > 10, "{keys}");
+    for k in keys.lines().filter(|k| *k != "sf:flags") {
+        let ttl: i64 = redis.cli(&["PTTL", k]).unwrap().trim().parse().unwrap();
+        assert!(ttl > 0, "{k} has no TTL ({ttl})");
+    }
 }
 
 /// A request of several keys that the refused-key cache knows is answered with the
@@ -1091,4 +1100,39 @@ async fn a_cached_refusal_waits_for_the_slowest_key() {
         other => panic!("{other:?}"),
     }
     assert!(store.stats().cache_hits >= 1);
+}
+
+/// A flag lasts as long as its Redis key, on every instance: an instance whose clock runs
+/// ahead of the one that set a block used to see the block end early by the difference,
+/// and let through what the other instances still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_lasts_as_long_as_its_key_whatever_the_instance_clock() {
+    use smsfence::store::redis::RedisStore;
+    use smsfence::store::{Entity, Flag, LimitKey};
+
+    let redis = Redis::start(false);
+    let a = RedisStore::connect(&redis.store_config()).await.unwrap();
+    let b = RedisStore::connect(&redis.store_config()).await.unwrap();
+    let key = LimitKey {
+        rule: 9,
+        entity: Entity::Prefix(4_474_001),
+    };
+    let now = redis_now(&redis);
+    let flag = Flag {
+        until: now.add(Duration::from_secs(60)),
+        level: 0,
+        label: "block".into(),
+    };
+    a.set_flag(key, flag.clone(), now).await.unwrap();
+    // B's clock runs two minutes ahead; the key has about a minute left in Redis.
+    let ahead = now.add(Duration::from_secs(120));
+    assert_eq!(b.flags(&[key], ahead).await.unwrap(), vec![Some(flag)]);
+    redis.cli(&["PEXPIRE", "sf:{p4474001}:f:0000000000000009", "1"]);
+    wait_until(Duration::from_secs(5), || {
+        redis
+            .cli(&["EXISTS", "sf:{p4474001}:f:0000000000000009"])
+            .as_deref()
+            == Some("0\n")
+    });
+    assert_eq!(b.flags(&[key], now).await.unwrap(), vec![None]);
 }

@@ -638,17 +638,20 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// See [`super::Store::flags`].
+    /// See [`super::Store::flags`]. A flag is live while its key is: the key expires at
+    /// the flag's `until` on Redis' clock, which every instance shares; `_now`, this
+    /// instance's clock, would end a flag early on an instance whose clock runs ahead
+    /// of the one that set it.
     pub async fn flags(
         &self,
         keys: &[LimitKey<'_>],
-        now: Timestamp,
+        _now: Timestamp,
     ) -> Result<Vec<Option<Flag>>, StoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let parse = |v: Value| match v {
-            Value::BulkString(b) => parse_flag(&b).filter(|f| f.until > now),
+            Value::BulkString(b) => parse_flag(&b),
             _ => None,
         };
         if !self.cfg.cluster {
