@@ -899,9 +899,8 @@ fn redis_now(redis: &Redis) -> smsfence::clock::Timestamp {
 /// long, so the microseconds between the two stores' clocks cross no boundary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_and_redis_decide_alike() {
-    use smsfence::store::memory::MemoryStore;
     use smsfence::store::redis::RedisStore;
-    use smsfence::store::{Entity, Flag, GcraCheck, GcraOutcome, LimitKey, Store, WindowOp};
+    use smsfence::store::Store;
 
     let redis = Redis::start(false);
     let cfg = smsfence::config::StoreConfig {
@@ -909,6 +908,49 @@ async fn memory_and_redis_decide_alike() {
         ..redis.store_config()
     };
     let shared = Store::Redis(RedisStore::connect(&cfg).await.unwrap());
+    decide_alike(&shared, &redis).await;
+
+    // Every key expires by itself, but the flag index.
+    let dest =
+        smsfence::phone::normalize("+447400123456", smsfence::phone::NumberFormat::E164, None)
+            .unwrap();
+    shared
+        .put_ref("VE123", &dest, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let keys = redis.cli(&["--scan"]).unwrap();
+    assert!(keys.lines().count() > 10, "{keys}");
+    for k in keys.lines().filter(|k| *k != "sf:flags") {
+        let ttl: i64 = redis.cli(&["PTTL", k]).unwrap().trim().parse().unwrap();
+        assert!(ttl > 0, "{k} has no TTL ({ttl})");
+    }
+}
+
+/// [`memory_and_redis_decide_alike`] on a three-master Cluster: a request's keys on
+/// several slots (GCRA groups per hash tag, given back when another refuses; one window
+/// script per key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_a_cluster_decide_alike() {
+    use smsfence::store::redis::RedisStore;
+    use smsfence::store::Store;
+
+    let cluster = Cluster::start();
+    let cfg = smsfence::config::StoreConfig {
+        urls: cluster.urls(),
+        cluster: true,
+        timeout: Duration::from_secs(2),
+        ..cluster.nodes[0].store_config()
+    };
+    let shared = Store::Redis(RedisStore::connect(&cfg).await.unwrap());
+    decide_alike(&shared, &cluster.nodes[0]).await;
+}
+
+/// Runs the same random operations on `shared` and on a memory store on the clock of
+/// `clock`, comparing every answer.
+async fn decide_alike(shared: &smsfence::store::Store, clock: &Redis) {
+    use smsfence::store::memory::MemoryStore;
+    use smsfence::store::{Entity, Flag, GcraCheck, GcraOutcome, LimitKey, Store, WindowOp};
+
     let memory = Store::Memory(MemoryStore::new(1_000_000));
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut rnd = move |n: u64| {
@@ -924,7 +966,7 @@ async fn memory_and_redis_decide_alike() {
         _ => Entity::Global,
     };
     for step in 0..300 {
-        let now = redis_now(&redis);
+        let now = redis_now(clock);
         match rnd(4) {
             0 => {
                 let checks: Vec<GcraCheck<'_>> = (0..1 + rnd(3))
@@ -1008,12 +1050,12 @@ async fn memory_and_redis_decide_alike() {
     }
 
     // Flags: set, read back, listed, removed.
-    let now = redis_now(&redis);
+    let now = redis_now(clock);
     let key = |n| LimitKey {
         rule: 3,
         entity: Entity::Number(n),
     };
-    for store in [&memory, &shared] {
+    for store in [&memory, shared] {
         for (n, label) in [(1, "block a"), (2, smsfence::store::TRUST_LABEL)] {
             let flag = Flag {
                 until: now.add(hour),
@@ -1043,18 +1085,6 @@ async fn memory_and_redis_decide_alike() {
         memory.remove_flags("block a").await.unwrap(),
         shared.remove_flags("block a").await.unwrap()
     );
-
-    // Every key expires by itself, but the flag index.
-    let dest =
-        smsfence::phone::normalize("+447400123456", smsfence::phone::NumberFormat::E164, None)
-            .unwrap();
-    shared.put_ref("VE123", &dest, hour).await.unwrap();
-    let keys = redis.cli(&["--scan"]).unwrap();
-    assert!(keys.lines().count() > 10, "{keys}");
-    for k in keys.lines().filter(|k| *k != "sf:flags") {
-        let ttl: i64 = redis.cli(&["PTTL", k]).unwrap().trim().parse().unwrap();
-        assert!(ttl > 0, "{k} has no TTL ({ttl})");
-    }
 }
 
 /// A request of several keys that the refused-key cache knows is answered with the
