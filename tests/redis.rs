@@ -883,3 +883,286 @@ async fn expired_flags_leave_the_index_and_a_flag_set_again_stays() {
         .unwrap();
     assert_eq!(dropped.trim(), "1");
 }
+
+/// Redis' clock (`TIME`), for the memory store of a differential test.
+fn redis_now(redis: &Redis) -> smsfence::clock::Timestamp {
+    let out = redis.cli(&["TIME"]).unwrap();
+    let mut parts = out.split_whitespace().map(|p| p.parse::<u64>().unwrap());
+    let (s, us) = (parts.next().unwrap(), parts.next().unwrap());
+    smsfence::clock::Timestamp::from_nanos(s * 1_000_000_000 + us * 1_000)
+}
+
+/// The same operations, keys and times through the `Store` interface on memory and on
+/// Redis give the same answers: GCRA (costs above one, several keys, refusals, dry runs),
+/// windows (sums, distinct members at their cap, neighbours, reads without commit),
+/// give-backs (more than a window holds, too) and flags. Windows and limits are an hour
+/// long, so the microseconds between the two stores' clocks cross no boundary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_redis_decide_alike() {
+    use smsfence::store::redis::RedisStore;
+    use smsfence::store::Store;
+
+    let redis = Redis::start(false);
+    let cfg = smsfence::config::StoreConfig {
+        timeout: Duration::from_secs(2),
+        ..redis.store_config()
+    };
+    let shared = Store::Redis(RedisStore::connect(&cfg).await.unwrap());
+    decide_alike(&shared, &redis).await;
+
+    // Every key expires by itself, but the flag index.
+    let dest =
+        smsfence::phone::normalize("+447400123456", smsfence::phone::NumberFormat::E164, None)
+            .unwrap();
+    shared
+        .put_ref("VE123", &dest, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let keys = redis.cli(&["--scan"]).unwrap();
+    assert!(keys.lines().count() > 10, "{keys}");
+    for k in keys.lines().filter(|k| *k != "sf:flags") {
+        let ttl: i64 = redis.cli(&["PTTL", k]).unwrap().trim().parse().unwrap();
+        assert!(ttl > 0, "{k} has no TTL ({ttl})");
+    }
+}
+
+/// [`memory_and_redis_decide_alike`] on a three-master Cluster: a request's keys on
+/// several slots (GCRA groups per hash tag, given back when another refuses; one window
+/// script per key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_a_cluster_decide_alike() {
+    use smsfence::store::redis::RedisStore;
+    use smsfence::store::Store;
+
+    let cluster = Cluster::start();
+    let cfg = smsfence::config::StoreConfig {
+        urls: cluster.urls(),
+        cluster: true,
+        timeout: Duration::from_secs(2),
+        ..cluster.nodes[0].store_config()
+    };
+    let shared = Store::Redis(RedisStore::connect(&cfg).await.unwrap());
+    decide_alike(&shared, &cluster.nodes[0]).await;
+}
+
+/// Runs the same random operations on `shared` and on a memory store on the clock of
+/// `clock`, comparing every answer.
+async fn decide_alike(shared: &smsfence::store::Store, clock: &Redis) {
+    use smsfence::store::memory::MemoryStore;
+    use smsfence::store::{Entity, Flag, GcraCheck, GcraOutcome, LimitKey, Store, WindowOp};
+
+    let memory = Store::Memory(MemoryStore::new(1_000_000));
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let hour = Duration::from_secs(3600);
+    let entity = |r: u64| match r % 3 {
+        0 => Entity::Number(447_400_123_000 + r),
+        1 => Entity::Prefix(4_474_001 + r),
+        _ => Entity::Global,
+    };
+    for step in 0..300 {
+        let now = redis_now(clock);
+        match rnd(4) {
+            0 => {
+                let checks: Vec<GcraCheck<'_>> = (0..1 + rnd(3))
+                    .map(|_| GcraCheck {
+                        key: LimitKey {
+                            rule: rnd(2),
+                            entity: entity(rnd(4)),
+                        },
+                        interval: hour / 4,
+                        burst: 4,
+                        cost: 1 + rnd(3) as u32,
+                        on_overflow_closed: false,
+                    })
+                    .collect();
+                let commit = rnd(4) != 0;
+                let m = memory.gcra(&checks, now, commit).await.unwrap();
+                let r = shared.gcra(&checks, now, commit).await.unwrap();
+                match (&m, &r) {
+                    (GcraOutcome::Allowed { states: a }, GcraOutcome::Allowed { states: b }) => {
+                        let rem = |s: &Vec<smsfence::decide::gcra::State>| {
+                            s.iter().map(|s| s.remaining).collect::<Vec<_>>()
+                        };
+                        assert_eq!(rem(a), rem(b), "step {step}: {checks:?}");
+                    }
+                    // A refusal answered from Redis' refused-key cache names a key
+                    // the cache knows, with its wait: never longer than memory's.
+                    (
+                        GcraOutcome::Refused { retry_after: a, .. },
+                        GcraOutcome::Refused { retry_after: b, .. },
+                    ) => assert!(
+                        *b <= *a + Duration::from_secs(1),
+                        "step {step}: {checks:?}: memory {m:?}, redis {r:?}"
+                    ),
+                    _ => panic!("step {step}: memory {m:?}, redis {r:?} for {checks:?}"),
+                }
+            }
+            1 | 2 => {
+                let ops: Vec<WindowOp<'_>> = (0..1 + rnd(3))
+                    .map(|_| {
+                        // A key counts members always or never (as every heuristic's).
+                        let rule = 10 + rnd(2);
+                        let members = rule == 10;
+                        WindowOp {
+                            key: LimitKey {
+                                rule,
+                                entity: entity(rnd(4)),
+                            },
+                            window: hour,
+                            amount: rnd(4),
+                            // Under the cap: past it, which of several members seen at
+                            // the same time (one request's) is dropped differs.
+                            member: members.then(|| 100 + rnd(6)),
+                            cap: 8,
+                            near: (members && rnd(2) == 0).then_some(2),
+                        }
+                    })
+                    .collect();
+                let commits: Vec<bool> = ops.iter().map(|_| rnd(4) != 0).collect();
+                let m = memory.windows_each(&ops, &commits, now).await.unwrap();
+                let r = shared.windows_each(&ops, &commits, now).await.unwrap();
+                assert_eq!(m, r, "step {step}: {ops:?} {commits:?}");
+            }
+            _ => {
+                let ops: Vec<WindowOp<'_>> = (0..1 + rnd(2))
+                    .map(|_| WindowOp {
+                        key: LimitKey {
+                            rule: 10 + rnd(2),
+                            entity: entity(rnd(4)),
+                        },
+                        window: hour,
+                        amount: 1 + rnd(5),
+                        member: None,
+                        cap: 3,
+                        near: None,
+                    })
+                    .collect();
+                memory.give_back(&ops, now).await.unwrap();
+                shared.give_back(&ops, now).await.unwrap();
+            }
+        }
+    }
+
+    // Flags: set, read back, listed, removed.
+    let now = redis_now(clock);
+    let key = |n| LimitKey {
+        rule: 3,
+        entity: Entity::Number(n),
+    };
+    for store in [&memory, shared] {
+        for (n, label) in [(1, "block a"), (2, smsfence::store::TRUST_LABEL)] {
+            let flag = Flag {
+                until: now.add(hour),
+                level: 1,
+                label: label.into(),
+            };
+            store.set_flag(key(n), flag, now).await.unwrap();
+        }
+    }
+    let m = memory.flags(&[key(1), key(2), key(3)], now).await.unwrap();
+    let r = shared.flags(&[key(1), key(2), key(3)], now).await.unwrap();
+    assert_eq!(m, r);
+    // When a flag ends Redis says, by its own clock (see
+    // `a_flag_lasts_as_long_as_its_key_whatever_the_instance_clock`).
+    // Trust marks are not listed on Redis (`GET /v1/blocks` leaves them out anyway).
+    let labels = |v: Vec<Flag>| {
+        v.into_iter()
+            .map(|f| f.label)
+            .filter(|l| l != smsfence::store::TRUST_LABEL)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        labels(memory.list_flags(now).await.unwrap()),
+        labels(shared.list_flags(now).await.unwrap())
+    );
+    assert_eq!(
+        memory.remove_flags("block a").await.unwrap(),
+        shared.remove_flags("block a").await.unwrap()
+    );
+}
+
+/// A request of several keys that the refused-key cache knows is answered with the
+/// longest of their waits, as Redis (and memory) would: not with the first key's, which
+/// gave the client a `Retry-After` after which it was refused again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_refusal_waits_for_the_slowest_key() {
+    use smsfence::store::redis::RedisStore;
+    use smsfence::store::{Entity, GcraCheck, GcraOutcome, LimitKey};
+
+    let redis = Redis::start(false);
+    let store = RedisStore::connect(&redis.store_config()).await.unwrap();
+    let now = redis_now(&redis);
+    let check = |n: u64, interval: u64| GcraCheck {
+        key: LimitKey {
+            rule: 1,
+            entity: Entity::Number(n),
+        },
+        interval: Duration::from_secs(interval),
+        burst: 1,
+        cost: 1,
+        on_overflow_closed: false,
+    };
+    let (fast, slow) = (check(1, 10), check(2, 3600));
+    for c in [fast, slow] {
+        assert!(matches!(
+            store.gcra(&[c], now, true).await,
+            Ok(GcraOutcome::Allowed { .. })
+        ));
+        // Refused, and cached.
+        assert!(matches!(
+            store.gcra(&[c], now, true).await,
+            Ok(GcraOutcome::Refused { .. })
+        ));
+    }
+    match store.gcra(&[fast, slow], now, true).await {
+        Ok(GcraOutcome::Refused {
+            index, retry_after, ..
+        }) => {
+            assert_eq!(index, 1, "the slow key names the wait");
+            assert!(retry_after > Duration::from_secs(3000), "{retry_after:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(store.stats().cache_hits >= 1);
+}
+
+/// A flag lasts as long as its Redis key, on every instance: an instance whose clock runs
+/// ahead of the one that set a block used to see the block end early by the difference,
+/// and let through what the other instances still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_lasts_as_long_as_its_key_whatever_the_instance_clock() {
+    use smsfence::store::redis::RedisStore;
+    use smsfence::store::{Entity, Flag, LimitKey};
+
+    let redis = Redis::start(false);
+    let a = RedisStore::connect(&redis.store_config()).await.unwrap();
+    let b = RedisStore::connect(&redis.store_config()).await.unwrap();
+    let key = LimitKey {
+        rule: 9,
+        entity: Entity::Prefix(4_474_001),
+    };
+    let now = redis_now(&redis);
+    let flag = Flag {
+        until: now.add(Duration::from_secs(60)),
+        level: 0,
+        label: "block".into(),
+    };
+    a.set_flag(key, flag.clone(), now).await.unwrap();
+    // B's clock runs two minutes ahead; the key has about a minute left in Redis.
+    let ahead = now.add(Duration::from_secs(120));
+    assert_eq!(b.flags(&[key], ahead).await.unwrap(), vec![Some(flag)]);
+    redis.cli(&["PEXPIRE", "sf:{p4474001}:f:0000000000000009", "1"]);
+    wait_until(Duration::from_secs(5), || {
+        redis
+            .cli(&["EXISTS", "sf:{p4474001}:f:0000000000000009"])
+            .as_deref()
+            == Some("0\n")
+    });
+    assert_eq!(b.flags(&[key], now).await.unwrap(), vec![None]);
+}

@@ -527,13 +527,20 @@ impl RedisStore {
         if cache.is_empty() {
             return None;
         }
-        checks.iter().enumerate().find_map(|(index, c)| {
-            let (until, expires, cost) = *cache.get(&refusal_hash(c))?;
-            (expires > now && until > now && c.cost >= cost).then(|| GcraOutcome::Refused {
-                index,
-                retry_after: until.since(now),
-                capacity: false,
+        // The longest wait of the keys known refused, as Redis would answer (the first
+        // one's would send the client back too early).
+        let (index, until) = checks
+            .iter()
+            .enumerate()
+            .filter_map(|(index, c)| {
+                let (until, expires, cost) = *cache.get(&refusal_hash(c))?;
+                (expires > now && until > now && c.cost >= cost).then_some((index, until))
             })
+            .max_by_key(|&(_, until)| until)?;
+        Some(GcraOutcome::Refused {
+            index,
+            retry_after: until.since(now),
+            capacity: false,
         })
     }
 
@@ -631,17 +638,20 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// See [`super::Store::flags`].
+    /// See [`super::Store::flags`]. A flag is live while its key is: the key expires at
+    /// the flag's `until` on Redis' clock, which every instance shares; `_now`, this
+    /// instance's clock, would end a flag early on an instance whose clock runs ahead
+    /// of the one that set it.
     pub async fn flags(
         &self,
         keys: &[LimitKey<'_>],
-        now: Timestamp,
+        _now: Timestamp,
     ) -> Result<Vec<Option<Flag>>, StoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let parse = |v: Value| match v {
-            Value::BulkString(b) => parse_flag(&b).filter(|f| f.until > now),
+            Value::BulkString(b) => parse_flag(&b),
             _ => None,
         };
         if !self.cfg.cluster {
