@@ -259,7 +259,8 @@ def main():
         if args.only:
             keep = re.compile(args.only)
             targets = {n: t for n, t in targets.items()
-                       if n == "direct" or n.startswith("nginx_limit_req") or keep.search(n)}
+                       if n == "direct" or n.startswith(("nginx_limit_req", "nginx_proxy_pass"))
+                       or keep.search(n)}
         results = {name: [] for name in targets}
         for rnd in range(args.rounds):
             for name, (port, pids, _) in targets.items():

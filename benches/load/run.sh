@@ -10,8 +10,8 @@
 #   ROUNDS=5 DURATION=5 benches/load/run.sh
 #   WORKERS="1" benches/load/run.sh         # only the 1-vs-1 budget
 #   ONLY="none|all_forwarded" HALF=0 benches/load/run.sh
-#                                           # only the targets matching ONLY (direct and nginx
-#                                           # limit_req always run: the ratios need them),
+#                                           # only the targets matching ONLY (direct and both
+#                                           # nginx targets always run: the ratios need them),
 #                                           # without the half-throughput latency pass
 #
 # Installs wrk and nginx (Debian) when missing; needs root for that only. Everything
