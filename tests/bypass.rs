@@ -294,6 +294,13 @@ async fn bodies_read_two_ways_are_refused() {
             &[JSON],
             r#"{"from":"+15005550006","to":"+447400123456","to":"+449098790123","text":"hi"}"#,
         ),
+        // …or in another letter case, which a case-blind parser (Go's) may read instead.
+        (
+            "POST",
+            "/v2/messages",
+            &[JSON],
+            r#"{"from":"+15005550006","to":"+447400123456","TO":"+449098790123","text":"hi"}"#,
+        ),
         (
             "POST",
             "/sms/2/text/advanced",

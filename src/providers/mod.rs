@@ -303,7 +303,7 @@ impl RequestView<'_> {
 }
 
 /// A JSON document read as `serde_json::Value` reads it, except that an object naming a
-/// key twice is an error (the `Value` keeps the last).
+/// key twice, or in two letter cases, is an error (the `Value` keeps the last).
 struct UniqueKeys(serde_json::Value);
 
 impl<'de> serde::Deserialize<'de> for UniqueKeys {
@@ -352,9 +352,11 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
         let mut out = serde_json::Map::new();
         while let Some(key) = map.next_key::<String>()? {
             let UniqueKeys(v) = map.next_value()?;
-            if out.insert(key, v).is_some() {
+            // Also in another letter case: some parsers (Go's, .NET's) match keys so.
+            if out.keys().any(|k| k.eq_ignore_ascii_case(&key)) {
                 return Err(serde::de::Error::custom("duplicate key"));
             }
+            out.insert(key, v);
         }
         Ok(out.into())
     }
@@ -992,7 +994,7 @@ pub(crate) mod tests {
             br#"[{"a":{"b":[{"c":"\u00e9"}]}},"",0]"#,
             br#""text""#,
             b"-0.0",
-            br#"{"a":1,"A":2,"a ":3}"#,
+            br#"{"a":1,"b":2,"a ":3,"\u00e4":4,"\u00c4":5}"#,
             br#"{"x":{"a":1},"y":{"a":1}}"#,
             b" null ",
         ];
@@ -1005,6 +1007,8 @@ pub(crate) mod tests {
             br#"{"to":"+1","to":"+1"}"#,
             br#"{"m":[{"d":[{"to":"1","x":0,"to":"2"}]}]}"#,
             br#"{"\u0074o":"+1","to":"+2"}"#,
+            br#"{"to":"+1","TO":"+2"}"#,
+            br#"{"m":[{"To":"1","x":0,"tO":"2"}]}"#,
         ] {
             assert!(
                 matches!(view(doc).json(), Err(ExtractError::MalformedBody(m)) if m.contains("twice")),
