@@ -81,24 +81,34 @@ fn runs_with_no_config_and_stops_cleanly_on_sigterm() {
     });
     assert_eq!(status, 201);
 
+    let code = stop(&mut child);
+    assert!(code.success(), "exit status {code:?}");
+}
+
+/// Sends `signal` (`-TERM`, `-HUP`) to the child.
+fn signal(child: &std::process::Child, signal: &str) {
     let pid = child.id().to_string();
     assert!(Command::new("kill")
-        .args(["-TERM", &pid])
+        .args([signal, &pid])
         .status()
         .unwrap()
         .success());
+}
+
+/// SIGTERM, then its exit status (within 15 s).
+fn stop(child: &mut std::process::Child) -> std::process::ExitStatus {
+    signal(child, "-TERM");
     let deadline = Instant::now() + Duration::from_secs(15);
-    let code = loop {
+    loop {
         if let Some(status) = child.try_wait().unwrap() {
-            break status;
+            return status;
         }
         assert!(
             Instant::now() < deadline,
             "smsfence did not stop within 15 s of SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(code.success(), "exit status {code:?}");
+    }
 }
 
 #[test]
@@ -216,12 +226,7 @@ fn a_sighup_during_start_up_is_a_reload_not_the_end() {
         .unwrap();
     // Its connection to the store: smsfence is inside start-up now.
     let (conn, _) = redis.accept().unwrap();
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&child, "-HUP");
     // Read to the end, so that its later log lines have a reader.
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -239,19 +244,7 @@ fn a_sighup_during_start_up_is_a_reload_not_the_end() {
         listening && status.is_none(),
         "smsfence did not survive the SIGHUP: {status:?}"
     );
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no exit within 15 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = stop(&mut child);
     assert!(status.success(), "{status:?}");
 }
 
@@ -329,12 +322,7 @@ fn start_up_log(config: &str) -> Vec<serde_json::Value> {
         log.iter().any(|v| v["message"] == "smsfence is listening"),
         "{log:#?}"
     );
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&child, "-TERM");
     log.extend(
         lines
             .map_while(Result::ok)
