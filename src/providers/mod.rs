@@ -381,14 +381,7 @@ pub fn form_values(body: &[u8], key: &str) -> Vec<String> {
 pub fn form_lookalike(body: &[u8], key: &str) -> bool {
     let key = key.as_bytes();
     form_pairs(body).any(|(name, _)| {
-        let decoded;
-        let name = match name.plain() {
-            Some(plain) => plain,
-            None => {
-                decoded = form_decode(name.0);
-                decoded.as_bytes()
-            }
-        };
+        let name = &*name.decoded();
         name != key
             && (name.starts_with(key) && name.get(key.len()) == Some(&b'[')
                 || name.len() == key.len()
@@ -428,16 +421,9 @@ pub fn form_first_unique<const K: usize>(
     let mut out: [Option<String>; K] = std::array::from_fn(|_| None);
     for (name, value) in form_pairs(body) {
         // A name is decoded (when it needs it) once, not once per key.
-        let decoded;
-        let name = match name.plain() {
-            Some(plain) => plain,
-            None => {
-                decoded = form_decode(name.0);
-                decoded.as_bytes()
-            }
-        };
+        let name = name.decoded();
         for ((slot, key), unique) in out.iter_mut().zip(keys).zip(unique) {
-            if name != key.as_bytes() {
+            if *name != *key.as_bytes() {
                 continue;
             }
             match slot {
@@ -478,9 +464,14 @@ impl<'b> FormName<'b> {
     /// decoding, so it is compared as it is: only names that need it are decoded (a
     /// name of invalid UTF-8 decodes to U+FFFD, which a key may hold).
     fn is(self, key: &str) -> bool {
+        *self.decoded() == *key.as_bytes()
+    }
+
+    /// The decoded name: itself when it is plain, without a copy.
+    fn decoded(self) -> Cow<'b, [u8]> {
         match self.plain() {
-            Some(plain) => plain == key.as_bytes(),
-            None => form_decode(self.0) == key,
+            Some(plain) => Cow::Borrowed(plain),
+            None => Cow::Owned(form_decode(self.0).into_bytes()),
         }
     }
 
