@@ -79,34 +79,34 @@ async fn slow_headers_are_cut_off() {
 #[tokio::test]
 async fn a_slow_admin_body_is_a_408() {
     let p = Proxy::start(FAST, NO_RULES).await;
-    let mut s = TcpStream::connect(p.instance.admin_addr).await.unwrap();
-    s.write_all(
+    let answer = stalled_answer(
+        p.instance.admin_addr,
         b"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"number\":",
     )
-    .await
-    .unwrap();
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+}
+
+/// Writes the start of a request and stops: what the server answered before closing.
+async fn stalled_answer(addr: std::net::SocketAddr, start: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(start).await.unwrap();
     let buf = closed_within(&mut s, Duration::from_secs(3))
         .await
         .expect("answered and closed within 3 s");
-    let text = String::from_utf8_lossy(&buf);
-    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// A proxy client's slow body: 408.
 #[tokio::test]
 async fn a_slow_proxy_body_is_a_408() {
     let p = Proxy::start(FAST, NO_RULES).await;
-    let mut s = TcpStream::connect(p.instance.proxy_addr).await.unwrap();
-    s.write_all(
+    let answer = stalled_answer(
+        p.instance.proxy_addr,
         b"POST /2010-04-01/Accounts/ACtest/Messages.json HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nTo=",
     )
-    .await
-    .unwrap();
-    let buf = closed_within(&mut s, Duration::from_secs(3))
-        .await
-        .expect("answered and closed within 3 s");
-    let text = String::from_utf8_lossy(&buf);
-    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
 }
 
 /// A chunked body past the limit: 413, never forwarded.

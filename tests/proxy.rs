@@ -718,7 +718,6 @@ async fn a_verify_answer_too_large_or_too_slow_to_read_is_streamed_not_replaced(
 
 #[tokio::test]
 async fn a_client_that_hangs_up_mid_request_is_still_audited_and_counted() {
-    use tokio::io::AsyncWriteExt;
     let up = MockUpstream::with(|_| {
         let mut r = Reply::json(201, r#"{"sid":"SMslow"}"#);
         r.hang = true;
@@ -733,22 +732,7 @@ async fn a_client_that_hangs_up_mid_request_is_still_audited_and_counted() {
         audit.display()
     );
     let p = Proxy::start(&cfg, NO_RULES).await;
-    let body = "To=%2B14155550123&Body=x";
-    let mut s = tokio::net::TcpStream::connect(p.instance.proxy_addr)
-        .await
-        .unwrap();
-    s.write_all(
-        format!(
-            "POST /2010-04-01/Accounts/ACtest/Messages.json HTTP/1.1\r\nhost: x\r\n\
-             authorization: {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n{body}",
-            BASIC.1,
-            FORM.1,
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+    let s = raw_twilio_send(p.instance.proxy_addr).await;
     // The send is decided and at the upstream when the client hangs up.
     tokio::time::timeout(Duration::from_secs(5), up.arrived.notified())
         .await
@@ -917,7 +901,6 @@ fn histogram_sum(metrics: &str, family: &str, must: &[&str]) -> f64 {
 /// while the upstream holds its request did not wait on smsfence for all that time.
 #[tokio::test]
 async fn a_client_hang_up_during_the_upstream_exchange_is_not_overhead() {
-    use tokio::io::AsyncWriteExt;
     let up = MockUpstream::with(|_| {
         let mut r = Reply::json(201, r#"{"sid":"SMslow"}"#);
         r.hang = true;
@@ -925,22 +908,7 @@ async fn a_client_hang_up_during_the_upstream_exchange_is_not_overhead() {
     })
     .await;
     let p = Proxy::start(&twilio_route(&up.url(), ""), NO_RULES).await;
-    let body = "To=%2B14155550123&Body=x";
-    let mut s = tokio::net::TcpStream::connect(p.instance.proxy_addr)
-        .await
-        .unwrap();
-    s.write_all(
-        format!(
-            "POST /2010-04-01/Accounts/ACtest/Messages.json HTTP/1.1\r\nhost: x\r\n\
-             authorization: {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n{body}",
-            BASIC.1,
-            FORM.1,
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+    let s = raw_twilio_send(p.instance.proxy_addr).await;
     tokio::time::timeout(Duration::from_secs(5), up.arrived.notified())
         .await
         .unwrap();
@@ -1007,4 +975,24 @@ async fn a_slow_verify_answer_body_is_not_overhead() {
         overhead < 0.2,
         "overhead {overhead} s of a request of {total} s, 0.3 s of it waiting for the upstream's body"
     );
+}
+
+/// A Twilio send written on a raw connection, which the test can then drop mid-exchange.
+async fn raw_twilio_send(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let body = "To=%2B14155550123&Body=x";
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /2010-04-01/Accounts/ACtest/Messages.json HTTP/1.1\r\nhost: x\r\n\
+             authorization: {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n{body}",
+            BASIC.1,
+            FORM.1,
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s
 }
