@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -210,21 +211,85 @@ async fn a_tls_failure_is_a_502() {
     assert_eq!(a.status, 502, "{}", a.text());
 }
 
-/// h2c (prior knowledge) is still served, also on a connection that waits longer than
-/// the header timeout after its preface; so is an HTTP/1 request shorter than the preface.
+/// h2c (prior knowledge) is still served on a connection that lives longer than the header
+/// timeout, as long as it is in use; so is an HTTP/1 request shorter than the preface.
 #[tokio::test]
 async fn h2c_and_short_http1_requests_are_still_served() {
-    use http_body_util::{BodyExt, Full};
     let p = Proxy::start(FAST, NO_RULES).await;
+    let mut sender = h2c_connect(&p).await;
+    // 3 × 200 ms apart: past the 300 ms header timeout since the connection was made, but
+    // never idle for that long.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(h2c_send(&mut sender, &p).await, Some(201));
+    }
+
+    let mut s = TcpStream::connect(p.instance.admin_addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let buf = closed_within(&mut s, Duration::from_secs(3)).await.unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.0 404"), "{text:?}");
+}
+
+/// An h2c connection idle for the header timeout is closed, as an HTTP/1.1 one is (it used
+/// to be kept for ever: a file descriptor per idle client); a request in flight when it
+/// goes idle still gets its answer (GOAWAY, then the connection ends).
+#[tokio::test]
+async fn an_idle_h2c_connection_is_closed() {
+    let up = MockUpstream::start().await;
+    let config = format!("{FAST}{}", twilio_route(&up.url(), ""));
+    let p = Proxy::start(&config, NO_RULES).await;
+    let mut sender = h2c_connect(&p).await;
+    assert_eq!(h2c_send(&mut sender, &p).await, Some(201));
+    let closed = async {
+        while !sender.is_closed() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), closed)
+            .await
+            .is_ok(),
+        "an idle h2c connection is still open"
+    );
+
+    // The upstream holds the answer past the idle limit: the request still completes.
+    let held = MockUpstream::with(|_| Reply {
+        hang: true,
+        ..Reply::json(201, r#"{"sid":"SMheld"}"#)
+    })
+    .await;
+    let config = format!("{FAST}{}", twilio_route(&held.url(), ""));
+    let p = Proxy::start(&config, NO_RULES).await;
+    let mut sender = h2c_connect(&p).await;
+    let release = async {
+        held.arrived.notified().await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        held.release();
+    };
+    let (status, ()) = tokio::join!(h2c_send(&mut sender, &p), release);
+    assert_eq!(status, Some(201));
+}
+
+/// An h2c (prior knowledge) connection to the proxy.
+async fn h2c_connect(p: &Proxy) -> hyper::client::conn::http2::SendRequest<Full<bytes::Bytes>> {
     let s = TcpStream::connect(p.instance.proxy_addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+    let (sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(s),
     )
     .await
     .unwrap();
     tokio::spawn(conn);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    sender
+}
+
+/// A Twilio send over h2c: its status, `None` if the connection refused it.
+async fn h2c_send(
+    sender: &mut hyper::client::conn::http2::SendRequest<Full<bytes::Bytes>>,
+    p: &Proxy,
+) -> Option<u16> {
+    use http_body_util::BodyExt;
     let req = hyper::Request::post(p.url("/2010-04-01/Accounts/ACtest/Messages.json"))
         .header(FORM.0, FORM.1)
         .header(BASIC.0, BASIC.1)
@@ -235,15 +300,10 @@ async fn h2c_and_short_http1_requests_are_still_served() {
     let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
         .await
         .unwrap()
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+        .ok()?;
+    let status = resp.status().as_u16();
     let _ = resp.into_body().collect().await.unwrap();
-
-    let mut s = TcpStream::connect(p.instance.admin_addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
-    let buf = closed_within(&mut s, Duration::from_secs(3)).await.unwrap();
-    let text = String::from_utf8_lossy(&buf);
-    assert!(text.starts_with("HTTP/1.0 404"), "{text:?}");
+    Some(status)
 }
 
 /// A generic route passing its whole space through (`roots = ["/**"]`).
