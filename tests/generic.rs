@@ -228,6 +228,47 @@ async fn the_method_is_matched_however_it_is_written() {
     assert!(up.requests().is_empty());
 }
 
+/// A provider that sends on a GET as on a POST lists both: each is decided. A method the
+/// route does not list passes through under `roots`, like any other request there.
+#[tokio::test]
+async fn a_route_may_send_with_several_methods() {
+    let up = MockUpstream::with(|_| Reply::json(200, "{}")).await;
+    let generic = "path = \"/send\"\nroots = [\"/**\"]\nrecipients = { form = \"to\" }\nnumber_format = \"international_digits\"";
+    let both = route(
+        &up.url(),
+        &format!("method = [\"GET\", \"post\"]\n{generic}"),
+    );
+    let p = Proxy::start(&both, &[("r.toml", RULES)]).await;
+    for (method, query, body) in [
+        ("GET", "?to=449098790123", ""),
+        ("POST", "", "to=449098790123"),
+    ] {
+        let a = send(method, &p.url(&format!("/send{query}")), &[FORM], body).await;
+        assert_eq!(a.status, 403, "{method}: {}", a.text());
+        assert_eq!(a.json()["error"]["code"], "number_type", "{method}");
+    }
+    assert!(up.requests().is_empty());
+
+    let post = route(&up.url(), &format!("method = \"POST\"\n{generic}"));
+    let p = Proxy::start(&post, &[("r.toml", RULES)]).await;
+    let a = send("GET", &p.url("/send?to=449098790123"), &[], "").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(up.requests().len(), 1);
+
+    for bad in [
+        "method = []",
+        "method = [\"POST\", \"BAD METHOD\"]",
+        "method = 5",
+    ] {
+        let cfg = route(&up.url(), &format!("{bad}\n{generic}"));
+        let err = smsfence::config::Config::from_toml("g.toml", &cfg)
+            .and_then(|c| c.validate())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("method"), "{bad}: {err}");
+    }
+}
+
 #[tokio::test]
 async fn a_form_recipient_also_in_the_query_string_is_decided() {
     let up = MockUpstream::with(|_| Reply::json(200, "{}")).await;

@@ -72,12 +72,32 @@ pub struct TemplateDef {
     pub body: String,
 }
 
+/// `method = "POST"` or `method = ["GET", "POST"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged, expecting = "a method (\"POST\") or a list of methods")]
+pub enum MethodDef {
+    /// One method.
+    One(String),
+    /// Several methods: a provider that sends on a GET as on a POST.
+    Many(Vec<String>),
+}
+
+impl MethodDef {
+    fn as_slice(&self) -> &[String] {
+        match self {
+            MethodDef::One(m) => std::slice::from_ref(m),
+            MethodDef::Many(ms) => ms,
+        }
+    }
+}
+
 /// `[route.generic]`: how to read any other HTTP SMS API.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenericConfig {
-    /// The method of the send request.
-    pub method: String,
+    /// The method of the send request, or every method the provider sends with
+    /// (`["GET", "POST"]`).
+    pub method: MethodDef,
     /// The path pattern of the send request (`{}` matches one segment).
     pub path: String,
     /// API roots (ending in `/**`) whose other requests pass through.
@@ -244,8 +264,8 @@ enum BodyKind {
 /// A compiled generic extractor.
 #[derive(Debug, Clone)]
 pub struct Generic {
-    /// The method, upper-cased (the route table compares methods upper-cased).
-    pub method: String,
+    /// The methods that send, upper-cased (the route table compares methods upper-cased).
+    pub methods: Vec<String>,
     /// The path pattern.
     pub path: String,
     /// Pass-through roots.
@@ -392,8 +412,18 @@ fn compile_template(key: &str, t: &TemplateDef) -> Result<Template, String> {
 impl GenericConfig {
     /// Checks and compiles the extractor; errors name the key.
     pub fn compile(&self) -> Result<Generic, String> {
-        if hyper::Method::from_bytes(self.method.as_bytes()).is_err() {
-            return Err(format!("method: {:?} is not an HTTP method", self.method));
+        let mut methods: Vec<String> = Vec::new();
+        for m in self.method.as_slice() {
+            if hyper::Method::from_bytes(m.as_bytes()).is_err() {
+                return Err(format!("method: {m:?} is not an HTTP method"));
+            }
+            let m = m.to_ascii_uppercase();
+            if !methods.contains(&m) {
+                methods.push(m);
+            }
+        }
+        if methods.is_empty() {
+            return Err("method: names no method".into());
         }
         if !self.path.starts_with('/') {
             return Err("path: must start with '/'".into());
@@ -464,7 +494,7 @@ impl GenericConfig {
             t.as_ref().map(|t| compile_template(key, t)).transpose()
         };
         Ok(Generic {
-            method: self.method.to_ascii_uppercase(),
+            methods,
             path: self.path.clone(),
             roots: self.roots.clone(),
             kind,
@@ -843,7 +873,7 @@ mod tests {
             .unwrap_err()
             .contains("both as a form and as JSON"));
         let g = generic("method = \"post\"\npath = \"/s\"\nrecipients = { form = \"to\" }\n");
-        assert_eq!(g.method, "POST");
+        assert_eq!(g.methods, ["POST"]);
         let h = json_headers();
         assert!(matches!(
             g.extract(&view(&h, &[], b"to=447400123456")),

@@ -76,7 +76,11 @@ impl RouteTable {
                 (segs, tail)
             };
             let endpoints: Vec<(&str, &str, Op)> = match &r.generic {
-                Some(g) => vec![(g.method.as_str(), g.path.as_str(), Op::Generic)],
+                Some(g) => g
+                    .methods
+                    .iter()
+                    .map(|m| (m.as_str(), g.path.as_str(), Op::Generic))
+                    .collect(),
                 None => r
                     .preset
                     .endpoints()
