@@ -324,16 +324,33 @@ async fn check(app: &App, c: CheckRequest) -> Response<Body> {
     )
 }
 
-/// `GET /v1/blocks`: active auto-blocks.
+/// `GET /v1/blocks`: active auto-blocks, each saying whether the current rules still
+/// enforce it (a block of a heuristic since removed, put in shadow or without `block_for`
+/// refuses nothing, though it stays in the store until it ends).
 async fn list_blocks(app: &App) -> Response<Body> {
     let now = app.clock.now();
+    let rules = app.rules.snapshot();
+    let enforced = |label: &str| {
+        let rule = label.split(' ').next().unwrap_or("");
+        !rules.shadow_all
+            && rules.heuristics.iter().any(|h| {
+                &*h.name == rule && h.mode == crate::rules::Mode::Enforce && h.block_for.is_some()
+            })
+    };
     match app.store.list_flags(now).await {
         Ok(flags) => {
             let blocks: Vec<serde_json::Value> = flags
                 .iter()
-                .filter(|f| f.label != crate::store::TRUST_LABEL && !f.label.ends_with("(offences)"))
+                .filter(|f| {
+                    f.label != crate::store::TRUST_LABEL && !f.label.ends_with("(offences)")
+                })
                 .map(|f| {
-                    json!({"block": f.label, "offences": f.level + 1, "remaining_secs": f.until.since(now).as_secs()})
+                    json!({
+                        "block": f.label,
+                        "offences": f.level + 1,
+                        "remaining_secs": f.until.since(now).as_secs(),
+                        "enforced": enforced(&f.label),
+                    })
                 })
                 .collect();
             json_response(StatusCode::OK, &json!({"blocks": blocks}))

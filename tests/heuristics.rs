@@ -75,6 +75,17 @@ async fn auto_blocks_are_listed_and_lifted() {
     let blocks = send("GET", &p.admin("/v1/blocks"), &[], "").await.json();
     assert_eq!(blocks["blocks"][0]["block"], "pv prefix +447400123");
     assert_eq!(blocks["blocks"][0]["remaining_secs"], 900);
+    assert_eq!(blocks["blocks"][0]["enforced"], true);
+    // The heuristic put in shadow: its block stays in the store but no longer refuses, and
+    // the listing says so.
+    let dir = p.rules_dir.as_ref().unwrap().path();
+    std::fs::write(dir.join("h.toml"), format!("{rules}mode = \"shadow\"\n")).unwrap();
+    let r = send("POST", &p.admin("/v1/reload"), &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let blocks = send("GET", &p.admin("/v1/blocks"), &[], "").await.json();
+    assert_eq!(blocks["blocks"][0]["block"], "pv prefix +447400123");
+    assert_eq!(blocks["blocks"][0]["enforced"], false);
+    assert_eq!(twilio_send(&p, "+447400123005", &[]).await.status, 201);
     let lifted = send(
         "DELETE",
         &p.admin("/v1/blocks/pv/prefix/447400123"),
