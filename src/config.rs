@@ -398,9 +398,15 @@ impl Config {
             .origin
             .clone()
             .unwrap_or_else(|| ("<default>".to_owned(), String::new()));
+        // Errors found after parsing carry no span: outside routes (offset 0) the line is
+        // found from the key's name.
         let err = |span_start: usize, key: String, message: String| ConfigError::Invalid {
             path: origin.clone(),
-            line: line_of(&text, span_start),
+            line: if span_start == 0 {
+                line_of_key(&text, &key)
+            } else {
+                line_of(&text, span_start)
+            },
             key,
             message,
         };
@@ -675,6 +681,40 @@ pub(crate) fn without_value(message: &str) -> String {
         .unwrap_or_else(|| message.to_owned())
 }
 
+/// The line where a dotted key (`server.max_body_bytes`) is set: `max_body_bytes = …` in
+/// `[server]`, or the whole dotted key at the top; else the table's header; else 1.
+fn line_of_key(text: &str, dotted: &str) -> usize {
+    let Some((table, key)) = dotted.rsplit_once('.') else {
+        return 1;
+    };
+    let sets = |line: &str, key: &str| {
+        line.strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    };
+    let mut current = "";
+    let mut header = None;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix('[') {
+            current = rest
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim_matches(['[', ' ']);
+            if line.starts_with("[[") {
+                current = "[[]]"; // an array of tables: no dotted key of ours is in it
+            } else if current == table {
+                header = Some(i + 1);
+            }
+        } else if (current == table && sets(line, key))
+            || (current.is_empty() && sets(line, dotted))
+        {
+            return i + 1;
+        }
+    }
+    header.unwrap_or(1)
+}
+
 /// The 1-based line of a byte offset.
 pub fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
@@ -686,6 +726,34 @@ pub fn line_of(text: &str, offset: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn errors_found_after_parsing_name_the_keys_line() {
+        let text = "# smsfence\n[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 0\n\n[admin]\ntoken = \" \"\n";
+        for (key, line) in [("server.max_body_bytes", 4), ("admin.token", 7)] {
+            let bad = text.replace(
+                if key == "admin.token" {
+                    "max_body_bytes = 0"
+                } else {
+                    "token = \" \""
+                },
+                "",
+            );
+            let err = Config::from_toml("s.toml", &bad)
+                .and_then(|c| c.validate())
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(&format!("s.toml:{line}: {key}")), "{err}");
+        }
+        // Not written at all: the table's header, else line 1.
+        assert_eq!(super::line_of_key(text, "upstream.timeout"), 1);
+        assert_eq!(super::line_of_key(text, "server.worker_threads"), 2);
+        assert_eq!(super::line_of_key("store.urls = []\n", "store.urls"), 1);
+        assert_eq!(
+            super::line_of_key("[[route]]\nstore.urls = 1\n[store]\n", "store.urls"),
+            3
+        );
+    }
+
     use super::*;
 
     #[test]
