@@ -97,6 +97,18 @@ pub struct ServerConfig {
     /// Proxy workers, each a thread with its own event loop, sharing the listening
     /// socket (0 = one per core). Worker 0 runs on the thread that starts the instance.
     pub worker_threads: usize,
+    /// Serve the proxy listener over TLS.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: the proxy listener's certificate and key, read again on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of that certificate.
+    pub key: std::path::PathBuf,
 }
 
 impl ServerConfig {
@@ -118,6 +130,7 @@ impl Default for ServerConfig {
             shutdown_delay: Duration::ZERO,
             request_read_timeout: Duration::from_secs(10),
             worker_threads: 0,
+            tls: None,
         }
     }
 }

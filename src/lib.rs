@@ -4,7 +4,7 @@
 //!
 //! | step | module |
 //! |---|---|
-//! | accept, graceful shutdown | [`proxy::server`] |
+//! | accept, graceful shutdown | [`proxy::server`], TLS: [`proxy::tls`] |
 //! | route by method + path | [`proxy::route`] |
 //! | read body, forward, answer | [`proxy::handler`], [`proxy::upstream`] |
 //! | extract recipients, native errors, sandbox | [`providers`] (one file per provider) |

@@ -333,6 +333,12 @@ async fn serve(
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading rules");
                 let _ = instance.app.rules.reload_async().await;
+                if let Some(tls) = &instance.app.tls {
+                    match tls.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                        Err(e) => tracing::error!("SIGHUP: {e}; the certificate in use stays"),
+                    }
+                }
             }
         }
     }
@@ -357,6 +363,7 @@ fn banner(instance: &Instance, rules: &Source, json_logs: bool) {
     };
     tracing::info!(
         proxy = %instance.proxy_addr,
+        tls = app.tls.is_some(),
         admin = %instance.admin_addr,
         rules = %source,
         generation = set.generation,
@@ -383,10 +390,11 @@ fn banner(instance: &Instance, rules: &Source, json_logs: bool) {
     else {
         return;
     };
-    let p = format!("{}{}", instance.proxy_addr, twilio.path_prefix);
+    let scheme = if app.tls.is_some() { "https" } else { "http" };
+    let p = format!("{scheme}://{}{}", instance.proxy_addr, twilio.path_prefix);
     let a = instance.admin_addr;
     let send = format!(
-        "curl -i -u ACtest:secret http://{p}/2010-04-01/Accounts/ACtest/Messages.json \\\n    \
+        "curl -i -u ACtest:secret {p}/2010-04-01/Accounts/ACtest/Messages.json \\\n    \
          --data-urlencode To=+14155550123 --data-urlencode From=+15005550006 --data-urlencode 'Body=Your code is 123456'"
     );
     if json_logs {
@@ -397,7 +405,7 @@ fn banner(instance: &Instance, rules: &Source, json_logs: bool) {
     eprintln!(
         "\nTry it (a Twilio-style send; repeat it to see the per-number cooldown answer 429):\n\n  {send}\n\n\
          A premium-rate number is refused outright:\n\n  \
-         curl -i -u ACtest:secret http://{p}/2010-04-01/Accounts/ACtest/Messages.json \\\n    \
+         curl -i -u ACtest:secret {p}/2010-04-01/Accounts/ACtest/Messages.json \\\n    \
          --data-urlencode To=+449098790123 --data-urlencode From=+15005550006 --data-urlencode 'Body=hi'\n\n\
          Ask what would happen, without sending:  curl -s http://{a}/v1/check -d '{{\"number\":\"+18765550123\"}}'\n\
          Metrics:                                 curl -s http://{a}/metrics | grep smsfence_decisions\n"

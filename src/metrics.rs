@@ -259,7 +259,7 @@ impl Metrics {
         for fallback in ["open", "closed", "local"] {
             degraded_decisions.with_label_values(&[fallback]);
         }
-        for kind in ["malformed", "timeout", "incomplete", "io", "accept"] {
+        for kind in ["malformed", "timeout", "incomplete", "io", "accept", "tls"] {
             connection_errors.with_label_values(&[kind]);
         }
 

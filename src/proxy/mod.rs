@@ -30,6 +30,7 @@ pub mod handler;
 pub mod refs;
 pub mod route;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 /// Who may set identity headers, and which.
@@ -204,6 +205,8 @@ pub struct App {
     next_id: AtomicU64,
     /// A per-process prefix for request ids.
     id_prefix: u32,
+    /// The proxy listener's TLS (`server.tls`), reloaded on SIGHUP.
+    pub tls: Option<tls::Tls>,
 }
 
 impl std::fmt::Debug for App {
@@ -388,6 +391,9 @@ pub enum StartError {
     /// A proxy worker's thread or event loop could not be started.
     #[error("starting a proxy worker: {0}")]
     Worker(std::io::Error),
+    /// The listener's TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The shared store is unreachable and `store.require_store` is set.
     #[error("connecting to the state store (store.require_store = true): {0}")]
     Store(crate::store::StoreError),
@@ -423,6 +429,10 @@ impl Instance {
     /// Validates the config, loads the rules, binds both listeners and starts serving.
     pub async fn start(opts: Options) -> Result<Instance, StartError> {
         let routes = opts.config.validate()?;
+        let tls = match &opts.config.server.tls {
+            Some(t) => Some(tls::Tls::load(&t.cert, &t.key)?),
+            None => None,
+        };
         let metrics = Arc::new(Metrics::new());
         let rules = Arc::new(
             Rules::load(opts.rules.clone(), Arc::clone(&metrics)).map_err(StartError::Rules)?,
@@ -479,6 +489,7 @@ impl Instance {
             draining: std::sync::atomic::AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             id_prefix: std::process::id(),
+            tls,
         });
 
         let bind_error = |addr: SocketAddr| move |error| StartError::Bind { addr, error };
@@ -558,6 +569,7 @@ impl Instance {
                     drain,
                     timeout,
                     metrics,
+                    None,
                     move |_peer, req| crate::admin::handle(Arc::clone(&admin), req),
                 )
                 .await;
@@ -644,12 +656,14 @@ async fn proxy_worker(
         }
     };
     let metrics = Arc::clone(&app.metrics);
+    let tls = app.tls.as_ref().map(|t| t.acceptor().clone());
     server::serve(
         listener,
         stop,
         drain,
         read_timeout,
         metrics,
+        tls,
         move |peer, req| handler::handle(Arc::clone(&app), peer, req),
     )
     .await;

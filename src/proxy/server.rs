@@ -26,20 +26,24 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use super::handler::Body;
 use crate::metrics::Metrics;
 
-/// Serves `listener` with `handler` until `stop` flips, then drains for at most `drain`.
+/// Serves `listener` with `handler` until `stop` flips, then drains for at most `drain`;
+/// over TLS when `tls` is given.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
     header_timeout: Duration,
     metrics: Arc<Metrics>,
+    tls: Option<TlsAcceptor>,
     handler: F,
 ) where
     F: Fn(IpAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -51,6 +55,7 @@ pub async fn serve<F, Fut>(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .keep_alive(true);
+    let builder = Arc::new(builder);
     // Each connection's task holds a receiver of `alive`: when none is left, all are done.
     let (alive, _) = watch::channel(());
     loop {
@@ -68,9 +73,83 @@ pub async fn serve<F, Fut>(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let peer_ip = peer.ip();
-        let service = hyper::service::service_fn(move |req| handler(peer_ip, req));
+        let conn = Conn {
+            builder: Arc::clone(&builder),
+            peer: peer.ip(),
+            handler: handler.clone(),
+            header_timeout,
+            stop: stop.clone(),
+            alive: alive.subscribe(),
+            metrics: Arc::clone(&metrics),
+        };
+        match &tls {
+            None => conn.spawn(stream),
+            // The handshake runs in the connection's own task, timed like a request head.
+            Some(acceptor) => {
+                let handshake = acceptor.accept(stream);
+                tokio::spawn(async move {
+                    match tokio::time::timeout(header_timeout, handshake).await {
+                        Ok(Ok(stream)) => conn.spawn(stream),
+                        Ok(Err(e)) => {
+                            conn.metrics
+                                .connection_errors
+                                .with_label_values(&["tls"])
+                                .inc();
+                            tracing::debug!("TLS handshake failed: {e}");
+                        }
+                        Err(_) => {
+                            conn.metrics
+                                .connection_errors
+                                .with_label_values(&["timeout"])
+                                .inc();
+                            tracing::debug!("TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = alive.closed() => {}
+        _ = tokio::time::sleep(drain) => {
+            tracing::warn!("drain timeout of {drain:?} reached; closing remaining connections");
+        }
+    }
+}
+
+/// An accepted connection, ready to be served.
+struct Conn<F> {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    peer: IpAddr,
+    handler: F,
+    header_timeout: Duration,
+    stop: watch::Receiver<bool>,
+    /// Dropped when the connection ends (see `serve`'s drain).
+    alive: watch::Receiver<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl<F, Fut> Conn<F>
+where
+    F: Fn(IpAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    /// Serves the connection in a task of its own until it ends.
+    fn spawn<S>(self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            builder,
+            peer,
+            handler,
+            header_timeout,
+            mut stop,
+            alive,
+            metrics,
+        } = self;
+        let service = hyper::service::service_fn(move |req| handler(peer, req));
         let activity = Arc::new(Activity::new());
         let io = Sniffing::new(stream, header_timeout, Arc::clone(&activity));
         let conn = builder
@@ -82,8 +161,6 @@ pub async fn serve<F, Fut>(
         let graceful = GracefulShutdown::new();
         let conn = graceful.watch(conn);
         let (ended, ended_rx) = oneshot::channel::<()>();
-        let metrics = Arc::clone(&metrics);
-        let alive = alive.subscribe();
         tokio::spawn(async move {
             let _alive = alive;
             let _ended = ended;
@@ -93,7 +170,6 @@ pub async fn serve<F, Fut>(
                 tracing::debug!(kind, "client connection ended with an error");
             }
         });
-        let mut stop = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = ended_rx => return,
@@ -102,13 +178,6 @@ pub async fn serve<F, Fut>(
             }
             graceful.shutdown().await;
         });
-    }
-    drop(listener);
-    tokio::select! {
-        _ = alive.closed() => {}
-        _ = tokio::time::sleep(drain) => {
-            tracing::warn!("drain timeout of {drain:?} reached; closing remaining connections");
-        }
     }
 }
 
@@ -192,16 +261,16 @@ impl Activity {
 /// would hold its connection for ever. Once the bytes read differ from the preface or
 /// complete it, reads are passed through untimed — and on an h2c connection, every byte
 /// read or written is recorded in its [`Activity`].
-struct Sniffing {
-    stream: TcpStream,
+struct Sniffing<S> {
+    stream: S,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     matched: usize,
     activity: Arc<Activity>,
     h2: bool,
 }
 
-impl Sniffing {
-    fn new(stream: TcpStream, timeout: Duration, activity: Arc<Activity>) -> Sniffing {
+impl<S> Sniffing<S> {
+    fn new(stream: S, timeout: Duration, activity: Arc<Activity>) -> Sniffing<S> {
         Sniffing {
             stream,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
@@ -219,7 +288,7 @@ impl Sniffing {
     }
 }
 
-impl AsyncRead for Sniffing {
+impl<S: AsyncRead + Unpin> AsyncRead for Sniffing<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -255,7 +324,7 @@ impl AsyncRead for Sniffing {
     }
 }
 
-impl AsyncWrite for Sniffing {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffing<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

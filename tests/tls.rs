@@ -1,0 +1,376 @@
+//! TLS on the proxy listener: HTTP/1.1 and HTTP/2 (ALPN) sends decided as over plain
+//! HTTP, handshakes that fail or never come, certificates swapped without a restart, and
+//! files that cannot be used refused at start-up.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use smsfence::config::Config;
+use smsfence::proxy::{Instance, Options};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls::{crypto::ring, ClientConfig, RootCertStore};
+
+const NO_RULES: &[(&str, &str)] = &[];
+const COOLDOWN: &str =
+    "[[limit]]\nname = \"cooldown\"\nkey = \"number\"\nrate = \"1/60s\"\nburst = 1\n";
+
+/// A certificate authority and a server certificate it signed for 127.0.0.1.
+struct Pki {
+    ca: rustls_pki_types::CertificateDer<'static>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    Pki {
+        ca: ca.der().clone(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+/// Writes the server's PEM files into `dir`.
+fn write(dir: &Path, pki: &Pki) {
+    std::fs::write(dir.join("cert.pem"), &pki.cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &pki.key_pem).unwrap();
+}
+
+fn config(dir: &Path, upstream: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nrequest_read_timeout = \"300ms\"\n\
+[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+[[route]]\nname = \"twilio\"\npreset = \"twilio\"\nupstream = \"{upstream}\"\n",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display()
+    )
+}
+
+/// A client that trusts only `ca`, offering h2 and http/1.1 (or http/1.1 only).
+fn https_client(
+    ca: &rustls_pki_types::CertificateDer<'static>,
+    h2: bool,
+) -> Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let tls = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only();
+    let connector = if h2 {
+        builder.enable_http1().enable_http2().build()
+    } else {
+        builder.enable_http1().build()
+    };
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// A Twilio send to `to` over `client`: the status and HTTP version, or the error.
+async fn send_over<C>(
+    client: &Client<C, Full<Bytes>>,
+    p: &Proxy,
+    to: &str,
+) -> Result<(u16, hyper::Version), String>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let url = format!(
+        "https://{}/2010-04-01/Accounts/ACtest/Messages.json",
+        p.instance.proxy_addr
+    );
+    let body = format!("To={}&From=%2B15005550006&Body=hi", to.replace('+', "%2B"));
+    let req = hyper::Request::post(url)
+        .header(FORM.0, FORM.1)
+        .header(BASIC.0, BASIC.1)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .map_err(|_| "no answer in 5 s".to_owned())?
+        .map_err(|e| format!("{e:?}"))?;
+    let version = resp.version();
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    Ok((status, version))
+}
+
+#[tokio::test]
+async fn sends_over_tls_are_decided_over_http1_and_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    write(dir.path(), &pki);
+    let up = MockUpstream::start().await;
+    let p = Proxy::start(&config(dir.path(), &up.url()), &[("r.toml", COOLDOWN)]).await;
+
+    let h1 = https_client(&pki.ca, false);
+    assert_eq!(
+        send_over(&h1, &p, "+14155550123").await,
+        Ok((201, hyper::Version::HTTP_11))
+    );
+    let h2 = https_client(&pki.ca, true);
+    assert_eq!(
+        send_over(&h2, &p, "+14155550124").await,
+        Ok((201, hyper::Version::HTTP_2))
+    );
+    // The cooldown holds across both: the same number again is throttled.
+    assert_eq!(
+        send_over(&h2, &p, "+14155550123").await,
+        Ok((429, hyper::Version::HTTP_2))
+    );
+    let got: Vec<_> = up.requests().iter().map(|r| r.body.clone()).collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(String::from_utf8_lossy(&got[1]).contains("To=%2B14155550124"));
+}
+
+/// Plain HTTP to the TLS port, and a client that never starts its handshake: each closed
+/// and counted, neither served.
+#[tokio::test]
+async fn failed_and_silent_handshakes_are_closed_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &pki());
+    let up = MockUpstream::start().await;
+    let p = Proxy::start(&config(dir.path(), &up.url()), NO_RULES).await;
+
+    let mut plain = tokio::net::TcpStream::connect(p.instance.proxy_addr)
+        .await
+        .unwrap();
+    plain
+        .write_all(b"POST /2010-04-01/Accounts/ACtest/Messages.json HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut silent = tokio::net::TcpStream::connect(p.instance.proxy_addr)
+        .await
+        .unwrap();
+    for s in [&mut plain, &mut silent] {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "still open");
+        assert!(!buf.starts_with(b"HTTP/"), "answered in plain HTTP");
+    }
+    assert!(up.requests().is_empty());
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    assert!(
+        m.contains("smsfence_connection_errors_total{kind=\"tls\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("smsfence_connection_errors_total{kind=\"timeout\"} 1"),
+        "{m}"
+    );
+}
+
+/// A renewed certificate is served to new connections after a reload (SIGHUP); files that
+/// cannot be used leave the one in use.
+#[tokio::test]
+async fn a_renewed_certificate_is_served_after_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = pki();
+    write(dir.path(), &old);
+    let up = MockUpstream::start().await;
+    let p = Proxy::start(&config(dir.path(), &up.url()), NO_RULES).await;
+    let tls = p.instance.app.tls.as_ref().unwrap();
+
+    let new = pki();
+    write(dir.path(), &new);
+    // Not yet reloaded: a client trusting only the new CA is refused.
+    assert!(send_over(&https_client(&new.ca, false), &p, "+14155550123")
+        .await
+        .is_err());
+    tls.reload().unwrap();
+    assert_eq!(
+        send_over(&https_client(&new.ca, false), &p, "+14155550123")
+            .await
+            .map(|(s, _)| s),
+        Ok(201)
+    );
+
+    // A key that is not the certificate's: the reload fails, the new certificate stays.
+    std::fs::write(dir.path().join("key.pem"), &old.key_pem).unwrap();
+    let err = tls.reload().unwrap_err().to_string();
+    assert!(err.contains("key.pem"), "{err}");
+    assert!(!err.contains("PRIVATE KEY"), "{err}");
+    assert_eq!(
+        send_over(&https_client(&new.ca, false), &p, "+14155550124")
+            .await
+            .map(|(s, _)| s),
+        Ok(201)
+    );
+}
+
+/// Files that cannot be used stop start-up with an error that names the file (and never
+/// shows the key).
+#[tokio::test]
+async fn unusable_certificate_files_stop_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = pki();
+    let b = pki();
+    let start = |cert: &str, key: &str| {
+        std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key).unwrap();
+        let text = format!(
+            "{}[admin]\nlisten = \"127.0.0.1:0\"\n",
+            config(dir.path(), "sandbox")
+        );
+        let config = Config::from_toml("t.toml", &text).unwrap();
+        async move {
+            Instance::start(Options {
+                config,
+                rules: smsfence::rules::reload::Source::Embedded,
+                watch_rules: false,
+                clock: Arc::new(smsfence::clock::SystemClock::new()),
+            })
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+        }
+    };
+    let mismatched = start(&a.cert_pem, &b.key_pem).await;
+    assert!(mismatched.contains("key.pem"), "{mismatched}");
+    let no_cert = start(&a.key_pem, &a.key_pem).await;
+    assert!(no_cert.contains("holds no certificate"), "{no_cert}");
+    let no_key = start(&a.cert_pem, "").await;
+    assert!(no_key.contains("key.pem"), "{no_key}");
+    for e in [&mismatched, &no_cert, &no_key] {
+        assert!(!e.contains("PRIVATE KEY"), "{e}");
+    }
+    // Both keys are needed.
+    let half = "[server]\n[server.tls]\ncert = \"c.pem\"\n";
+    let err = Config::from_toml("t.toml", half).unwrap_err().to_string();
+    assert!(err.contains("key"), "{err}");
+}
+
+/// The binary: SIGHUP swaps the certificate (and says so), and a broken pair on the next
+/// SIGHUP is logged while the renewed certificate stays.
+#[test]
+fn sighup_reloads_the_certificate() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let old = pki();
+    write(dir.path(), &old);
+    let cfg = dir.path().join("svc.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n",
+            dir.path().join("cert.pem").display(),
+            dir.path().join("key.pem").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smsfence"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--log-format", "json", "--no-watch"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let wait_for = |message: &str| -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(v) = rx.recv_timeout(Duration::from_millis(200)) {
+                if v["message"].as_str().is_some_and(|m| m.contains(message)) {
+                    return v;
+                }
+            }
+        }
+        panic!("no log line with {message:?}");
+    };
+    let listening = wait_for("smsfence is listening");
+    assert_eq!(listening["tls"], true);
+    let addr = listening["proxy"].as_str().unwrap().to_owned();
+    let hup = |child: &std::process::Child| {
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // A new number each time: the embedded rules' cooldown would throttle a repeat.
+    let sent = std::cell::Cell::new(0);
+    let status = |ca: &rustls_pki_types::CertificateDer<'static>| {
+        sent.set(sent.get() + 1);
+        let body = format!("To=%2B1415555012{}&Body=hi", sent.get());
+        let client = https_client(ca, false);
+        let req = hyper::Request::post(format!(
+            "https://{addr}/2010-04-01/Accounts/ACtest/Messages.json"
+        ))
+        .header(FORM.0, FORM.1)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), client.request(req))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|r| r.status().as_u16())
+        })
+    };
+    assert_eq!(status(&old.ca), Some(201), "the sandbox over TLS");
+
+    let new = pki();
+    write(dir.path(), &new);
+    hup(&child);
+    wait_for("TLS certificate reloaded");
+    assert_eq!(status(&new.ca), Some(201));
+    assert_eq!(status(&old.ca), None, "the old certificate is still served");
+
+    std::fs::write(dir.path().join("key.pem"), &old.key_pem).unwrap();
+    hup(&child);
+    let failed = wait_for("the certificate in use stays");
+    assert_eq!(failed["level"], "ERROR");
+    assert_eq!(status(&new.ca), Some(201));
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success());
+}
