@@ -240,6 +240,27 @@ async fn infobip_older_send_endpoints_are_decided() {
 }
 
 #[tokio::test]
+async fn telnyx_rcs_and_whatsapp_sends_are_decided() {
+    refused(&[
+        // RCS, with an SMS fallback to the same `to` (telnyx-python `messages.rcs.send`).
+        (
+            "POST",
+            "/v2/messages/rcs",
+            &[JSON],
+            r#"{"agent_id":"a","messaging_profile_id":"p","to":"+449098790123","agent_message":{},"sms_fallback":{"from":"+15005550006","text":"hi"}}"#,
+        ),
+        // WhatsApp (telnyx-python `messages.whatsapp`), decided as Twilio's `whatsapp:` sends are.
+        (
+            "POST",
+            "/v2/messages/whatsapp",
+            &[JSON],
+            r#"{"from":"+15005550006","to":"+449098790123","whatsapp_message":{}}"#,
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
 async fn sinch_batch_replace_and_update_are_decided() {
     refused(&[
         // Replace a (scheduled) batch: a whole new batch.
