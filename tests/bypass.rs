@@ -261,6 +261,34 @@ async fn telnyx_rcs_and_whatsapp_sends_are_decided() {
 }
 
 #[tokio::test]
+async fn infobip_v3_outbound_and_query_sends_are_decided() {
+    refused(&[
+        // `POST /sms/3/messages/outbound` (infobip-api-java-client `SmsApi.sendSmsOutbound`):
+        // the v2 shape, `messages[].destinations[].to`, `from`, `text`.
+        (
+            "POST",
+            "/sms/3/messages/outbound",
+            &[JSON],
+            r#"{"messages":[{"from":"A","destinations":[{"to":"449098790123"}],"text":"hi"}]}"#,
+        ),
+        // `/sms/3/text/query`, the successor of `/sms/1/text/query`.
+        (
+            "GET",
+            "/sms/3/text/query?username=u&password=p&to=449098790123&text=hi",
+            &[],
+            "",
+        ),
+        (
+            "POST",
+            "/sms/3/text/query?to=447400123456,449098790123&text=hi",
+            &[],
+            "",
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
 async fn sinch_batch_replace_and_update_are_decided() {
     refused(&[
         // Replace a (scheduled) batch: a whole new batch.
