@@ -289,6 +289,19 @@ async fn infobip_v3_outbound_and_query_sends_are_decided() {
 }
 
 #[tokio::test]
+async fn infobip_single_top_level_to_beside_messages_is_decided() {
+    // `single` takes a top-level `to`; a `messages[]` beside it named a benign number
+    // that smsfence read instead.
+    refused(&[(
+        "POST",
+        "/sms/1/text/single",
+        &[JSON],
+        r#"{"from":"A","to":"449098790123","text":"hi","messages":[{"to":"447400123456","text":"hi"}]}"#,
+    )])
+    .await;
+}
+
+#[tokio::test]
 async fn sinch_batch_replace_and_update_are_decided() {
     refused(&[
         // Replace a (scheduled) batch: a whole new batch.

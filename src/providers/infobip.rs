@@ -238,11 +238,16 @@ fn extract_single(req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
         segments: 1,
         ..Extracted::default()
     };
-    let messages: Vec<&serde_json::Value> = match v.get("messages") {
+    // `single` reads a top-level `to`, `multi` each of `messages[]`: a body with both is
+    // read both ways, so that every number either endpoint may send to is decided.
+    let mut messages: Vec<&serde_json::Value> = match v.get("messages") {
         Some(serde_json::Value::Array(m)) => m.iter().collect(),
         Some(_) => return Err(ExtractError::MissingRecipient(ANY_TO)),
-        None => vec![&v],
+        None => Vec::new(),
     };
+    if messages.is_empty() || v.get("to").is_some() {
+        messages.insert(0, &v);
+    }
     for m in messages {
         push_to(m, &mut out.recipients)?;
         if out.sender.is_none() {
