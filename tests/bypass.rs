@@ -302,6 +302,34 @@ async fn infobip_single_top_level_to_beside_messages_is_decided() {
 }
 
 #[tokio::test]
+async fn vonage_verify_next_workflow_is_decided_as_a_start() {
+    // `POST /v2/verify/{request_id}/next_workflow` sends the code again, by the next
+    // channel of the workflow (vonage-python-sdk `verify_v2.trigger_next_workflow`).
+    let up = MockUpstream::with(|_| Reply::json(202, r#"{"request_id":"req-1"}"#)).await;
+    let cooldown = "[[limit]]\nname = \"cooldown\"\nkey = \"number\"\nkinds = [\"verify_start\"]\nrate = \"1/60s\"\nburst = 1\n";
+    let p = Proxy::start(&all_presets_to(&up.url()), &[("r.toml", cooldown)]).await;
+    let start = send(
+        "POST",
+        &p.url("/v2/verify"),
+        &[JSON, BASIC],
+        r#"{"brand":"A","workflow":[{"channel":"sms","to":"447400123456"},{"channel":"voice","to":"447400123456"}]}"#,
+    )
+    .await;
+    assert_eq!(start.status, 202, "{}", start.text());
+    assert_eq!(up.requests().len(), 1);
+    let next = send(
+        "POST",
+        &p.url("/v2/verify/req-1/next_workflow"),
+        &[BASIC],
+        "",
+    )
+    .await;
+    assert_eq!(next.status, 429, "{}", next.text());
+    assert_eq!(next.header("smsfence-rule"), Some("cooldown"));
+    assert_eq!(up.requests().len(), 1, "the resend was forwarded undecided");
+}
+
+#[tokio::test]
 async fn sinch_batch_replace_and_update_are_decided() {
     refused(&[
         // Replace a (scheduled) batch: a whole new batch.

@@ -783,7 +783,11 @@ pub fn refusal(
 ) -> NativeResponse {
     let fixed = !matches!(
         op,
-        Op::Generic | Op::Plivo(_) | Op::Vonage(vonage::Op::VerifyStart | vonage::Op::VerifyCheck)
+        Op::Generic
+            | Op::Plivo(_)
+            | Op::Vonage(
+                vonage::Op::VerifyStart | vonage::Op::VerifyCheck | vonage::Op::VerifyNext
+            )
     );
     if !fixed {
         return build_refusal(op, refusal, generic);
@@ -894,7 +898,7 @@ pub fn conversion(
 pub fn wants_response_body(op: Op) -> bool {
     match op {
         Op::Twilio(op) => op.kind() != RequestKind::Send,
-        Op::Vonage(op) => op.kind() != RequestKind::Send,
+        Op::Vonage(op) => matches!(op, vonage::Op::VerifyStart | vonage::Op::VerifyCheck),
         _ => false,
     }
 }
