@@ -330,6 +330,28 @@ async fn vonage_verify_next_workflow_is_decided_as_a_start() {
 }
 
 #[tokio::test]
+async fn plivo_bulk_messages_are_decided() {
+    // `POST /v1/Account/{auth_id}/Message/Bulk/`: `dst` a list of up to 1000 numbers
+    // (plivo-python `BulkMessages.create`, plivo-node `BulkMessageInterface.create`).
+    let url = "/v1/Account/MA123/Message/Bulk/";
+    refused(&[
+        (
+            "POST",
+            url,
+            &[JSON],
+            r#"{"src":"+15005550006","dst":["447400123456","449098790123"],"text":"hi"}"#,
+        ),
+        (
+            "POST",
+            url,
+            &[JSON],
+            r#"{"src":"+15005550006","dst":"447400123456<449098790123","text":"hi"}"#,
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
 async fn sinch_batch_replace_and_update_are_decided() {
     refused(&[
         // Replace a (scheduled) batch: a whole new batch.

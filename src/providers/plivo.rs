@@ -1,5 +1,5 @@
-//! Plivo: `POST /v1/Account/{auth_id}/Message/`, JSON `dst` (several numbers joined by
-//! `<`), `src` or `powerpack_uuid`, `text`.
+//! Plivo: `POST /v1/Account/{auth_id}/Message/` and `…/Message/Bulk/`, JSON `dst`
+//! (several numbers joined by `<`, or a list), `src` or `powerpack_uuid`, `text`.
 //!
 //! Errors are `{api_id, error}`; the SDKs surface `error` in their exception
 //! (`PlivoRestError`, `ValidationError` for 400). A block is a 400, a throttle a 429.
@@ -38,6 +38,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
         pattern: "/v1/Account/{}/Message/",
         op: super::Op::Plivo(Op::Send),
     },
+    // The same send to up to 1000 numbers, `dst` a list.
+    Endpoint {
+        method: "POST",
+        pattern: "/v1/Account/{}/Message/Bulk/",
+        op: super::Op::Plivo(Op::Send),
+    },
     Endpoint {
         method: "POST",
         pattern: "/v1/Account/{}/Verify/Session/",
@@ -70,9 +76,18 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
             ..Extracted::default()
         });
     }
-    let dst = super::json_str(&v, "dst").ok_or(ExtractError::MissingRecipient("dst"))?;
+    // `dst`: numbers joined by `<`, or (the bulk send) a list of them.
+    let dst: Vec<&str> = match v.get("dst") {
+        Some(serde_json::Value::String(s)) => vec![s.as_str()],
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|d| d.as_str().ok_or(ExtractError::MissingRecipient("dst")))
+            .collect::<Result<_, _>>()?,
+        _ => return Err(ExtractError::MissingRecipient("dst")),
+    };
     let recipients: Vec<String> = dst
-        .split('<')
+        .iter()
+        .flat_map(|d| d.split('<'))
         .map(str::trim)
         .filter(|d| !d.is_empty())
         .map(str::to_owned)
