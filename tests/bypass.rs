@@ -352,6 +352,19 @@ async fn plivo_bulk_messages_are_decided() {
 }
 
 #[tokio::test]
+async fn plivo_caller_id_verification_is_decided() {
+    // `POST /v1/Account/{auth_id}/VerifiedCallerId/` sends a code by SMS or call to
+    // `phone_number` (plivo-python `VerifyCallerids.initiate_verify`).
+    refused(&[(
+        "POST",
+        "/v1/Account/MA123/VerifiedCallerId/",
+        &[JSON],
+        r#"{"phone_number":"+449098790123","channel":"sms","alias":"a"}"#,
+    )])
+    .await;
+}
+
+#[tokio::test]
 async fn sinch_batch_replace_and_update_are_decided() {
     refused(&[
         // Replace a (scheduled) batch: a whole new batch.

@@ -19,6 +19,8 @@ pub enum Op {
     Send,
     /// Start a Verify session (an OTP by SMS or voice): JSON `recipient`.
     VerifySession,
+    /// Verify a caller id (an OTP by SMS or voice): JSON `phone_number`.
+    VerifyCallerId,
 }
 
 impl Op {
@@ -26,7 +28,7 @@ impl Op {
     pub fn kind(self) -> super::RequestKind {
         match self {
             Op::Send => super::RequestKind::Send,
-            Op::VerifySession => super::RequestKind::VerifyStart,
+            Op::VerifySession | Op::VerifyCallerId => super::RequestKind::VerifyStart,
         }
     }
 }
@@ -49,6 +51,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
         pattern: "/v1/Account/{}/Verify/Session/",
         op: super::Op::Plivo(Op::VerifySession),
     },
+    Endpoint {
+        method: "POST",
+        pattern: "/v1/Account/{}/VerifiedCallerId/",
+        op: super::Op::Plivo(Op::VerifyCallerId),
+    },
 ];
 
 /// Plivo API roots that pass through.
@@ -60,6 +67,29 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
         return Err(ExtractError::MalformedBody("Plivo takes a JSON body"));
     }
     let v = req.json()?;
+    if op == Op::VerifyCallerId {
+        // `phone_number` (Python SDK), `phoneNumber` (as the Node SDK names it): both read.
+        let mut recipients = Vec::new();
+        for key in ["phone_number", "phoneNumber"] {
+            match v.get(key) {
+                None => {}
+                Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {
+                    recipients.push(s.trim().to_owned())
+                }
+                Some(_) => return Err(ExtractError::MissingRecipient("phone_number")),
+            }
+        }
+        if recipients.is_empty() {
+            return Err(ExtractError::MissingRecipient("phone_number"));
+        }
+        return Ok(Extracted {
+            recipients,
+            number_format: Some(crate::phone::NumberFormat::InternationalDigits),
+            account: req.param(0),
+            segments: 1,
+            ..Extracted::default()
+        });
+    }
     if op == Op::VerifySession {
         // The SDKs send the number as a string or an integer.
         let recipient = match v.get("recipient") {
