@@ -365,6 +365,27 @@ async fn plivo_caller_id_verification_is_decided() {
 }
 
 #[tokio::test]
+async fn twilio_caller_id_validation_is_decided() {
+    // `POST /2010-04-01/Accounts/{sid}/OutgoingCallerIds.json` calls `PhoneNumber` to read
+    // it a validation code (twilio-python `ValidationRequestList.create`).
+    refused(&[
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest/OutgoingCallerIds.json",
+            &[FORM, BASIC],
+            "PhoneNumber=%2B449098790123&FriendlyName=x",
+        ),
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest/OutgoingCallerIds",
+            &[FORM, BASIC],
+            "PhoneNumber=%2B447400123456&PhoneNumber=%2B449098790123",
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
 async fn sinch_batch_replace_and_update_are_decided() {
     refused(&[
         // Replace a (scheduled) batch: a whole new batch.

@@ -897,7 +897,7 @@ pub fn conversion(
 /// Whether `conversion` needs the upstream body for this operation (so it is buffered).
 pub fn wants_response_body(op: Op) -> bool {
     match op {
-        Op::Twilio(op) => op.kind() != RequestKind::Send,
+        Op::Twilio(op) => matches!(op, twilio::Op::VerifyStart | twilio::Op::VerifyCheck),
         Op::Vonage(op) => matches!(op, vonage::Op::VerifyStart | vonage::Op::VerifyCheck),
         _ => false,
     }
