@@ -240,6 +240,152 @@ async fn infobip_older_send_endpoints_are_decided() {
 }
 
 #[tokio::test]
+async fn telnyx_rcs_and_whatsapp_sends_are_decided() {
+    refused(&[
+        // RCS, with an SMS fallback to the same `to` (telnyx-python `messages.rcs.send`).
+        (
+            "POST",
+            "/v2/messages/rcs",
+            &[JSON],
+            r#"{"agent_id":"a","messaging_profile_id":"p","to":"+449098790123","agent_message":{},"sms_fallback":{"from":"+15005550006","text":"hi"}}"#,
+        ),
+        // WhatsApp (telnyx-python `messages.whatsapp`), decided as Twilio's `whatsapp:` sends are.
+        (
+            "POST",
+            "/v2/messages/whatsapp",
+            &[JSON],
+            r#"{"from":"+15005550006","to":"+449098790123","whatsapp_message":{}}"#,
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn infobip_v3_outbound_and_query_sends_are_decided() {
+    refused(&[
+        // `POST /sms/3/messages/outbound` (infobip-api-java-client `SmsApi.sendSmsOutbound`):
+        // the v2 shape, `messages[].destinations[].to`, `from`, `text`.
+        (
+            "POST",
+            "/sms/3/messages/outbound",
+            &[JSON],
+            r#"{"messages":[{"from":"A","destinations":[{"to":"449098790123"}],"text":"hi"}]}"#,
+        ),
+        // `/sms/3/text/query`, the successor of `/sms/1/text/query`.
+        (
+            "GET",
+            "/sms/3/text/query?username=u&password=p&to=449098790123&text=hi",
+            &[],
+            "",
+        ),
+        (
+            "POST",
+            "/sms/3/text/query?to=447400123456,449098790123&text=hi",
+            &[],
+            "",
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn infobip_single_top_level_to_beside_messages_is_decided() {
+    // `single` takes a top-level `to`; a `messages[]` beside it named a benign number
+    // that smsfence read instead.
+    refused(&[(
+        "POST",
+        "/sms/1/text/single",
+        &[JSON],
+        r#"{"from":"A","to":"449098790123","text":"hi","messages":[{"to":"447400123456","text":"hi"}]}"#,
+    )])
+    .await;
+}
+
+#[tokio::test]
+async fn vonage_verify_next_workflow_is_decided_as_a_start() {
+    // `POST /v2/verify/{request_id}/next_workflow` sends the code again, by the next
+    // channel of the workflow (vonage-python-sdk `verify_v2.trigger_next_workflow`).
+    let up = MockUpstream::with(|_| Reply::json(202, r#"{"request_id":"req-1"}"#)).await;
+    let cooldown = "[[limit]]\nname = \"cooldown\"\nkey = \"number\"\nkinds = [\"verify_start\"]\nrate = \"1/60s\"\nburst = 1\n";
+    let p = Proxy::start(&all_presets_to(&up.url()), &[("r.toml", cooldown)]).await;
+    let start = send(
+        "POST",
+        &p.url("/v2/verify"),
+        &[JSON, BASIC],
+        r#"{"brand":"A","workflow":[{"channel":"sms","to":"447400123456"},{"channel":"voice","to":"447400123456"}]}"#,
+    )
+    .await;
+    assert_eq!(start.status, 202, "{}", start.text());
+    assert_eq!(up.requests().len(), 1);
+    let next = send(
+        "POST",
+        &p.url("/v2/verify/req-1/next_workflow"),
+        &[BASIC],
+        "",
+    )
+    .await;
+    assert_eq!(next.status, 429, "{}", next.text());
+    assert_eq!(next.header("smsfence-rule"), Some("cooldown"));
+    assert_eq!(up.requests().len(), 1, "the resend was forwarded undecided");
+}
+
+#[tokio::test]
+async fn plivo_bulk_messages_are_decided() {
+    // `POST /v1/Account/{auth_id}/Message/Bulk/`: `dst` a list of up to 1000 numbers
+    // (plivo-python `BulkMessages.create`, plivo-node `BulkMessageInterface.create`).
+    let url = "/v1/Account/MA123/Message/Bulk/";
+    refused(&[
+        (
+            "POST",
+            url,
+            &[JSON],
+            r#"{"src":"+15005550006","dst":["447400123456","449098790123"],"text":"hi"}"#,
+        ),
+        (
+            "POST",
+            url,
+            &[JSON],
+            r#"{"src":"+15005550006","dst":"447400123456<449098790123","text":"hi"}"#,
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn plivo_caller_id_verification_is_decided() {
+    // `POST /v1/Account/{auth_id}/VerifiedCallerId/` sends a code by SMS or call to
+    // `phone_number` (plivo-python `VerifyCallerids.initiate_verify`).
+    refused(&[(
+        "POST",
+        "/v1/Account/MA123/VerifiedCallerId/",
+        &[JSON],
+        r#"{"phone_number":"+449098790123","channel":"sms","alias":"a"}"#,
+    )])
+    .await;
+}
+
+#[tokio::test]
+async fn twilio_caller_id_validation_is_decided() {
+    // `POST /2010-04-01/Accounts/{sid}/OutgoingCallerIds.json` calls `PhoneNumber` to read
+    // it a validation code (twilio-python `ValidationRequestList.create`).
+    refused(&[
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest/OutgoingCallerIds.json",
+            &[FORM, BASIC],
+            "PhoneNumber=%2B449098790123&FriendlyName=x",
+        ),
+        (
+            "POST",
+            "/2010-04-01/Accounts/ACtest/OutgoingCallerIds",
+            &[FORM, BASIC],
+            "PhoneNumber=%2B447400123456&PhoneNumber=%2B449098790123",
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
 async fn sinch_batch_replace_and_update_are_decided() {
     refused(&[
         // Replace a (scheduled) batch: a whole new batch.

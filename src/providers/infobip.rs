@@ -1,6 +1,7 @@
 //! Infobip SMS: `POST /sms/3/messages` (`messages[].destinations[].to`, `sender`,
-//! `content.text`) and the older `POST /sms/2/text/advanced` (`messages[].destinations[].to`,
-//! `from`, `text`).
+//! `content.text`), `POST /sms/3/messages/outbound` and the older
+//! `POST /sms/2/text/advanced` (`messages[].destinations[].to`, `from`, `text`), and the
+//! older `single`, `multi` and `text/query` sends.
 //!
 //! Errors: v2 answers `{requestError: {serviceException: {messageId, text}}}`, v3
 //! `{errorCode, description, action}`; the Python SDK raises `ApiException` with the status
@@ -27,6 +28,17 @@ pub enum Op {
     /// `GET /sms/1/text/query`: everything in the query string, `to` repeated or
     /// comma-separated.
     Query,
+    /// `/sms/3/messages/outbound`: the v2 shape (`from`, `text`), answered as v3.
+    OutboundV3,
+    /// `/sms/3/text/query`: the query send, answered as v3.
+    QueryV3,
+}
+
+impl Op {
+    /// Whether the endpoint is of the v3 API, which answers errors in its own shape.
+    fn v3(self) -> bool {
+        matches!(self, Op::SendV3 | Op::OutboundV3 | Op::QueryV3)
+    }
 }
 
 /// Infobip's sending endpoints.
@@ -35,6 +47,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
         method: "POST",
         pattern: "/sms/3/messages",
         op: super::Op::Infobip(Op::SendV3),
+    },
+    // `SmsApi.sendSmsOutbound` of the official clients.
+    Endpoint {
+        method: "POST",
+        pattern: "/sms/3/messages/outbound",
+        op: super::Op::Infobip(Op::OutboundV3),
     },
     Endpoint {
         method: "POST",
@@ -116,6 +134,17 @@ pub const ENDPOINTS: &[Endpoint] = &[
         pattern: "/sms/2/text/query",
         op: super::Op::Infobip(Op::Query),
     },
+    // The successor of `/sms/1/text/query`, with the same parameters.
+    Endpoint {
+        method: "GET",
+        pattern: "/sms/3/text/query",
+        op: super::Op::Infobip(Op::QueryV3),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/sms/3/text/query",
+        op: super::Op::Infobip(Op::QueryV3),
+    },
 ];
 
 /// Infobip API roots that pass through.
@@ -125,8 +154,8 @@ pub const ROOTS: &[&str] = &["/sms/1/**", "/sms/2/**", "/sms/3/**"];
 pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
     match op {
         Op::Single => return extract_single(req),
-        Op::Query => return extract_query(req),
-        Op::SendV2 | Op::SendV3 => {}
+        Op::Query | Op::QueryV3 => return extract_query(req),
+        Op::SendV2 | Op::SendV3 | Op::OutboundV3 => {}
     }
     if !req.is_json() {
         return Err(ExtractError::MalformedBody("Infobip takes a JSON body"));
@@ -161,7 +190,7 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
                 super::json_str(m, "sender"),
                 m.get("content").and_then(|c| super::json_str(c, "text")),
             ),
-            Op::SendV2 | Op::Single | Op::Query => {
+            Op::SendV2 | Op::OutboundV3 | Op::Single | Op::Query | Op::QueryV3 => {
                 (super::json_str(m, "from"), super::json_str(m, "text"))
             }
         };
@@ -209,11 +238,16 @@ fn extract_single(req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
         segments: 1,
         ..Extracted::default()
     };
-    let messages: Vec<&serde_json::Value> = match v.get("messages") {
+    // `single` reads a top-level `to`, `multi` each of `messages[]`: a body with both is
+    // read both ways, so that every number either endpoint may send to is decided.
+    let mut messages: Vec<&serde_json::Value> = match v.get("messages") {
         Some(serde_json::Value::Array(m)) => m.iter().collect(),
         Some(_) => return Err(ExtractError::MissingRecipient(ANY_TO)),
-        None => vec![&v],
+        None => Vec::new(),
     };
+    if messages.is_empty() || v.get("to").is_some() {
+        messages.insert(0, &v);
+    }
     for m in messages {
         push_to(m, &mut out.recipients)?;
         if out.sender.is_none() {
@@ -257,8 +291,8 @@ pub fn refusal(op: Op, refusal: &Refusal<'_>) -> NativeResponse {
         RefusalKind::Block => (StatusCode::FORBIDDEN, "REJECTED"),
     };
     let message = refusal.message();
-    let resp = match op {
-        Op::SendV2 | Op::Single | Op::Query => NativeResponse::json(
+    let resp = if !op.v3() {
+        NativeResponse::json(
             status,
             &V2 {
                 request_error: RequestError {
@@ -268,8 +302,9 @@ pub fn refusal(op: Op, refusal: &Refusal<'_>) -> NativeResponse {
                     },
                 },
             },
-        ),
-        Op::SendV3 => NativeResponse::json(
+        )
+    } else {
+        NativeResponse::json(
             status,
             &V3 {
                 error_code: format!("E{}", status.as_u16()),
@@ -282,7 +317,7 @@ pub fn refusal(op: Op, refusal: &Refusal<'_>) -> NativeResponse {
                 violations: [],
                 resources: [],
             },
-        ),
+        )
     };
     resp.with_retry_after(refusal)
 }
@@ -325,10 +360,10 @@ pub fn sandbox(op: Op, _req: &RequestView<'_>, ex: &Extracted) -> NativeResponse
         .recipients
         .iter()
         .map(|to| match op {
-            Op::SendV3 => {
+            Op::SendV3 | Op::QueryV3 => {
                 json!({"messageId": sandbox_id("", 20), "status": status, "destination": to})
             }
-            Op::SendV2 | Op::Single | Op::Query => {
+            Op::SendV2 | Op::OutboundV3 | Op::Single | Op::Query => {
                 json!({"messageId": sandbox_id("", 20), "status": status, "to": to})
             }
         })

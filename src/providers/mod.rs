@@ -783,7 +783,11 @@ pub fn refusal(
 ) -> NativeResponse {
     let fixed = !matches!(
         op,
-        Op::Generic | Op::Plivo(_) | Op::Vonage(vonage::Op::VerifyStart | vonage::Op::VerifyCheck)
+        Op::Generic
+            | Op::Plivo(_)
+            | Op::Vonage(
+                vonage::Op::VerifyStart | vonage::Op::VerifyCheck | vonage::Op::VerifyNext
+            )
     );
     if !fixed {
         return build_refusal(op, refusal, generic);
@@ -893,8 +897,8 @@ pub fn conversion(
 /// Whether `conversion` needs the upstream body for this operation (so it is buffered).
 pub fn wants_response_body(op: Op) -> bool {
     match op {
-        Op::Twilio(op) => op.kind() != RequestKind::Send,
-        Op::Vonage(op) => op.kind() != RequestKind::Send,
+        Op::Twilio(op) => matches!(op, twilio::Op::VerifyStart | twilio::Op::VerifyCheck),
+        Op::Vonage(op) => matches!(op, vonage::Op::VerifyStart | vonage::Op::VerifyCheck),
         _ => false,
     }
 }

@@ -1,5 +1,5 @@
-//! Plivo: `POST /v1/Account/{auth_id}/Message/`, JSON `dst` (several numbers joined by
-//! `<`), `src` or `powerpack_uuid`, `text`.
+//! Plivo: `POST /v1/Account/{auth_id}/Message/` and `…/Message/Bulk/`, JSON `dst`
+//! (several numbers joined by `<`, or a list), `src` or `powerpack_uuid`, `text`.
 //!
 //! Errors are `{api_id, error}`; the SDKs surface `error` in their exception
 //! (`PlivoRestError`, `ValidationError` for 400). A block is a 400, a throttle a 429.
@@ -19,6 +19,8 @@ pub enum Op {
     Send,
     /// Start a Verify session (an OTP by SMS or voice): JSON `recipient`.
     VerifySession,
+    /// Verify a caller id (an OTP by SMS or voice): JSON `phone_number`.
+    VerifyCallerId,
 }
 
 impl Op {
@@ -26,7 +28,7 @@ impl Op {
     pub fn kind(self) -> super::RequestKind {
         match self {
             Op::Send => super::RequestKind::Send,
-            Op::VerifySession => super::RequestKind::VerifyStart,
+            Op::VerifySession | Op::VerifyCallerId => super::RequestKind::VerifyStart,
         }
     }
 }
@@ -38,10 +40,21 @@ pub const ENDPOINTS: &[Endpoint] = &[
         pattern: "/v1/Account/{}/Message/",
         op: super::Op::Plivo(Op::Send),
     },
+    // The same send to up to 1000 numbers, `dst` a list.
+    Endpoint {
+        method: "POST",
+        pattern: "/v1/Account/{}/Message/Bulk/",
+        op: super::Op::Plivo(Op::Send),
+    },
     Endpoint {
         method: "POST",
         pattern: "/v1/Account/{}/Verify/Session/",
         op: super::Op::Plivo(Op::VerifySession),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/v1/Account/{}/VerifiedCallerId/",
+        op: super::Op::Plivo(Op::VerifyCallerId),
     },
 ];
 
@@ -54,6 +67,29 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
         return Err(ExtractError::MalformedBody("Plivo takes a JSON body"));
     }
     let v = req.json()?;
+    if op == Op::VerifyCallerId {
+        // `phone_number` (Python SDK), `phoneNumber` (as the Node SDK names it): both read.
+        let mut recipients = Vec::new();
+        for key in ["phone_number", "phoneNumber"] {
+            match v.get(key) {
+                None => {}
+                Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {
+                    recipients.push(s.trim().to_owned())
+                }
+                Some(_) => return Err(ExtractError::MissingRecipient("phone_number")),
+            }
+        }
+        if recipients.is_empty() {
+            return Err(ExtractError::MissingRecipient("phone_number"));
+        }
+        return Ok(Extracted {
+            recipients,
+            number_format: Some(crate::phone::NumberFormat::InternationalDigits),
+            account: req.param(0),
+            segments: 1,
+            ..Extracted::default()
+        });
+    }
     if op == Op::VerifySession {
         // The SDKs send the number as a string or an integer.
         let recipient = match v.get("recipient") {
@@ -70,9 +106,18 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
             ..Extracted::default()
         });
     }
-    let dst = super::json_str(&v, "dst").ok_or(ExtractError::MissingRecipient("dst"))?;
+    // `dst`: numbers joined by `<`, or (the bulk send) a list of them.
+    let dst: Vec<&str> = match v.get("dst") {
+        Some(serde_json::Value::String(s)) => vec![s.as_str()],
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|d| d.as_str().ok_or(ExtractError::MissingRecipient("dst")))
+            .collect::<Result<_, _>>()?,
+        _ => return Err(ExtractError::MissingRecipient("dst")),
+    };
     let recipients: Vec<String> = dst
-        .split('<')
+        .iter()
+        .flat_map(|d| d.split('<'))
         .map(str::trim)
         .filter(|d| !d.is_empty())
         .map(str::to_owned)

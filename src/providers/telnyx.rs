@@ -1,4 +1,5 @@
-//! Telnyx Messaging v2: `POST /v2/messages`, JSON `to` (one number), `from` or
+//! Telnyx Messaging v2: `POST /v2/messages` (and its variants by sender, schedule, group
+//! MMS, RCS with SMS fallback, WhatsApp), JSON `to` (one number), `from` or
 //! `messaging_profile_id`, `text`.
 //!
 //! Errors are `{errors: [{code, title, detail}]}`. Both official SDKs retry a 429 (and
@@ -60,6 +61,18 @@ pub const ENDPOINTS: &[Endpoint] = &[
         pattern: "/v2/messages/group_mms",
         op: super::Op::Telnyx(Op::Send),
     },
+    // RCS, which falls back to SMS (`sms_fallback`) to the same `to`, and WhatsApp
+    // (decided as Twilio's `whatsapp:` sends are): one `to` each.
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/messages/rcs",
+        op: super::Op::Telnyx(Op::Send),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/messages/whatsapp",
+        op: super::Op::Telnyx(Op::Send),
+    },
 ];
 
 /// Telnyx API roots that pass through.
@@ -87,7 +100,13 @@ pub fn extract(_op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError
         sender: super::json_str(&v, "from")
             .or_else(|| super::json_str(&v, "messaging_profile_id"))
             .map(str::to_owned),
-        segments: super::json_str(&v, "text").map_or(1, segments::count),
+        // An RCS send counts the segments of its SMS fallback.
+        segments: super::json_str(&v, "text")
+            .or_else(|| {
+                v.get("sms_fallback")
+                    .and_then(|f| super::json_str(f, "text"))
+            })
+            .map_or(1, segments::count),
         ..Extracted::default()
     })
 }

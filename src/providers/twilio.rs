@@ -2,6 +2,8 @@
 //!
 //! - `POST /2010-04-01/Accounts/{AccountSid}/Messages.json`, form `To`, `From` or
 //!   `MessagingServiceSid`, `Body`;
+//! - `POST /2010-04-01/Accounts/{AccountSid}/OutgoingCallerIds.json`, form `PhoneNumber`
+//!   (a caller-id validation: Twilio calls the number to read it a code);
 //! - `POST /v2/Services/{ServiceSid}/Verifications`, form `To`, `Channel`;
 //! - `POST /v2/Services/{ServiceSid}/VerificationCheck`, form `To` + `Code`, or
 //!   `VerificationSid` + `Code`.
@@ -28,6 +30,8 @@ pub enum Op {
     VerifyStart,
     /// Check a Verify code.
     VerifyCheck,
+    /// Validate a caller id: Twilio calls `PhoneNumber` to read it a code.
+    ValidationRequest,
 }
 
 impl Op {
@@ -35,7 +39,7 @@ impl Op {
     pub fn kind(self) -> RequestKind {
         match self {
             Op::Message => RequestKind::Send,
-            Op::VerifyStart => RequestKind::VerifyStart,
+            Op::VerifyStart | Op::ValidationRequest => RequestKind::VerifyStart,
             Op::VerifyCheck => RequestKind::VerifyCheck,
         }
     }
@@ -64,6 +68,27 @@ pub const ENDPOINTS: &[Endpoint] = &[
         method: "POST",
         pattern: "/2010-04-01/Accounts/{}/Messages.csv",
         op: super::Op::Twilio(Op::Message),
+    },
+    // A caller-id validation: a call to any number, in every representation.
+    Endpoint {
+        method: "POST",
+        pattern: "/2010-04-01/Accounts/{}/OutgoingCallerIds.json",
+        op: super::Op::Twilio(Op::ValidationRequest),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/2010-04-01/Accounts/{}/OutgoingCallerIds",
+        op: super::Op::Twilio(Op::ValidationRequest),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/2010-04-01/Accounts/{}/OutgoingCallerIds.xml",
+        op: super::Op::Twilio(Op::ValidationRequest),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/2010-04-01/Accounts/{}/OutgoingCallerIds.csv",
+        op: super::Op::Twilio(Op::ValidationRequest),
     },
     Endpoint {
         method: "POST",
@@ -127,6 +152,15 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
                 },
             }
         }
+        Op::ValidationRequest => {
+            let number = super::single_value(
+                req.form_values("PhoneNumber"),
+                "several different `PhoneNumber`",
+            )?;
+            let number = present(number).ok_or(ExtractError::MissingRecipient("PhoneNumber"))?;
+            out.recipients.push(number);
+            out.account = req.param(0);
+        }
         Op::VerifyCheck => {
             out.account = req.basic_user();
             out.sender = req.param(0);
@@ -160,7 +194,7 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
 
 /// Twilio's error code and HTTP status for a refusal.
 fn code_for(op: Op, refusal: &Refusal<'_>) -> (StatusCode, u32) {
-    let verify = op != Op::Message;
+    let verify = matches!(op, Op::VerifyStart | Op::VerifyCheck);
     match (refusal.kind, verify) {
         (RefusalKind::Throttle { .. }, false) => (StatusCode::TOO_MANY_REQUESTS, 20429),
         // 60203: "Max send attempts reached".
@@ -244,6 +278,16 @@ pub fn sandbox(op: Op, req: &RequestView<'_>, ex: &Extracted) -> NativeResponse 
                 }),
             )
         }
+        Op::ValidationRequest => NativeResponse::json(
+            StatusCode::CREATED,
+            &json!({
+                "account_sid": req.param(0),
+                "call_sid": sandbox_id("CA", 32),
+                "friendly_name": req.form_value("FriendlyName"),
+                "phone_number": req.form_value("PhoneNumber"),
+                "validation_code": "123456",
+            }),
+        ),
         Op::VerifyStart => NativeResponse::json(
             StatusCode::CREATED,
             &json!({
@@ -301,7 +345,7 @@ pub fn conversion(
         return ConversionSignal::None;
     };
     match op {
-        Op::Message => ConversionSignal::None,
+        Op::Message | Op::ValidationRequest => ConversionSignal::None,
         Op::VerifyStart => match super::json_str(&v, "sid") {
             Some(sid) => ConversionSignal::Started {
                 reference: sid.to_owned(),

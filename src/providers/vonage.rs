@@ -8,7 +8,9 @@
 //!   status `"1"` plus a `Retry-After` header, not a 429.
 //! - `POST /v2/verify`: JSON `workflow[].to`; the answer (202 `{request_id}`) is
 //!   remembered so that `POST /v2/verify/{request_id}` (JSON `{"code"}`, no number) can be
-//!   counted against the number and its success recorded as a conversion.
+//!   counted against the number and its success recorded as a conversion;
+//!   `POST /v2/verify/{request_id}/next_workflow` (no body) sends the code again and is
+//!   decided as a start for that number.
 //!   Errors are RFC 7807 problem documents (`RateLimitedError` for a 429 in Python).
 //!
 //! Never read: `api_secret`, `sig`, the JWT.
@@ -32,6 +34,9 @@ pub enum Op {
     VerifyStart,
     /// `/v2/verify/{request_id}` check.
     VerifyCheck,
+    /// `/v2/verify/{request_id}/next_workflow`: the code sent again, by the workflow's
+    /// next channel — a start again, for the number the `request_id` was started for.
+    VerifyNext,
 }
 
 impl Op {
@@ -39,7 +44,7 @@ impl Op {
     pub fn kind(self) -> RequestKind {
         match self {
             Op::Sms => RequestKind::Send,
-            Op::VerifyStart => RequestKind::VerifyStart,
+            Op::VerifyStart | Op::VerifyNext => RequestKind::VerifyStart,
             Op::VerifyCheck => RequestKind::VerifyCheck,
         }
     }
@@ -78,6 +83,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
         method: "POST",
         pattern: "/v2/verify/{}",
         op: super::Op::Vonage(Op::VerifyCheck),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/verify/{}/next_workflow",
+        op: super::Op::Vonage(Op::VerifyNext),
     },
 ];
 
@@ -164,7 +174,8 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
             out.sender = super::json_str(&v, "brand").map(str::to_owned);
             out.account = req.basic_user();
         }
-        Op::VerifyCheck => {
+        // No body: the number is the one the `request_id` was started for.
+        Op::VerifyCheck | Op::VerifyNext => {
             out.verify_ref = req.param(0);
             out.account = req.basic_user();
         }
@@ -206,7 +217,7 @@ pub fn refusal(op: Op, refusal: &Refusal<'_>) -> NativeResponse {
             )
             .with_retry_after(refusal)
         }
-        Op::VerifyStart | Op::VerifyCheck => {
+        Op::VerifyStart | Op::VerifyCheck | Op::VerifyNext => {
             let (status, kind, title) = match (refusal.kind, refusal.reason) {
                 (RefusalKind::Throttle { .. }, _) => {
                     (StatusCode::TOO_MANY_REQUESTS, "throttled", "Rate Limit Hit")
@@ -274,6 +285,7 @@ pub fn sandbox(op: Op, req: &RequestView<'_>, ex: &Extracted) -> NativeResponse 
                 &json!({"request_id": id, "check_url": format!("https://api-eu.vonage.com/v2/verify/{id}/silent-auth/redirect")}),
             )
         }
+        Op::VerifyNext => NativeResponse::json(StatusCode::OK, &json!({})),
         Op::VerifyCheck => {
             let code = req
                 .json()
@@ -331,7 +343,7 @@ pub fn conversion(
         return ConversionSignal::None;
     };
     match op {
-        Op::Sms => ConversionSignal::None,
+        Op::Sms | Op::VerifyNext => ConversionSignal::None,
         Op::VerifyStart => match super::json_str(&v, "request_id") {
             Some(id) => ConversionSignal::Started {
                 reference: id.to_owned(),
