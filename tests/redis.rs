@@ -1166,3 +1166,33 @@ async fn a_flag_lasts_as_long_as_its_key_whatever_the_instance_clock() {
     });
     assert_eq!(b.flags(&[key], now).await.unwrap(), vec![None]);
 }
+
+/// A burst of concurrent requests that all trip one heuristic is one offence: the block
+/// lasts `block_for`, not `block_for` doubled once per request that read "no block"
+/// before the first one was written (40 at once used to block the range for `max_block`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_concurrent_burst_is_one_offence_not_one_per_request() {
+    let redis = Redis::start(false);
+    let up = MockUpstream::start().await;
+    let rules = "[[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [3]\nwindow = \"10m\"\nmax_distinct = 2\nblock_for = \"10m\"\nmax_block = \"24h\"\n";
+    let (a, b) = two_instances(&[redis.url()], false, &up, rules).await;
+    let numbers: Vec<String> = (0..40).map(|i| format!("+447400123{i:03}")).collect();
+    let statuses = burst(&a, &b, &numbers).await;
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 201).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(degraded(&a).await + degraded(&b).await, 0);
+    let blocks = send("GET", &a.admin("/v1/blocks"), &[], "").await.json();
+    let blocks = blocks["blocks"].as_array().expect("a list").clone();
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert_eq!(blocks[0]["block"], "pv prefix +447400123");
+    assert_eq!(blocks[0]["offences"], 1, "{blocks:?}");
+    assert!(
+        blocks[0]["remaining_secs"]
+            .as_u64()
+            .is_some_and(|s| s <= 600),
+        "{blocks:?}"
+    );
+}

@@ -586,7 +586,9 @@ fn judge(h: &HeuristicRule, op: &WindowOp<'_>, reads: &[Reading]) -> (Option<Rea
     }
 }
 
-/// Blocks `entity` for `base × 2^(offences)`, capped at the rule's `max_block`.
+/// Blocks `entity` for `base × 2^(offences)`, capped at the rule's `max_block`. A block
+/// already in force (set by a concurrent request of the same burst, which read "no block"
+/// too) is left as it is: that is one offence, not a repeat.
 async fn auto_block(
     store: &Store,
     h: &HeuristicRule,
@@ -609,8 +611,8 @@ async fn auto_block(
         .min(h.max_block.max(base));
     let label = label(h, &entity);
     let until = now.add(period);
-    store
-        .set_flag(
+    let added = store
+        .add_flag(
             LimitKey {
                 rule: h.id ^ BLOCK,
                 entity,
@@ -623,6 +625,9 @@ async fn auto_block(
             now,
         )
         .await?;
+    if !added {
+        return Ok(());
+    }
     // Offences are remembered for a day past the block, so a repeat doubles it.
     let strike = Flag {
         until: until.add(DAY),

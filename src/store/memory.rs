@@ -229,8 +229,22 @@ impl MemoryStore {
     /// trust mark — a number no longer trusted only goes through the heuristics again,
     /// while a block not kept would let an attack go on — and a trust mark is not kept.
     pub fn set_flag(&self, key: LimitKey<'_>, flag: Flag, now: Timestamp) {
+        self.put_flag(key, flag, now, false);
+    }
+
+    /// See [`super::Store::add_flag`]: checked and set under one lock.
+    pub fn add_flag(&self, key: LimitKey<'_>, flag: Flag, now: Timestamp) -> bool {
+        self.put_flag(key, flag, now, true)
+    }
+
+    /// Sets a flag (only if no live one is there, when `only_new`); `false` when a live
+    /// one kept it out.
+    fn put_flag(&self, key: LimitKey<'_>, flag: Flag, now: Timestamp, only_new: bool) -> bool {
         let h = key_hash(&self.hasher, &key);
         let mut flags = self.flags_lock();
+        if only_new && flags.get(&h).is_some_and(|f| f.until > now) {
+            return false;
+        }
         if flags.len() >= self.max_keys && !flags.contains_key(&h) {
             let swept = self.flags_swept.load(Ordering::Relaxed);
             if now.as_nanos().saturating_sub(swept) >= 1_000_000_000 {
@@ -248,12 +262,13 @@ impl MemoryStore {
                     }
                     None => {
                         self.rejected.fetch_add(1, Ordering::Relaxed);
-                        return;
+                        return true;
                     }
                 }
             }
         }
         flags.insert(h, flag);
+        true
     }
 
     /// See [`super::Store::list_flags`].
