@@ -1196,3 +1196,49 @@ async fn a_concurrent_burst_is_one_offence_not_one_per_request() {
         "{blocks:?}"
     );
 }
+
+/// A send decided before a reload that changed a budget's window, and given back after it
+/// (the provider refused it), leaves the window the reload started alone, on memory and on
+/// Redis. The give-back used to take from the new window what the old one had held (memory)
+/// or drop every slot of the new window, written with another slot width (Redis): a spend
+/// budget started afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_back_across_a_reload_leaves_the_new_window_alone() {
+    use smsfence::clock::Timestamp;
+    use smsfence::store::redis::RedisStore;
+    use smsfence::store::{memory::MemoryStore, Entity, LimitKey, Store, WindowOp};
+
+    let redis = Redis::start(false);
+    let cfg = smsfence::config::StoreConfig {
+        timeout: Duration::from_secs(2),
+        ..redis.store_config()
+    };
+    let stores = [
+        Store::Memory(MemoryStore::new(100)),
+        Store::Redis(RedisStore::connect(&cfg).await.unwrap()),
+    ];
+    let op = |window: u64, amount: u64| WindowOp {
+        key: LimitKey {
+            rule: 9,
+            entity: Entity::Global,
+        },
+        window: Duration::from_secs(window),
+        amount,
+        member: None,
+        cap: 0,
+        near: None,
+    };
+    let now = Timestamp::from_unix_secs(T0);
+    for store in &stores {
+        let kind = store.kind();
+        // Reserved under the old rules (an hour's window) …
+        store.windows(&[op(3600, 5)], now, true).await.unwrap();
+        // … the reload makes it ten minutes, and a send under the new rules counts 3 …
+        let read = store.windows(&[op(600, 3)], now, true).await.unwrap();
+        assert_eq!(read[0].total, 3, "{kind}: the new window starts afresh");
+        // … then the first send is given back.
+        store.give_back(&[op(3600, 5)], now).await.unwrap();
+        let read = store.windows(&[op(600, 0)], now, false).await.unwrap();
+        assert_eq!(read[0].total, 3, "{kind}: the new window keeps its sends");
+    }
+}

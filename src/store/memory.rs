@@ -177,14 +177,18 @@ impl MemoryStore {
             .collect()
     }
 
-    /// See [`super::Store::give_back`].
+    /// See [`super::Store::give_back`]. A window a reload has since started again with
+    /// another length holds nothing of the reservation: it is left alone.
     pub fn give_back(&self, ops: &[WindowOp<'_>], now: Timestamp) {
         for op in ops {
             let h = key_hash(&self.hasher, &op.key);
             let mut stripe = self.windows[stripe_of(h)]
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            if let Some(w) = stripe.get_mut(&h) {
+            if let Some(w) = stripe
+                .get_mut(&h)
+                .filter(|w| w.has_length(duration_nanos(op.window)))
+            {
                 w.take_back(now.as_nanos(), op.amount);
             }
         }
