@@ -996,3 +996,42 @@ async fn raw_twilio_send(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
     .unwrap();
     s
 }
+
+/// New keys fill the memory store's ceiling; then traffic turns to a country the store
+/// holds nothing about yet. Its country limit and its country spend budget still apply:
+/// the keys of countries (and the global key) are a bounded few, always tracked. They used
+/// to be left untracked like any new key, so that at the ceiling a country limit, a budget
+/// (or a global limit that had gone idle) refused nothing at all.
+#[tokio::test]
+async fn country_limits_and_budgets_hold_when_the_store_is_full() {
+    let up = MockUpstream::start().await;
+    let rules = "[[limit]]\nname = \"per-number\"\nkey = \"number\"\nrate = \"1/1h\"\nburst = 1\n\
+                 [[limit]]\nname = \"per-country\"\nkey = \"country\"\nrate = \"4/1h\"\nburst = 4\n\
+                 [prices]\ndefault = 0.10\n\
+                 [[heuristic]]\nname = \"spend\"\nkind = \"spend_budget\"\ncountry_hourly = 0.35\n";
+    // Nine keys: four numbers, a country and four spend windows (hour and day, global and
+    // the country's).
+    let cfg = format!("[store]\nmax_keys = 9\n{}", twilio_route(&up.url(), ""));
+    let p = Proxy::start(&cfg, &[("r.toml", rules)]).await;
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        statuses.push(
+            twilio_send(&p, &format!("+44740090{i:04}"), &[])
+                .await
+                .status,
+        );
+    }
+    // Three sent; the fourth over the budget, the fifth over the limit.
+    assert_eq!(up.requests().len(), 3, "{statuses:?}");
+    // Then distinct German numbers: three sends fit the budget (0.35 at 0.10 each).
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        statuses.push(
+            twilio_send(&p, &format!("+4915112345{i:03}"), &[])
+                .await
+                .status,
+        );
+    }
+    assert_eq!(up.requests().len(), 6, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 3);
+}

@@ -6,8 +6,9 @@
 //! A key whose TAT has passed carries no information (see `decide::gcra`), so idle keys
 //! are dropped by [`MemoryStore::sweep`] and on demand when the ceiling is reached. Past
 //! `max_keys`, a new key is left untracked (or refused, per rule) and counted: a flood of
-//! attacker-chosen numbers cannot grow memory, and the coarser keys (prefix, country,
-//! global) still apply to it.
+//! attacker-chosen numbers cannot grow memory. The keys of countries and the global key, a
+//! bounded few, are always tracked, so that country and global limits and budgets still
+//! apply to the flood and to whatever comes after it.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -166,7 +167,7 @@ impl MemoryStore {
                 let mut w = Window::new(window_ns);
                 let reading = w.apply(now, op.amount, op.member, cap, op.near, commit);
                 if commit {
-                    if self.reserve() {
+                    if self.reserve_for(&op.key.entity) {
                         stripe.insert(h, w);
                     } else {
                         self.rejected.fetch_add(1, Ordering::Relaxed);
@@ -203,6 +204,19 @@ impl MemoryStore {
                 (n < self.max_keys).then_some(n + 1)
             })
             .is_ok()
+    }
+
+    /// [`Self::reserve`], but a key of a country or the global key is always tracked,
+    /// past the ceiling too: they are a bounded few (one per country and rule, whatever
+    /// the traffic), and left untracked they would let a flood of other keys switch off
+    /// every country limit, global limit and budget new to the store (counted in `tracked`
+    /// all the same, so that room comes back when they are swept).
+    fn reserve_for(&self, entity: &Entity<'_>) -> bool {
+        if matches!(entity, Entity::Country(_) | Entity::Global) {
+            self.tracked.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        self.reserve()
     }
 
     /// Gives back room taken by [`Self::reserve`] or held by keys that were dropped.
@@ -377,7 +391,7 @@ impl MemoryStore {
                     if guards[g].1.contains_key(&h) {
                         continue;
                     }
-                    if self.reserve() {
+                    if self.reserve_for(&c.key.entity) {
                         reserved += 1;
                         continue;
                     }
