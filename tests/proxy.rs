@@ -1035,3 +1035,41 @@ async fn country_limits_and_budgets_hold_when_the_store_is_full() {
     assert_eq!(up.requests().len(), 6, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 3);
 }
+
+/// Fifty clients at once over four workers: a per-IP limit of one lets exactly one of the
+/// same IP's sends through, and a spend budget of five sends is never overrun by sends
+/// from fifty IPs (each reserves its cost in the step that reads the budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_keep_a_per_ip_limit_and_a_spend_budget_exactly() {
+    let up = MockUpstream::start().await;
+    let rules = "[[limit]]\nname = \"per-ip\"\nkey = \"ip\"\nrate = \"1/1h\"\nburst = 1\n\
+                 [prices]\ndefault = 0.10\n\
+                 [[heuristic]]\nname = \"spend\"\nkind = \"spend_budget\"\nhourly = 0.55\n";
+    let p = Proxy::start(&with_workers(4, &up.url()), &[("r.toml", rules)]).await;
+    let burst = |ip: fn(usize) -> String, first: usize| {
+        let p = &p;
+        futures_util::future::join_all((0..50).map(move |i| async move {
+            let ip = ip(i);
+            let to = format!("+4474009{:05}", first + i);
+            twilio_send(p, &to, &[("x-smsfence-end-user-ip", &ip)])
+                .await
+                .status
+                .as_u16()
+        }))
+    };
+    let same_ip = burst(|_| "203.0.113.7".to_owned(), 0).await;
+    assert_eq!(
+        same_ip.iter().filter(|&&s| s == 201).count(),
+        1,
+        "{same_ip:?}"
+    );
+    assert_eq!(up.requests().len(), 1);
+    // Fifty IPs: the budget has room for four more sends.
+    let many_ips = burst(|i| format!("198.51.100.{}", i + 1), 100).await;
+    assert_eq!(
+        many_ips.iter().filter(|&&s| s == 201).count(),
+        4,
+        "{many_ips:?}"
+    );
+    assert_eq!(up.requests().len(), 5);
+}
