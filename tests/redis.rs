@@ -1242,3 +1242,43 @@ async fn a_give_back_across_a_reload_leaves_the_new_window_alone() {
         assert_eq!(read[0].total, 3, "{kind}: the new window keeps its sends");
     }
 }
+
+/// One verification reported many times at once (the Verify check and `/v1/feedback`, on
+/// two instances) counts once for its range's conversion rate: trust is checked and
+/// taken in one step. Each report used to read "not trusted yet" before any had set the
+/// mark, and each counted — a pumping range's rate lifted by repeating one report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_verification_reported_at_once_many_times_counts_once() {
+    let redis = Redis::start(false);
+    let up = MockUpstream::start().await;
+    let rules = "[settings]\ntrust_verified = \"30d\"\n\
+                 [[heuristic]]\nname = \"conv\"\nkind = \"conversion_rate\"\nkey = \"prefix\"\ndrop_digits = [3]\nwindow = \"1h\"\nmin_sends = 5\nmin_rate = 0.5\n";
+    let (a, b) = two_instances(&[redis.url()], false, &up, rules).await;
+    let reports = (0..20).map(|i| {
+        let p = if i % 2 == 0 { &a } else { &b };
+        async move {
+            send(
+                "POST",
+                &p.admin("/v1/feedback"),
+                &[JSON],
+                r#"{"number": "+447400123456", "outcome": "verified"}"#,
+            )
+            .await
+            .status
+        }
+    });
+    let statuses = futures_util::future::join_all(reports).await;
+    assert!(statuses.iter().all(|s| *s == 204), "{statuses:?}");
+    // The range's verified window (no sends yet): one key, counting one.
+    let keys = redis
+        .cli(&["--scan", "--pattern", "sf:{p447400123}:w:*"])
+        .unwrap();
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let slots = redis.cli(&["HVALS", keys[0]]).unwrap();
+    let counted: u64 = slots
+        .lines()
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum();
+    assert_eq!(counted, 1, "{slots}");
+}
