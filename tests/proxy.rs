@@ -996,3 +996,80 @@ async fn raw_twilio_send(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
     .unwrap();
     s
 }
+
+/// New keys fill the memory store's ceiling; then traffic turns to a country the store
+/// holds nothing about yet. Its country limit and its country spend budget still apply:
+/// the keys of countries (and the global key) are a bounded few, always tracked. They used
+/// to be left untracked like any new key, so that at the ceiling a country limit, a budget
+/// (or a global limit that had gone idle) refused nothing at all.
+#[tokio::test]
+async fn country_limits_and_budgets_hold_when_the_store_is_full() {
+    let up = MockUpstream::start().await;
+    let rules = "[[limit]]\nname = \"per-number\"\nkey = \"number\"\nrate = \"1/1h\"\nburst = 1\n\
+                 [[limit]]\nname = \"per-country\"\nkey = \"country\"\nrate = \"4/1h\"\nburst = 4\n\
+                 [prices]\ndefault = 0.10\n\
+                 [[heuristic]]\nname = \"spend\"\nkind = \"spend_budget\"\ncountry_hourly = 0.35\n";
+    // Nine keys: four numbers, a country and four spend windows (hour and day, global and
+    // the country's).
+    let cfg = format!("[store]\nmax_keys = 9\n{}", twilio_route(&up.url(), ""));
+    let p = Proxy::start(&cfg, &[("r.toml", rules)]).await;
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        statuses.push(
+            twilio_send(&p, &format!("+44740090{i:04}"), &[])
+                .await
+                .status,
+        );
+    }
+    // Three sent; the fourth over the budget, the fifth over the limit.
+    assert_eq!(up.requests().len(), 3, "{statuses:?}");
+    // Then distinct German numbers: three sends fit the budget (0.35 at 0.10 each).
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        statuses.push(
+            twilio_send(&p, &format!("+4915112345{i:03}"), &[])
+                .await
+                .status,
+        );
+    }
+    assert_eq!(up.requests().len(), 6, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 3);
+}
+
+/// Fifty clients at once over four workers: a per-IP limit of one lets exactly one of the
+/// same IP's sends through, and a spend budget of five sends is never overrun by sends
+/// from fifty IPs (each reserves its cost in the step that reads the budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_keep_a_per_ip_limit_and_a_spend_budget_exactly() {
+    let up = MockUpstream::start().await;
+    let rules = "[[limit]]\nname = \"per-ip\"\nkey = \"ip\"\nrate = \"1/1h\"\nburst = 1\n\
+                 [prices]\ndefault = 0.10\n\
+                 [[heuristic]]\nname = \"spend\"\nkind = \"spend_budget\"\nhourly = 0.55\n";
+    let p = Proxy::start(&with_workers(4, &up.url()), &[("r.toml", rules)]).await;
+    let burst = |ip: fn(usize) -> String, first: usize| {
+        let p = &p;
+        futures_util::future::join_all((0..50).map(move |i| async move {
+            let ip = ip(i);
+            let to = format!("+4474009{:05}", first + i);
+            twilio_send(p, &to, &[("x-smsfence-end-user-ip", &ip)])
+                .await
+                .status
+                .as_u16()
+        }))
+    };
+    let same_ip = burst(|_| "203.0.113.7".to_owned(), 0).await;
+    assert_eq!(
+        same_ip.iter().filter(|&&s| s == 201).count(),
+        1,
+        "{same_ip:?}"
+    );
+    assert_eq!(up.requests().len(), 1);
+    // Fifty IPs: the budget has room for four more sends.
+    let many_ips = burst(|i| format!("198.51.100.{}", i + 1), 100).await;
+    assert_eq!(
+        many_ips.iter().filter(|&&s| s == 201).count(),
+        4,
+        "{many_ips:?}"
+    );
+    assert_eq!(up.requests().len(), 5);
+}

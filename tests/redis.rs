@@ -1166,3 +1166,119 @@ async fn a_flag_lasts_as_long_as_its_key_whatever_the_instance_clock() {
     });
     assert_eq!(b.flags(&[key], now).await.unwrap(), vec![None]);
 }
+
+/// A burst of concurrent requests that all trip one heuristic is one offence: the block
+/// lasts `block_for`, not `block_for` doubled once per request that read "no block"
+/// before the first one was written (40 at once used to block the range for `max_block`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_concurrent_burst_is_one_offence_not_one_per_request() {
+    let redis = Redis::start(false);
+    let up = MockUpstream::start().await;
+    let rules = "[[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [3]\nwindow = \"10m\"\nmax_distinct = 2\nblock_for = \"10m\"\nmax_block = \"24h\"\n";
+    let (a, b) = two_instances(&[redis.url()], false, &up, rules).await;
+    let numbers: Vec<String> = (0..40).map(|i| format!("+447400123{i:03}")).collect();
+    let statuses = burst(&a, &b, &numbers).await;
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 201).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(degraded(&a).await + degraded(&b).await, 0);
+    let blocks = send("GET", &a.admin("/v1/blocks"), &[], "").await.json();
+    let blocks = blocks["blocks"].as_array().expect("a list").clone();
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert_eq!(blocks[0]["block"], "pv prefix +447400123");
+    assert_eq!(blocks[0]["offences"], 1, "{blocks:?}");
+    assert!(
+        blocks[0]["remaining_secs"]
+            .as_u64()
+            .is_some_and(|s| s <= 600),
+        "{blocks:?}"
+    );
+}
+
+/// A send decided before a reload that changed a budget's window, and given back after it
+/// (the provider refused it), leaves the window the reload started alone, on memory and on
+/// Redis. The give-back used to take from the new window what the old one had held (memory)
+/// or drop every slot of the new window, written with another slot width (Redis): a spend
+/// budget started afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_back_across_a_reload_leaves_the_new_window_alone() {
+    use smsfence::clock::Timestamp;
+    use smsfence::store::redis::RedisStore;
+    use smsfence::store::{memory::MemoryStore, Entity, LimitKey, Store, WindowOp};
+
+    let redis = Redis::start(false);
+    let cfg = smsfence::config::StoreConfig {
+        timeout: Duration::from_secs(2),
+        ..redis.store_config()
+    };
+    let stores = [
+        Store::Memory(MemoryStore::new(100)),
+        Store::Redis(RedisStore::connect(&cfg).await.unwrap()),
+    ];
+    let op = |window: u64, amount: u64| WindowOp {
+        key: LimitKey {
+            rule: 9,
+            entity: Entity::Global,
+        },
+        window: Duration::from_secs(window),
+        amount,
+        member: None,
+        cap: 0,
+        near: None,
+    };
+    let now = Timestamp::from_unix_secs(T0);
+    for store in &stores {
+        let kind = store.kind();
+        // Reserved under the old rules (an hour's window) …
+        store.windows(&[op(3600, 5)], now, true).await.unwrap();
+        // … the reload makes it ten minutes, and a send under the new rules counts 3 …
+        let read = store.windows(&[op(600, 3)], now, true).await.unwrap();
+        assert_eq!(read[0].total, 3, "{kind}: the new window starts afresh");
+        // … then the first send is given back.
+        store.give_back(&[op(3600, 5)], now).await.unwrap();
+        let read = store.windows(&[op(600, 0)], now, false).await.unwrap();
+        assert_eq!(read[0].total, 3, "{kind}: the new window keeps its sends");
+    }
+}
+
+/// One verification reported many times at once (the Verify check and `/v1/feedback`, on
+/// two instances) counts once for its range's conversion rate: trust is checked and
+/// taken in one step. Each report used to read "not trusted yet" before any had set the
+/// mark, and each counted — a pumping range's rate lifted by repeating one report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_verification_reported_at_once_many_times_counts_once() {
+    let redis = Redis::start(false);
+    let up = MockUpstream::start().await;
+    let rules = "[settings]\ntrust_verified = \"30d\"\n\
+                 [[heuristic]]\nname = \"conv\"\nkind = \"conversion_rate\"\nkey = \"prefix\"\ndrop_digits = [3]\nwindow = \"1h\"\nmin_sends = 5\nmin_rate = 0.5\n";
+    let (a, b) = two_instances(&[redis.url()], false, &up, rules).await;
+    let reports = (0..20).map(|i| {
+        let p = if i % 2 == 0 { &a } else { &b };
+        async move {
+            send(
+                "POST",
+                &p.admin("/v1/feedback"),
+                &[JSON],
+                r#"{"number": "+447400123456", "outcome": "verified"}"#,
+            )
+            .await
+            .status
+        }
+    });
+    let statuses = futures_util::future::join_all(reports).await;
+    assert!(statuses.iter().all(|s| *s == 204), "{statuses:?}");
+    // The range's verified window (no sends yet): one key, counting one.
+    let keys = redis
+        .cli(&["--scan", "--pattern", "sf:{p447400123}:w:*"])
+        .unwrap();
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let slots = redis.cli(&["HVALS", keys[0]]).unwrap();
+    let counted: u64 = slots
+        .lines()
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum();
+    assert_eq!(counted, 1, "{slots}");
+}

@@ -586,7 +586,9 @@ fn judge(h: &HeuristicRule, op: &WindowOp<'_>, reads: &[Reading]) -> (Option<Rea
     }
 }
 
-/// Blocks `entity` for `base × 2^(offences)`, capped at the rule's `max_block`.
+/// Blocks `entity` for `base × 2^(offences)`, capped at the rule's `max_block`. A block
+/// already in force (set by a concurrent request of the same burst, which read "no block"
+/// too) is left as it is: that is one offence, not a repeat.
 async fn auto_block(
     store: &Store,
     h: &HeuristicRule,
@@ -609,8 +611,8 @@ async fn auto_block(
         .min(h.max_block.max(base));
     let label = label(h, &entity);
     let until = now.add(period);
-    store
-        .set_flag(
+    let added = store
+        .add_flag(
             LimitKey {
                 rule: h.id ^ BLOCK,
                 entity,
@@ -623,6 +625,9 @@ async fn auto_block(
             now,
         )
         .await?;
+    if !added {
+        return Ok(());
+    }
     // Offences are remembered for a day past the block, so a repeat doubles it.
     let strike = Flag {
         until: until.add(DAY),
@@ -650,8 +655,8 @@ pub async fn give_back(
 /// already, or that an allow list lets skip a heuristic, sends without being counted
 /// ([`evaluate`]), so its verifications are not counted either — else one real phone
 /// verified again and again, or one verification reported twice (by the Verify check and
-/// by feedback), would lift the conversion rate and baseline of its whole prefix and
-/// country.
+/// by feedback, even at once), would lift the conversion rate and baseline of its whole
+/// prefix and country.
 pub async fn record_verified(
     rules: &RuleSet,
     store: &Store,
@@ -662,13 +667,17 @@ pub async fn record_verified(
         rule: TRUST,
         entity: Entity::Number(dest.digits()),
     };
-    let trusted = rules.trust_verified.is_some()
-        && store
-            .flags(&[trust_key], now)
-            .await?
-            .pop()
-            .flatten()
-            .is_some();
+    let trust = rules.trust_verified.map(|t| Flag {
+        until: now.add(t),
+        level: 0,
+        label: crate::store::TRUST_LABEL.into(),
+    });
+    // Checked and taken in one step: of one verification reported several times at once
+    // (on several instances), exactly one finds the number untrusted and counts.
+    let trusted = match &trust {
+        Some(flag) => !store.add_flag(trust_key, flag.clone(), now).await?,
+        None => false,
+    };
     let listed = |h: &HeuristicRule| {
         rules.allow.iter().any(|l| {
             l.active(now) && l.matches_destination(dest) && l.skip.skips_heuristic(&h.name)
@@ -715,12 +724,8 @@ pub async fn record_verified(
     if !ops.is_empty() {
         store.windows(&ops, now, true).await?;
     }
-    if let Some(trust) = rules.trust_verified {
-        let flag = Flag {
-            until: now.add(trust),
-            level: 0,
-            label: crate::store::TRUST_LABEL.into(),
-        };
+    // A number trusted already has its trust renewed.
+    if let (true, Some(flag)) = (trusted, trust) {
         store.set_flag(trust_key, flag, now).await?;
     }
     Ok(())

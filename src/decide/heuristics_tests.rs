@@ -524,3 +524,37 @@ fn distinct_thresholds_past_the_member_cap_are_mistakes() {
         assert!(e[0].to_string().contains(field), "{e:?}");
     }
 }
+
+/// Two requests of one burst both read "no block" and both trip the heuristic: the second
+/// auto-block finds the first one's block in force and is the same offence — it neither
+/// doubles the period nor counts a second offence (it used to read the first one's
+/// offence count and block for twice as long, and so on for every request of the burst).
+#[tokio::test]
+async fn an_auto_block_already_in_force_is_not_a_second_offence() {
+    let text = "[[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [3]\nwindow = \"10m\"\nmax_distinct = 2\nblock_for = \"10m\"\nmax_block = \"24h\"\n";
+    let r = rules(text);
+    let s = store();
+    let h = &r.heuristics[0];
+    let e = crate::store::Entity::Prefix(447_400_123);
+    for _ in 0..3 {
+        super::auto_block(&s, h, e, Duration::from_secs(600), at(0))
+            .await
+            .unwrap();
+    }
+    let blocks = s.list_flags(at(0)).await.unwrap();
+    let block = blocks
+        .iter()
+        .find(|f| f.label == "pv prefix +447400123")
+        .expect("listed");
+    assert_eq!((block.level, block.until), (0, at(600)), "one offence");
+    // After the block, a new offence is a repeat: twice the period.
+    super::auto_block(&s, h, e, Duration::from_secs(600), at(700))
+        .await
+        .unwrap();
+    let blocks = s.list_flags(at(700)).await.unwrap();
+    let block = blocks
+        .iter()
+        .find(|f| f.label == "pv prefix +447400123")
+        .expect("listed");
+    assert_eq!((block.level, block.until), (1, at(700 + 1200)));
+}

@@ -409,9 +409,12 @@ fn a_million_distinct_numbers_stay_under_the_key_ceiling() {
 
 #[tokio::test]
 async fn distinct_numbers_through_the_default_rules_stay_under_the_ceiling() {
-    // Rate-limit keys and heuristic windows share the one ceiling.
+    // Rate-limit keys and heuristic windows share the one ceiling; the keys of countries
+    // and the global key are always tracked, past it too (four countries here, a few keys
+    // per country and rule).
     let rules = RuleSet::embedded().unwrap();
     let ceiling = 5_000;
+    let bounded = 64;
     let s = Store::Memory(MemoryStore::new(ceiling));
     for n in 0..20_000u64 {
         // Spread over many 1k blocks and several countries, a second apart.
@@ -437,11 +440,15 @@ async fn distinct_numbers_through_the_default_rules_stay_under_the_ceiling() {
         };
         decide(&rules, &s, &f, at(n), Commit::Yes).await;
         if n % 1_000 == 0 {
-            assert!(s.stats().keys <= ceiling as u64, "{n}: {:?}", s.stats());
+            assert!(
+                s.stats().keys <= ceiling as u64 + bounded,
+                "{n}: {:?}",
+                s.stats()
+            );
         }
     }
     let stats = s.stats();
-    assert!(stats.keys <= ceiling as u64, "{stats:?}");
+    assert!(stats.keys <= ceiling as u64 + bounded, "{stats:?}");
     assert!(
         stats.rejected > 0,
         "the ceiling was reached and counted: {stats:?}"

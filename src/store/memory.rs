@@ -6,8 +6,9 @@
 //! A key whose TAT has passed carries no information (see `decide::gcra`), so idle keys
 //! are dropped by [`MemoryStore::sweep`] and on demand when the ceiling is reached. Past
 //! `max_keys`, a new key is left untracked (or refused, per rule) and counted: a flood of
-//! attacker-chosen numbers cannot grow memory, and the coarser keys (prefix, country,
-//! global) still apply to it.
+//! attacker-chosen numbers cannot grow memory. The keys of countries and the global key, a
+//! bounded few, are always tracked, so that country and global limits and budgets still
+//! apply to the flood and to whatever comes after it.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -166,7 +167,7 @@ impl MemoryStore {
                 let mut w = Window::new(window_ns);
                 let reading = w.apply(now, op.amount, op.member, cap, op.near, commit);
                 if commit {
-                    if self.reserve() {
+                    if self.reserve_for(&op.key.entity) {
                         stripe.insert(h, w);
                     } else {
                         self.rejected.fetch_add(1, Ordering::Relaxed);
@@ -177,14 +178,18 @@ impl MemoryStore {
             .collect()
     }
 
-    /// See [`super::Store::give_back`].
+    /// See [`super::Store::give_back`]. A window a reload has since started again with
+    /// another length holds nothing of the reservation: it is left alone.
     pub fn give_back(&self, ops: &[WindowOp<'_>], now: Timestamp) {
         for op in ops {
             let h = key_hash(&self.hasher, &op.key);
             let mut stripe = self.windows[stripe_of(h)]
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            if let Some(w) = stripe.get_mut(&h) {
+            if let Some(w) = stripe
+                .get_mut(&h)
+                .filter(|w| w.has_length(duration_nanos(op.window)))
+            {
                 w.take_back(now.as_nanos(), op.amount);
             }
         }
@@ -199,6 +204,19 @@ impl MemoryStore {
                 (n < self.max_keys).then_some(n + 1)
             })
             .is_ok()
+    }
+
+    /// [`Self::reserve`], but a key of a country or the global key is always tracked,
+    /// past the ceiling too: they are a bounded few (one per country and rule, whatever
+    /// the traffic), and left untracked they would let a flood of other keys switch off
+    /// every country limit, global limit and budget new to the store (counted in `tracked`
+    /// all the same, so that room comes back when they are swept).
+    fn reserve_for(&self, entity: &Entity<'_>) -> bool {
+        if matches!(entity, Entity::Country(_) | Entity::Global) {
+            self.tracked.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        self.reserve()
     }
 
     /// Gives back room taken by [`Self::reserve`] or held by keys that were dropped.
@@ -229,8 +247,22 @@ impl MemoryStore {
     /// trust mark — a number no longer trusted only goes through the heuristics again,
     /// while a block not kept would let an attack go on — and a trust mark is not kept.
     pub fn set_flag(&self, key: LimitKey<'_>, flag: Flag, now: Timestamp) {
+        self.put_flag(key, flag, now, false);
+    }
+
+    /// See [`super::Store::add_flag`]: checked and set under one lock.
+    pub fn add_flag(&self, key: LimitKey<'_>, flag: Flag, now: Timestamp) -> bool {
+        self.put_flag(key, flag, now, true)
+    }
+
+    /// Sets a flag (only if no live one is there, when `only_new`); `false` when a live
+    /// one kept it out.
+    fn put_flag(&self, key: LimitKey<'_>, flag: Flag, now: Timestamp, only_new: bool) -> bool {
         let h = key_hash(&self.hasher, &key);
         let mut flags = self.flags_lock();
+        if only_new && flags.get(&h).is_some_and(|f| f.until > now) {
+            return false;
+        }
         if flags.len() >= self.max_keys && !flags.contains_key(&h) {
             let swept = self.flags_swept.load(Ordering::Relaxed);
             if now.as_nanos().saturating_sub(swept) >= 1_000_000_000 {
@@ -248,12 +280,13 @@ impl MemoryStore {
                     }
                     None => {
                         self.rejected.fetch_add(1, Ordering::Relaxed);
-                        return;
+                        return true;
                     }
                 }
             }
         }
         flags.insert(h, flag);
+        true
     }
 
     /// See [`super::Store::list_flags`].
@@ -358,7 +391,7 @@ impl MemoryStore {
                     if guards[g].1.contains_key(&h) {
                         continue;
                     }
-                    if self.reserve() {
+                    if self.reserve_for(&c.key.entity) {
                         reserved += 1;
                         continue;
                     }

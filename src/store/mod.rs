@@ -286,6 +286,21 @@ impl Store {
         }
     }
 
+    /// Sets a flag unless a live one is on the key already, in one atomic step: `false`
+    /// (nothing written) when one is. Two requests that both found no auto-block and both
+    /// tripped its heuristic are one offence, not two.
+    pub async fn add_flag(
+        &self,
+        key: LimitKey<'_>,
+        flag: Flag,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.add_flag(key, flag, now)),
+            Store::Redis(r) => r.add_flag(key, flag, now).await,
+        }
+    }
+
     /// Every live flag, sorted by label.
     pub async fn list_flags(&self, now: Timestamp) -> Result<Vec<Flag>, StoreError> {
         match self {

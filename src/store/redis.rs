@@ -689,6 +689,28 @@ impl RedisStore {
         flag: Flag,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        self.put_flag(key_, flag, now, false).await.map(drop)
+    }
+
+    /// See [`super::Store::add_flag`]: `SET … NX`, so that of several instances (or
+    /// requests) setting one flag at once exactly one does.
+    pub async fn add_flag(
+        &self,
+        key_: LimitKey<'_>,
+        flag: Flag,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.put_flag(key_, flag, now, true).await
+    }
+
+    /// Sets a flag (only if its key is absent, when `only_new`); `false` when it was not.
+    async fn put_flag(
+        &self,
+        key_: LimitKey<'_>,
+        flag: Flag,
+        now: Timestamp,
+        only_new: bool,
+    ) -> Result<bool, StoreError> {
         let k = key(&key_, 'f');
         let v = format!("{} {} {}", flag.until.as_nanos(), flag.level, flag.label);
         // Rounded up: the key must not expire before the flag does.
@@ -698,17 +720,23 @@ impl RedisStore {
             .arg(&v)
             .arg("PX")
             .arg(u64::try_from(ms).unwrap_or(u64::MAX));
-        self.call(&set).await?;
+        if only_new {
+            set.arg("NX");
+        }
+        // `SET … NX` answers nil when the key was there.
+        if self.call(&set).await? == Value::Nil {
+            return Ok(false);
+        }
         // Only blocks and their offence counts are listed (`GET /v1/blocks`); the
         // "verified" trust marks, one per verified number, stay out of the index, which
         // has no TTL of its own (expired entries are pruned by the sweeper and on listing).
         if flag.label == "verified" {
-            return Ok(());
+            return Ok(true);
         }
         let mut index = redis::cmd("HSET");
         index.arg(FLAG_INDEX).arg(&k).arg(&v);
         self.call(&index).await?;
-        Ok(())
+        Ok(true)
     }
 
     /// The flag index: (field, value as stored, flag).

@@ -23,14 +23,18 @@ for i = 1, #KEYS / 2 do
   local cur = math.floor(now / slot)
 
   -- Slots of this window: (cur - 10, cur]. Anything else slid out, or was written with
-  -- another slot width (a reload changed the window): dropped, never renewed.
+  -- another slot width (a reload changed the window): dropped, never renewed — but not
+  -- by a give-back (negative amount), which may come from a request decided before the
+  -- reload: the window written since holds nothing of it and is left alone.
   local total = amount
   local slots = {}
   local h = redis.call('HGETALL', counts)
   for j = 1, #h, 2 do
     local idx = tonumber(h[j])
     if idx <= cur - 10 or idx > cur then
-      redis.call('HDEL', counts, h[j])
+      if amount >= 0 then
+        redis.call('HDEL', counts, h[j])
+      end
     else
       total = total + tonumber(h[j + 1])
       slots[idx] = tonumber(h[j + 1])
