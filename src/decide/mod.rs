@@ -6,7 +6,7 @@
 //! never refuse. Time comes in as a [`Timestamp`]; the only I/O is through the [`Store`].
 //! Nothing here logs, and no phone number leaves this module except inside store keys.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,7 +178,7 @@ pub struct Facts<'a> {
 }
 
 /// A rule that fired (or would have, for shadow rules).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Hit {
     /// The reason code.
     pub reason: Reason,
@@ -274,13 +274,27 @@ pub enum Commit {
 struct Outcome {
     verdict: Verdict,
     shadow: Vec<Hit>,
+    /// The shadow hits, once there are more than a scan should search (a shadow rule
+    /// firing on each of thousands of recipients would otherwise scan all before it).
+    shadow_seen: HashSet<Hit>,
     shadow_all: bool,
 }
+
+/// Shadow hits up to this many are searched by a scan; past it, through `shadow_seen`.
+const SCANNED_HITS: usize = 16;
 
 impl Outcome {
     fn fire(&mut self, mode: Mode, hit: Hit, retry_after: Option<Duration>) {
         if mode == Mode::Shadow || self.shadow_all {
-            if !self.shadow.contains(&hit) {
+            let seen = if self.shadow.len() < SCANNED_HITS {
+                self.shadow.contains(&hit)
+            } else {
+                if self.shadow_seen.is_empty() {
+                    self.shadow_seen.extend(self.shadow.iter().cloned());
+                }
+                !self.shadow_seen.insert(hit.clone())
+            };
+            if !seen {
                 self.shadow.push(hit);
             }
         } else if self.verdict == Verdict::Allow {
@@ -310,6 +324,7 @@ pub async fn decide(
     let mut out = Outcome {
         verdict: Verdict::Allow,
         shadow: Vec::new(),
+        shadow_seen: HashSet::new(),
         shadow_all: rules.shadow_all,
     };
 
