@@ -6,6 +6,7 @@
 //! never refuse. Time comes in as a [`Timestamp`]; the only I/O is through the [`Store`].
 //! Nothing here logs, and no phone number leaves this module except inside store keys.
 
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,7 +178,7 @@ pub struct Facts<'a> {
 }
 
 /// A rule that fired (or would have, for shadow rules).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Hit {
     /// The reason code.
     pub reason: Reason,
@@ -273,13 +274,27 @@ pub enum Commit {
 struct Outcome {
     verdict: Verdict,
     shadow: Vec<Hit>,
+    /// The shadow hits, once there are more than a scan should search (a shadow rule
+    /// firing on each of thousands of recipients would otherwise scan all before it).
+    shadow_seen: HashSet<Hit>,
     shadow_all: bool,
 }
+
+/// Shadow hits up to this many are searched by a scan; past it, through `shadow_seen`.
+const SCANNED_HITS: usize = 16;
 
 impl Outcome {
     fn fire(&mut self, mode: Mode, hit: Hit, retry_after: Option<Duration>) {
         if mode == Mode::Shadow || self.shadow_all {
-            if !self.shadow.contains(&hit) {
+            let seen = if self.shadow.len() < SCANNED_HITS {
+                self.shadow.contains(&hit)
+            } else {
+                if self.shadow_seen.is_empty() {
+                    self.shadow_seen.extend(self.shadow.iter().cloned());
+                }
+                !self.shadow_seen.insert(hit.clone())
+            };
+            if !seen {
                 self.shadow.push(hit);
             }
         } else if self.verdict == Verdict::Allow {
@@ -309,6 +324,7 @@ pub async fn decide(
     let mut out = Outcome {
         verdict: Verdict::Allow,
         shadow: Vec::new(),
+        shadow_seen: HashSet::new(),
         shadow_all: rules.shadow_all,
     };
 
@@ -579,6 +595,7 @@ fn limit_checks<'f>(
     // Sized at the first limit that applies: a mode with none allocates nothing.
     let mut checks = Vec::new();
     let mut owners = Vec::new();
+    let mut index = HashMap::new();
     for (idx, limit) in rules.limits.iter().enumerate() {
         let effective = if shadow_all { Mode::Shadow } else { limit.mode };
         if effective != mode || !limit.applies_to(facts.kind) {
@@ -596,22 +613,46 @@ fn limit_checks<'f>(
             }
             counted += 1;
             if let Some(entity) = limit.destination_entity(dest) {
-                push_check(&mut checks, &mut owners, limit, idx, entity, Some(i), 1);
+                push_check(
+                    &mut checks,
+                    &mut owners,
+                    &mut index,
+                    limit,
+                    idx,
+                    entity,
+                    Some(i),
+                    1,
+                );
             }
         }
         if counted == 0 {
             continue;
         }
         if let Some(entity) = request_entity(limit, facts) {
-            push_check(&mut checks, &mut owners, limit, idx, entity, None, counted);
+            push_check(
+                &mut checks,
+                &mut owners,
+                &mut index,
+                limit,
+                idx,
+                entity,
+                None,
+                counted,
+            );
         }
     }
     (checks, owners)
 }
 
+/// Checks up to this many are searched by a scan; past it, through an index (a request
+/// of thousands of recipients would otherwise scan every check for each new one).
+const SCANNED_CHECKS: usize = 32;
+
+#[allow(clippy::too_many_arguments)]
 fn push_check<'f>(
     checks: &mut Vec<GcraCheck<'f>>,
     owners: &mut Vec<(usize, Option<usize>)>,
+    index: &mut HashMap<LimitKey<'f>, usize>,
     limit: &LimitRule,
     idx: usize,
     entity: Entity<'f>,
@@ -623,7 +664,21 @@ fn push_check<'f>(
         entity,
     };
     // The same number twice in one request is one key with twice the cost.
-    if let Some(pos) = checks.iter().position(|c| c.key == key) {
+    let found = if checks.len() < SCANNED_CHECKS {
+        checks.iter().position(|c| c.key == key)
+    } else {
+        if index.is_empty() {
+            index.extend(checks.iter().enumerate().map(|(i, c)| (c.key, i)));
+        }
+        match index.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(checks.len());
+                None
+            }
+        }
+    };
+    if let Some(pos) = found {
         checks[pos].cost += cost;
         return;
     }

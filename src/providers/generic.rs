@@ -22,7 +22,7 @@
 //! unknown placeholder, or a JSON template that is not JSON once filled in, is a
 //! configuration error. Values are never logged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
@@ -589,9 +589,15 @@ impl Generic {
                     ));
                 }
                 let mut out = super::form_values(first, name);
-                for v in super::form_values(other, name) {
-                    if !out.contains(&v) {
-                        out.push(v);
+                let more = super::form_values(other, name);
+                if !more.is_empty() {
+                    // A set, not a scan of `out` for each value: thousands of values in
+                    // both would cost their worker seconds.
+                    let mut seen: HashSet<String> = out.iter().cloned().collect();
+                    for v in more {
+                        if seen.insert(v.clone()) {
+                            out.push(v);
+                        }
                     }
                 }
                 out
@@ -826,6 +832,30 @@ mod tests {
             g.extract(&view(&h, &[], b"mocean-text=x")),
             Err(ExtractError::MissingRecipient(_))
         ));
+    }
+
+    #[test]
+    fn recipients_in_both_the_query_and_the_form_are_merged_in_linear_time() {
+        let g = generic("method = \"POST\"\npath = \"/sms\"\nrecipients = { form = \"to\" }\n");
+        let h = form_headers();
+        let numbers = |from: u32| -> String {
+            (from..from + 20_000)
+                .map(|i| format!("to=4474{i:08}"))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        // Half of the query's numbers are in the body too: each is read once.
+        let (body, query) = (numbers(0), numbers(10_000));
+        let req = RequestView {
+            query: Some(&query),
+            ..view(&h, &[], body.as_bytes())
+        };
+        let started = std::time::Instant::now();
+        let ex = g.extract(&req).unwrap();
+        assert_eq!(ex.recipients.len(), 30_000);
+        assert_eq!(ex.recipients[29_999], "447400029999");
+        // A scan of every value read for each new one took about six seconds (debug build).
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
     }
 
     #[test]
