@@ -198,6 +198,29 @@ async fn country_key_uses_the_real_country() {
 }
 
 #[tokio::test]
+async fn italian_fixed_lines_are_italian_to_country_rules() {
+    // +39 0… keeps its 0 in E.164: such numbers must still be IT to a deny list and a
+    // country limit, not a valid number of no country that no country rule sees.
+    let r = rules(
+        "[[list]]\nname = \"no-it\"\naction = \"deny\"\ncountries = [\"IT\"]\nmode = \"shadow\"\n\
+         [[limit]]\nname = \"cc\"\nkey = \"country\"\nrate = \"1/hour\"\nburst = 1\n",
+    );
+    let s = store();
+    let milan = [dest("+390212345678")];
+    let d = decide(&r, &s, &facts(&milan), at(0), Commit::Yes).await;
+    assert_eq!(d.verdict, Verdict::Allow);
+    assert_eq!(
+        d.shadow.first().map(|h| h.reason),
+        Some(Reason::DeniedCountry)
+    );
+    let mobile = [dest("+393123456789")];
+    assert_eq!(
+        rule_of(&verdict(&r, &s, &facts(&mobile), at(0)).await),
+        Some("cc")
+    );
+}
+
+#[tokio::test]
 async fn kinds_scope_limits_to_verify_checks() {
     let r = rules(
         "[[limit]]\nname = \"guess\"\nkey = \"number\"\nkinds = [\"verify_check\"]\nrate = \"5/10m\"\nburst = 5\n",
