@@ -221,6 +221,42 @@ async fn italian_fixed_lines_are_italian_to_country_rules() {
 }
 
 #[tokio::test]
+async fn ipv4_mapped_client_addresses_are_ipv4() {
+    // As /v1/check and replay take them: ::ffff:1.2.3.4 is in 1.2.3.0/24 (and in a list
+    // written ::ffff:5.6.7.0/120), and not in the same /56 as every other IPv4 client.
+    let r = rules(
+        "[[list]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"1.2.3.0/24\", \"::ffff:5.6.7.0/120\"]\n\
+         [[limit]]\nname = \"s\"\nkey = \"subnet\"\nrate = \"1/hour\"\nburst = 1\n",
+    );
+    let s = store();
+    let to = [dest("+447400123456")];
+    let from = |ip: &str| Facts {
+        ip: Some(ip.parse().expect("ip")),
+        ..facts(&to)
+    };
+    for denied in ["::ffff:1.2.3.4", "5.6.7.8"] {
+        let v = verdict(&r, &s, &from(denied), at(0)).await;
+        assert_eq!(
+            v.hit().map(|h| h.reason),
+            Some(Reason::DeniedIp),
+            "{denied}"
+        );
+    }
+    assert_eq!(
+        verdict(&r, &s, &from("::ffff:9.9.9.9"), at(0)).await,
+        Verdict::Allow
+    );
+    assert_eq!(
+        verdict(&r, &s, &from("::ffff:8.8.8.8"), at(0)).await,
+        Verdict::Allow
+    );
+    assert_eq!(
+        rule_of(&verdict(&r, &s, &from("9.9.9.10"), at(0)).await),
+        Some("s")
+    );
+}
+
+#[tokio::test]
 async fn kinds_scope_limits_to_verify_checks() {
     let r = rules(
         "[[limit]]\nname = \"guess\"\nkey = \"number\"\nkinds = [\"verify_check\"]\nrate = \"5/10m\"\nburst = 5\n",
