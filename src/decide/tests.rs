@@ -257,6 +257,38 @@ async fn ipv4_mapped_client_addresses_are_ipv4() {
 }
 
 #[tokio::test]
+async fn a_loosened_limit_applies_at_once_after_a_reload() {
+    // A limit's state survives a reload that keeps its name and key, also when its rate
+    // changes. Loosened from 1/day to 10/minute, a number that sent under the old rate
+    // waits one new interval, not the rest of the old day.
+    let daily = rules("[[limit]]\nname = \"n\"\nkey = \"number\"\nrate = \"1/day\"\nburst = 1\n");
+    let fast = rules("[[limit]]\nname = \"n\"\nkey = \"number\"\nrate = \"10/1m\"\nburst = 10\n");
+    let s = store();
+    let to = [dest("+447400123456")];
+    assert_eq!(
+        verdict(&daily, &s, &facts(&to), at(0)).await,
+        Verdict::Allow
+    );
+    assert!(matches!(
+        verdict(&daily, &s, &facts(&to), at(60)).await,
+        Verdict::Throttle { .. }
+    ));
+    match verdict(&fast, &s, &facts(&to), at(60)).await {
+        Verdict::Throttle { retry_after, .. } => assert_eq!(retry_after, Duration::from_secs(6)),
+        v => panic!("{v:?}"),
+    }
+    assert_eq!(
+        verdict(&fast, &s, &facts(&to), at(66)).await,
+        Verdict::Allow
+    );
+    // Tightened back, the state it left applies as it is.
+    assert!(matches!(
+        verdict(&daily, &s, &facts(&to), at(67)).await,
+        Verdict::Throttle { .. }
+    ));
+}
+
+#[tokio::test]
 async fn kinds_scope_limits_to_verify_checks() {
     let r = rules(
         "[[limit]]\nname = \"guess\"\nkey = \"number\"\nkinds = [\"verify_check\"]\nrate = \"5/10m\"\nburst = 5\n",
