@@ -584,3 +584,61 @@ async fn ratelimit_headers_of_a_very_slow_limit_do_not_panic() {
     assert_eq!(d.verdict, Verdict::Allow);
     assert!(d.rate_limit.is_some());
 }
+
+#[tokio::test]
+async fn the_shipped_lists_qa_users_skip_limits_but_not_deny_lists_or_policies() {
+    // rules/10-lists.toml and 20-policies.toml as shipped: the QA user sends as often as
+    // it likes, but never to a denied range or a premium-rate number.
+    let r = RuleSet::embedded().expect("the shipped rules compile");
+    let s = store();
+    let gb = [dest("+447400123456")];
+    let as_qa = |to| Facts {
+        user: Some("qa-automation"),
+        ..facts(to)
+    };
+    for i in 0..12 {
+        assert_eq!(
+            verdict(&r, &s, &as_qa(&gb), at(i)).await,
+            Verdict::Allow,
+            "{i}"
+        );
+    }
+    let iridium = [dest("+881612345678")];
+    let premium = [dest("+449098790123")];
+    for (to, why) in [
+        (&iridium, Reason::DeniedPrefix),
+        (&premium, Reason::NumberType),
+    ] {
+        let v = verdict(&r, &s, &as_qa(to), at(20)).await;
+        assert_eq!(v.hit().map(|h| h.reason), Some(why));
+    }
+    // Anyone else: one code per number per minute.
+    let other = [dest("+447400123457")];
+    assert_eq!(verdict(&r, &s, &facts(&other), at(0)).await, Verdict::Allow);
+    assert_eq!(
+        rule_of(&verdict(&r, &s, &facts(&other), at(30)).await),
+        Some("number-cooldown")
+    );
+}
+
+#[tokio::test]
+async fn a_shadow_limit_turned_to_enforce_keeps_its_state() {
+    // State is keyed by rule name and key kind, not mode: what the shadow rule counted,
+    // the enforcing one sees.
+    let limit = "name = \"n\"\nkey = \"number\"\nrate = \"1/hour\"\nburst = 1\n";
+    let shadow = rules(&format!("[[limit]]\nmode = \"shadow\"\n{limit}"));
+    let enforce = rules(&format!("[[limit]]\n{limit}"));
+    let s = store();
+    let to = [dest("+447400123456")];
+    assert_eq!(
+        verdict(&shadow, &s, &facts(&to), at(0)).await,
+        Verdict::Allow
+    );
+    let d = decide(&shadow, &s, &facts(&to), at(1), Commit::Yes).await;
+    assert_eq!(d.verdict, Verdict::Allow);
+    assert_eq!(d.shadow.iter().map(|h| &*h.rule).collect::<Vec<_>>(), ["n"]);
+    assert_eq!(
+        rule_of(&verdict(&enforce, &s, &facts(&to), at(2)).await),
+        Some("n")
+    );
+}
