@@ -100,6 +100,28 @@ async fn shadow_rules_forward_and_record() {
     );
 }
 
+/// Global shadow as the README has it: enforced rules and invalid numbers are recorded and
+/// forwarded; a request the preset cannot read is still refused (it was never decided).
+#[tokio::test]
+async fn global_shadow_forwards_invalid_numbers_but_not_unreadable_requests() {
+    let up = MockUpstream::start().await;
+    let rules = format!("[settings]\nshadow = true\n{LIMIT_1}");
+    let p = Proxy::start(&route(&up), &[("r.toml", &rules)]).await;
+    for _ in 0..2 {
+        assert_eq!(twilio_send(&p, "+447400900003", &[]).await.status, 201);
+    }
+    assert_eq!(twilio_send(&p, "+4477", &[]).await.status, 201);
+    assert_eq!(up.requests().len(), 3);
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    assert!(
+        m.contains(r#"decision="block",mode="shadow",reason="invalid_number",rule="builtin"} 1"#),
+        "{m}"
+    );
+    let a = twilio_send(&p, "+447400900005", &[("content-encoding", "gzip")]).await;
+    assert_eq!(a.header("smsfence-reason"), Some("unsupported_request"));
+    assert_eq!(up.requests().len(), 3);
+}
+
 async fn generation(p: &Proxy) -> u64 {
     send("GET", &p.admin("/v1/rules"), &[], "").await.json()["generation"]
         .as_u64()
