@@ -695,3 +695,42 @@ mod readme_examples {
         );
     }
 }
+
+/// A repeat offender's block doubles up to `max_block`, and an offence more than a day
+/// after the last block ended starts again at `block_for` (README, "Auto-block").
+#[tokio::test]
+async fn auto_blocks_double_up_to_max_block_and_reset_after_a_quiet_day() {
+    let text = "[[heuristic]]\nname = \"spread\"\nkind = \"ip_spread\"\nwindow = \"1m\"\nmax_numbers = 1\nblock_for = \"10m\"\nmax_block = \"25m\"\n";
+    let r = rules(text);
+    let s = store();
+    let ip = Some([203, 0, 113, 5]);
+    let mut t = 0;
+    // (quiet time after the block ends, then: level, block length in minutes)
+    for (quiet, level, minutes) in [
+        (0, 0, 10),
+        (61, 1, 20),
+        (61, 2, 25),
+        (86_400 - 1, 3, 25),
+        (86_400 + 1, 0, 10),
+    ] {
+        t += quiet;
+        assert_eq!(
+            send_from(&r, &s, "+447400123456", at(t), ip).await,
+            Verdict::Allow,
+            "at {t}"
+        );
+        let v = send_from(&r, &s, "+447400123999", at(t), ip).await;
+        assert_eq!(reason(&v), Some(Reason::IpSpread), "at {t}");
+        let flags = s.list_flags(at(t)).await.unwrap();
+        let block = flags
+            .iter()
+            .find(|f| f.label == "spread ip 203.0.113.5")
+            .expect("blocked");
+        assert_eq!(
+            (block.level, block.until),
+            (level, at(t + minutes * 60)),
+            "at {t}"
+        );
+        t += minutes * 60;
+    }
+}

@@ -642,3 +642,39 @@ async fn a_shadow_limit_turned_to_enforce_keeps_its_state() {
         Some("n")
     );
 }
+
+#[tokio::test]
+async fn country_rules_use_the_numbering_plans_country() {
+    // Shared calling codes: +1 (US, CA, JM …), +44 (GB and the crown dependencies GG, JE,
+    // IM), +7 (RU, KZ). A policy serving US, GB and RU serves none of the others, and a
+    // per-country limit counts each country on its own.
+    let r = rules(
+        "[[policy]]\nname = \"served\"\ncountry_mode = \"allow\"\ncountries = [\"US\", \"GB\", \"RU\"]\n\
+         [[limit]]\nname = \"cc\"\nkey = \"country\"\nrate = \"1/hour\"\nburst = 1\n",
+    );
+    let s = store();
+    for n in [
+        "+14165550123",
+        "+18762345678",
+        "+447781123456",
+        "+441534123456",
+        "+447624123456",
+        "+77012345678",
+    ] {
+        let to = [dest(n)];
+        let v = verdict(&r, &s, &facts(&to), at(0)).await;
+        assert_eq!(
+            v.hit().map(|h| h.reason),
+            Some(Reason::CountryNotAllowed),
+            "{n}"
+        );
+    }
+    for n in ["+12025550123", "+447400123456", "+79161234567"] {
+        let to = [dest(n)];
+        assert_eq!(
+            verdict(&r, &s, &facts(&to), at(0)).await,
+            Verdict::Allow,
+            "{n}"
+        );
+    }
+}
