@@ -991,6 +991,10 @@ impl Compiler {
         match (d.action, &d.skip) {
             (ListAction::Deny, Some(_)) => self.err(&at, "skip only applies to allow lists"),
             (ListAction::Allow, None) => rule.skip = Skip::all(),
+            (ListAction::Allow, Some(items)) if items.is_empty() => self.err(
+                &at,
+                "skip = [] skips nothing: list what the allow list skips, or leave skip out for \"all\"",
+            ),
             (ListAction::Allow, Some(items)) => {
                 for s in items {
                     match s.as_str() {

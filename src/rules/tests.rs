@@ -170,6 +170,10 @@ fn skip_must_name_a_rule() {
     let list =
         "[[list]]\nname = \"qa\"\naction = \"allow\"\nusers = [\"qa\"]\nskip = [\"later\"]\n";
     assert!(RuleSet::compile([("a.toml", list), ("b.toml", later)]).is_ok());
+    // An empty list would skip nothing too.
+    let list = "[[list]]\nname = \"qa\"\naction = \"allow\"\nusers = [\"qa\"]\nskip = []\n";
+    let e = errors(list);
+    assert_eq!(e, ["r.toml:1: qa: skip = [] skips nothing: list what the allow list skips, or leave skip out for \"all\""]);
 }
 
 #[test]
