@@ -17,17 +17,16 @@ use phonenumber::Type;
 pub struct Country([u8; 2]);
 
 impl Country {
-    /// Parses a two-letter code, any case (`"us"`, `"GB"`); `None` if it is not two letters.
+    /// Parses a two-letter code, any case (`"us"`, `"GB"`); `None` if it is not two
+    /// letters or names no country of the numbering metadata (`"UK"` for `GB`): no number
+    /// would ever be of it, so a rule naming it would silently match nothing.
     pub fn parse(s: &str) -> Option<Country> {
         let b = s.as_bytes();
-        if b.len() == 2 && b.iter().all(u8::is_ascii_alphabetic) {
-            Some(Country([
-                b[0].to_ascii_uppercase(),
-                b[1].to_ascii_uppercase(),
-            ]))
-        } else {
-            None
+        if b.len() != 2 || !b.iter().all(u8::is_ascii_alphabetic) {
+            return None;
         }
+        let c = Country([b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase()]);
+        DATABASE.by_id(c.as_str()).map(|_| c)
     }
 
     /// The code as a string slice, e.g. `"US"`.

@@ -153,7 +153,7 @@ impl Compiler {
                     ok = false;
                     self.err(
                         &at,
-                        format!("countries: {c:?} is not a two-letter ISO country code"),
+                        format!("countries: {c:?} is not a country code (ISO 3166-1 alpha-2 with a numbering plan, e.g. GB, not UK)"),
                     );
                 }
             }

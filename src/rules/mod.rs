@@ -963,7 +963,7 @@ impl Compiler {
                 }
                 None => self.err(
                     &at,
-                    format!("countries: {c:?} is not a two-letter ISO country code"),
+                    format!("countries: {c:?} is not a country code (ISO 3166-1 alpha-2 with a numbering plan, e.g. GB, not UK)"),
                 ),
             }
         }
@@ -1074,7 +1074,7 @@ impl Compiler {
                 }
                 None => self.err(
                     &at,
-                    format!("countries: {c:?} is not a two-letter ISO country code"),
+                    format!("countries: {c:?} is not a country code (ISO 3166-1 alpha-2 with a numbering plan, e.g. GB, not UK)"),
                 ),
             }
         }

@@ -53,7 +53,7 @@ burst = 1
 name = "bad-list"
 action = "deny"
 prefixes = ["4477", "+44x"]
-countries = ["Britain"]
+countries = ["Britain", "UK"]
 
 [[policy]]
 name = "bad-type"
@@ -85,6 +85,11 @@ burst = 1
     );
     assert!(
         joined.contains("r.toml:14: bad-list: countries: \"Britain\""),
+        "{joined}"
+    );
+    // Two letters, but no country's: it would match no number, silently.
+    assert!(
+        joined.contains("r.toml:14: bad-list: countries: \"UK\" is not a country code (ISO 3166-1 alpha-2 with a numbering plan, e.g. GB, not UK)"),
         "{joined}"
     );
     assert!(
