@@ -219,3 +219,11 @@ fn max_block_below_block_for_is_an_error() {
         ["r.toml:1: p: max_block (\"30m\") must be at least block_for (\"1h\")"]
     );
 }
+
+#[test]
+fn prefix_velocity_drop_digits_are_listed_once() {
+    // [3, 3] counted every request twice in the same 1k block: max_requests = 4 refused
+    // the third.
+    let e = errors("[[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [3, 4, 3]\nwindow = \"10m\"\nmax_requests = 4\n");
+    assert_eq!(e, ["r.toml:1: pv: drop_digits lists 3 twice"]);
+}
