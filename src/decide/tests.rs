@@ -678,3 +678,31 @@ async fn country_rules_use_the_numbering_plans_country() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_destination_allow_list_does_not_lift_an_origin_deny_list() {
+    // An allow list on numbers skips, for that recipient, the deny lists on destinations;
+    // the deny lists on the request's origin (cidrs, users, accounts, senders) only an
+    // allow list matching the origin skips.
+    let r = rules(
+        "[[list]]\nname = \"vip\"\naction = \"allow\"\nnumbers = [\"+447400123456\"]\n\
+         [[list]]\nname = \"bad-range\"\naction = \"deny\"\nprefixes = [\"+4474001\"]\n\
+         [[list]]\nname = \"bad-ip\"\naction = \"deny\"\ncidrs = [\"203.0.113.0/24\"]\n\
+         [[list]]\nname = \"office\"\naction = \"allow\"\ncidrs = [\"203.0.113.7\"]\nskip = [\"deny\"]\n",
+    );
+    let s = store();
+    let vip = [dest("+447400123456")];
+    assert_eq!(verdict(&r, &s, &facts(&vip), at(0)).await, Verdict::Allow);
+    let from = |ip: [u8; 4]| Facts {
+        ip: Some(IpAddr::from(ip)),
+        ..facts(&vip)
+    };
+    assert_eq!(
+        rule_of(&verdict(&r, &s, &from([203, 0, 113, 9]), at(0)).await),
+        Some("bad-ip")
+    );
+    assert_eq!(
+        verdict(&r, &s, &from([203, 0, 113, 7]), at(0)).await,
+        Verdict::Allow
+    );
+}
