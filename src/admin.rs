@@ -247,7 +247,7 @@ async fn check(app: &App, c: CheckRequest) -> Response<Body> {
         Some(None) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                "default_region must be a two-letter ISO country code",
+                "default_region must be a country code (ISO 3166-1 alpha-2 with a numbering plan, e.g. GB, not UK)",
             )
         }
         Some(r) => r,

@@ -535,7 +535,7 @@ impl Config {
                     err(
                         start,
                         key("default_region"),
-                        format!("{s:?} is not a two-letter ISO country code"),
+                        format!("{s:?} is not a country code (ISO 3166-1 alpha-2 with a numbering plan, e.g. GB, not UK)"),
                     )
                 })?),
             };
@@ -824,6 +824,16 @@ mod tests {
             "default_region = \"GB\"",
         )
         .unwrap();
+        // "UK" is two letters but no region: every national number would be refused.
+        let e = route(
+            "path = \"/s\"\nnumber_format = \"national\"",
+            "default_region = \"UK\"",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("default_region: \"UK\" is not a country code"),
+            "{e}"
+        );
         let e = route("path = \"/send?api=1\"", "").unwrap_err();
         assert!(e.contains("path: "), "{e}");
         let e = route(

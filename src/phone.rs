@@ -17,17 +17,16 @@ use phonenumber::Type;
 pub struct Country([u8; 2]);
 
 impl Country {
-    /// Parses a two-letter code, any case (`"us"`, `"GB"`); `None` if it is not two letters.
+    /// Parses a two-letter code, any case (`"us"`, `"GB"`); `None` if it is not two
+    /// letters or names no country of the numbering metadata (`"UK"` for `GB`): no number
+    /// would ever be of it, so a rule naming it would silently match nothing.
     pub fn parse(s: &str) -> Option<Country> {
         let b = s.as_bytes();
-        if b.len() == 2 && b.iter().all(u8::is_ascii_alphabetic) {
-            Some(Country([
-                b[0].to_ascii_uppercase(),
-                b[1].to_ascii_uppercase(),
-            ]))
-        } else {
-            None
+        if b.len() != 2 || !b.iter().all(u8::is_ascii_alphabetic) {
+            return None;
         }
+        let c = Country([b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase()]);
+        DATABASE.by_id(c.as_str()).map(|_| c)
     }
 
     /// The code as a string slice, e.g. `"US"`.
@@ -401,12 +400,26 @@ pub fn normalize_full(
     }
     let digits = u64::from(calling_code) * 10u64.pow(national_len) + national;
 
-    let metadata = parsed.metadata(&DATABASE);
-    let country = metadata.and_then(|m| Country::parse(m.id()));
     let valid = parsed.is_valid_with(&DATABASE);
-    let number_type = match metadata {
-        Some(_) => NumberType::from_metadata(parsed.number_type(&DATABASE)),
-        None => NumberType::Unknown,
+    // `PhoneNumber::metadata` and `::number_type` read the national number without its
+    // leading zeros (`is_valid_with` reads it with them): +39 02 1234 5678 would be a
+    // valid number of no country, outside every rule on IT. Read with its zeros, as
+    // libphonenumber does.
+    let zeros = parsed.national().zeros() as usize;
+    let (country, number_type) = if zeros > 0 {
+        let national = format!("{}{national}", "0".repeat(zeros));
+        match region_and_type(calling_code, &national) {
+            Some((m, t)) => (Country::parse(m.id()), NumberType::from_metadata(t)),
+            None => (None, NumberType::Unknown),
+        }
+    } else {
+        match parsed.metadata(&DATABASE) {
+            Some(m) => (
+                Country::parse(m.id()),
+                NumberType::from_metadata(parsed.number_type(&DATABASE)),
+            ),
+            None => (None, NumberType::Unknown),
+        }
     };
     Ok(Destination {
         digits,
@@ -415,6 +428,65 @@ pub fn normalize_full(
         number_type,
         valid,
     })
+}
+
+/// The region `phonenumber` picks for `national` (with its leading zeros) under `code`,
+/// and the number's type there: the crate's `source_for` and `number_type`, which its
+/// public API offers only on the national number without its zeros.
+fn region_and_type(code: u16, national: &str) -> Option<(&'static phonenumber::Metadata, Type)> {
+    let regions = DATABASE.region(&code)?;
+    if let [only] = regions[..] {
+        let m = if only == "001" {
+            DATABASE.by_code(&code)?.into_iter().next()?
+        } else {
+            only.parse::<phonenumber::country::Id>().ok()?;
+            DATABASE.by_id(only)?
+        };
+        return Some((m, type_in(m, national)));
+    }
+    regions.into_iter().find_map(|r| {
+        r.parse::<phonenumber::country::Id>().ok()?;
+        let m = DATABASE.by_id(r)?;
+        match m.leading_digits() {
+            Some(re) => re
+                .find(national)
+                .is_some_and(|f| f.start() == 0)
+                .then(|| (m, type_in(m, national))),
+            None => Some((m, type_in(m, national))).filter(|(_, t)| *t != Type::Unknown),
+        }
+    })
+}
+
+/// `phonenumber`'s `validator::number_type`: the first descriptor that matches.
+fn type_in(m: &phonenumber::Metadata, national: &str) -> Type {
+    let d = m.descriptors();
+    let hit =
+        |d: Option<&phonenumber::metadata::Descriptor>| d.is_some_and(|d| d.is_match(national));
+    if !d.general().is_match(national) {
+        return Type::Unknown;
+    }
+    for (t, desc) in [
+        (Type::PremiumRate, d.premium_rate()),
+        (Type::TollFree, d.toll_free()),
+        (Type::SharedCost, d.shared_cost()),
+        (Type::Voip, d.voip()),
+        (Type::PersonalNumber, d.personal_number()),
+        (Type::Pager, d.pager()),
+        (Type::Uan, d.uan()),
+        (Type::Voicemail, d.voicemail()),
+    ] {
+        if hit(desc) {
+            return t;
+        }
+    }
+    let same = d.fixed_line().map(|f| f.national_number().as_str())
+        == d.mobile().map(|f| f.national_number().as_str());
+    match (hit(d.fixed_line()), hit(d.mobile())) {
+        (true, mobile) if same || mobile => Type::FixedLineOrMobile,
+        (true, _) => Type::FixedLine,
+        (false, true) => Type::Mobile,
+        (false, false) => Type::Unknown,
+    }
 }
 
 pub mod fast;
@@ -451,6 +523,27 @@ mod tests {
         assert!(m.is_valid());
         let p = n("+449098790123");
         assert_eq!(p.number_type(), NumberType::PremiumRate);
+    }
+
+    #[test]
+    fn leading_zero_numbers_have_their_country_and_type() {
+        // Italian fixed lines keep their 0 after +39; Côte d'Ivoire's ten-digit numbers
+        // start with 0. Both paths must read the zero, or the number has no country (no
+        // per-country rule sees it) and no type. +39 06 698 is the Vatican.
+        for (raw, country, t) in [
+            ("+390212345678", "IT", NumberType::FixedLine),
+            ("+390669812345", "VA", NumberType::FixedLine),
+            ("+2250701234567", "CI", NumberType::Mobile),
+        ] {
+            for d in [
+                n(raw),
+                normalize_full(raw, NumberFormat::E164, None).expect("parses"),
+            ] {
+                assert!(d.is_valid(), "{raw}");
+                assert_eq!(d.country(), Country::parse(country), "{raw}");
+                assert_eq!(d.number_type(), t, "{raw}");
+            }
+        }
     }
 
     #[test]

@@ -926,6 +926,48 @@ async fn memory_and_redis_decide_alike() {
     }
 }
 
+/// A limit loosened by a reload (same name and key, so the same state): the TAT the old
+/// rate left is settled to one new burst window, in Redis too, refused request or not —
+/// the key then refills at the new rate instead of waiting out the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tat_left_by_a_slower_rate_is_settled() {
+    use smsfence::store::redis::RedisStore;
+    use smsfence::store::{Entity, GcraCheck, GcraOutcome, LimitKey, Store};
+
+    let redis = Redis::start(false);
+    let shared = Store::Redis(RedisStore::connect(&redis.store_config()).await.unwrap());
+    let check = |interval: Duration, burst: u32| GcraCheck {
+        key: LimitKey {
+            rule: 7,
+            entity: Entity::Number(447_400_123_456),
+        },
+        interval,
+        burst,
+        cost: 1,
+        on_overflow_closed: false,
+    };
+    let day = check(Duration::from_secs(86_400), 1);
+    let fast = check(Duration::from_secs(6), 10);
+    let now = redis_now(&redis);
+    assert!(matches!(
+        shared.gcra(&[day], now, true).await.unwrap(),
+        GcraOutcome::Allowed { .. }
+    ));
+    match shared.gcra(&[fast], now, true).await.unwrap() {
+        GcraOutcome::Refused { retry_after, .. } => {
+            assert!(retry_after <= Duration::from_secs(6), "{retry_after:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let keys = redis.cli(&["--scan"]).unwrap();
+    let key = keys.lines().next().expect("the limit's key");
+    let ttl: u64 = redis.cli(&["PTTL", key]).unwrap().trim().parse().unwrap();
+    assert!(
+        ttl <= 61_000,
+        "{key} still waits out the old rate: {ttl} ms"
+    );
+}
+
 /// [`memory_and_redis_decide_alike`] on a three-master Cluster: a request's keys on
 /// several slots (GCRA groups per hash tag, given back when another refuses; one window
 /// script per key).

@@ -100,6 +100,28 @@ async fn shadow_rules_forward_and_record() {
     );
 }
 
+/// Global shadow as the README has it: enforced rules and invalid numbers are recorded and
+/// forwarded; a request the preset cannot read is still refused (it was never decided).
+#[tokio::test]
+async fn global_shadow_forwards_invalid_numbers_but_not_unreadable_requests() {
+    let up = MockUpstream::start().await;
+    let rules = format!("[settings]\nshadow = true\n{LIMIT_1}");
+    let p = Proxy::start(&route(&up), &[("r.toml", &rules)]).await;
+    for _ in 0..2 {
+        assert_eq!(twilio_send(&p, "+447400900003", &[]).await.status, 201);
+    }
+    assert_eq!(twilio_send(&p, "+4477", &[]).await.status, 201);
+    assert_eq!(up.requests().len(), 3);
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    assert!(
+        m.contains(r#"decision="block",mode="shadow",reason="invalid_number",rule="builtin"} 1"#),
+        "{m}"
+    );
+    let a = twilio_send(&p, "+447400900005", &[("content-encoding", "gzip")]).await;
+    assert_eq!(a.header("smsfence-reason"), Some("unsupported_request"));
+    assert_eq!(up.requests().len(), 3);
+}
+
 async fn generation(p: &Proxy) -> u64 {
     send("GET", &p.admin("/v1/rules"), &[], "").await.json()["generation"]
         .as_u64()
@@ -216,6 +238,45 @@ async fn broken_reload_keeps_the_old_rules_and_says_where() {
     assert!(metric(&m, "smsfence_rules_last_reload_success_timestamp_seconds") >= loaded);
     let rules = send("GET", &p.admin("/v1/rules"), &[], "").await.json();
     assert_eq!(rules["last_reload_errors"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn a_broken_file_keeps_the_whole_old_set_not_the_good_files_of_the_new_one() {
+    // A good change to 10-lists.toml saved with a broken 30-limits.toml: neither applies,
+    // and the cooldown already running goes on.
+    let up = MockUpstream::start().await;
+    let p = Proxy::start(&route(&up), &[("30-limits.toml", LIMIT_1)]).await;
+    let dir = p.rules_dir.as_ref().unwrap().path().to_owned();
+    assert_eq!(twilio_send(&p, "+447400900003", &[]).await.status, 201);
+    std::fs::write(
+        dir.join("10-lists.toml"),
+        "[[list]]\nname = \"incident\"\naction = \"deny\"\nnumbers = [\"+447400900004\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("30-limits.toml"),
+        LIMIT_1.replace("1/60s", "1/60 seconds please"),
+    )
+    .unwrap();
+    let r = send("POST", &p.admin("/v1/reload"), &[], "").await;
+    assert_eq!(r.status, 422);
+    assert_eq!(generation(&p).await, 1);
+    assert_eq!(twilio_send(&p, "+447400900004", &[]).await.status, 201);
+    assert_eq!(twilio_send(&p, "+447400900003", &[]).await.status, 429);
+    assert_eq!(
+        up.requests().len(),
+        2,
+        "only the two allowed sends went upstream"
+    );
+    // Once the limits file is fixed, both files apply together.
+    std::fs::write(dir.join("30-limits.toml"), LIMIT_1).unwrap();
+    let r = send("POST", &p.admin("/v1/reload"), &[], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(twilio_send(&p, "+447400900004", &[]).await.status, 403);
+    assert_eq!(twilio_send(&p, "+447400900003", &[]).await.status, 429);
+    p.advance(Duration::from_secs(60));
+    assert_eq!(twilio_send(&p, "+447400900003", &[]).await.status, 201);
+    assert_eq!(up.requests().len(), 3);
 }
 
 #[tokio::test]

@@ -40,14 +40,30 @@ pub enum Step {
 /// `now + tau` cannot saturate (which would let every request pass) before 2262.
 const MAX_TAU: u64 = u64::MAX / 2;
 
-/// One GCRA step for stored `tat` (0 = fresh) at `now`, all in nanoseconds.
-pub fn step(tat: u64, now: u64, interval: u64, burst: u32, cost: u32) -> Step {
+/// The emission interval and burst window (`tau`) actually used, in nanoseconds.
+fn limits(interval: u64, burst: u32) -> (u64, u64) {
     let mut interval = interval.max(1);
     let mut tau = interval.saturating_mul(u64::from(burst));
     if tau > MAX_TAU {
         interval = MAX_TAU / u64::from(burst);
         tau = interval * u64::from(burst);
     }
+    (interval, tau)
+}
+
+/// The stored `tat` as this rate reads it: a TAT further ahead than one burst window
+/// (`now + tau`) cannot come from this rate — a slower one left it before a reload — and
+/// means an empty bucket now, refilling at this rate, not the old rate's wait. A caller
+/// that commits stores the settled value even when the step refuses, so that the refill
+/// starts.
+pub fn settle(tat: u64, now: u64, interval: u64, burst: u32) -> u64 {
+    tat.min(now.saturating_add(limits(interval, burst).1))
+}
+
+/// One GCRA step for stored `tat` (0 = fresh) at `now`, all in nanoseconds.
+pub fn step(tat: u64, now: u64, interval: u64, burst: u32, cost: u32) -> Step {
+    let (interval, tau) = limits(interval, burst);
+    let tat = settle(tat, now, interval, burst);
     let increment = interval.saturating_mul(u64::from(cost));
     let base = tat.max(now);
     let new_tat = base.saturating_add(increment);

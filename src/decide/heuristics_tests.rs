@@ -558,3 +558,213 @@ async fn an_auto_block_already_in_force_is_not_a_second_offence() {
         .expect("listed");
     assert_eq!((block.level, block.until), (1, at(700 + 1200)));
 }
+
+/// The worked examples of the README's "Pumping heuristics" section, rule by rule with
+/// the README's own settings.
+mod readme_examples {
+    use super::*;
+
+    async fn send_n(
+        r: &RuleSet,
+        s: &Store,
+        n: &str,
+        t: Timestamp,
+        ip: Option<[u8; 4]>,
+        segments: u32,
+    ) -> Verdict {
+        let rec = to(n);
+        let f = Facts {
+            kind: RequestKind::Send,
+            recipients: &rec,
+            ip: ip.map(std::net::IpAddr::from),
+            user: None,
+            account: None,
+            sender: None,
+            segments,
+        };
+        decide(r, s, &f, t, Commit::Yes).await.verdict
+    }
+
+    #[tokio::test]
+    async fn prefix_distinct_numbers() {
+        let r = rules("[[heuristic]]\nname = \"prefix-distinct-numbers\"\nkind = \"prefix_velocity\"\ndrop_digits = [3, 4]\nwindow = \"10m\"\nmax_distinct = 8\nblock_for = \"30m\"\n");
+        // The 9th distinct number of one 1k block within 10 minutes is refused …
+        let s = store();
+        for i in 0..8 {
+            let n = format!("+447400123{:03}", 100 + i);
+            assert_eq!(send(&r, &s, &n, at(i)).await, Verdict::Allow, "{n}");
+        }
+        assert_eq!(
+            reason(&send(&r, &s, "+447400123456", at(10)).await),
+            Some(Reason::PrefixVelocity)
+        );
+        // … and the 10k block (+44740012) is refused for 30 minutes.
+        assert_eq!(
+            reason(&send(&r, &s, "+447400129000", at(60)).await),
+            Some(Reason::AutoBlocked)
+        );
+        assert_eq!(
+            reason(&send(&r, &s, "+447400129000", at(10 + 1799)).await),
+            Some(Reason::AutoBlocked)
+        );
+        assert_eq!(
+            send(&r, &s, "+447400129000", at(10 + 1800)).await,
+            Verdict::Allow
+        );
+        // So is the 9th distinct number of one 10k block, over several 1k blocks.
+        let s = store();
+        for i in 0..8 {
+            let n = format!("+44740012{i}456");
+            assert_eq!(send(&r, &s, &n, at(i)).await, Verdict::Allow, "{n}");
+        }
+        assert_eq!(
+            reason(&send(&r, &s, "+447400128456", at(10)).await),
+            Some(Reason::PrefixVelocity)
+        );
+    }
+
+    #[tokio::test]
+    async fn range_walk() {
+        let r = rules("[[heuristic]]\nname = \"range-walk\"\nkind = \"adjacent_numbers\"\ndistance = 50\nwindow = \"1h\"\nmax_near = 3\nblock_for = \"1h\"\n");
+        let s = store();
+        for n in ["+447400123456", "+447400123457", "+447400123458"] {
+            assert_eq!(send(&r, &s, n, at(0)).await, Verdict::Allow, "{n}");
+        }
+        assert_eq!(
+            reason(&send(&r, &s, "+447400123459", at(600)).await),
+            Some(Reason::AdjacentNumbers)
+        );
+    }
+
+    #[tokio::test]
+    async fn country_conversion() {
+        let r = rules("[[heuristic]]\nname = \"country-conversion\"\nkind = \"conversion_rate\"\nkey = \"country\"\nwindow = \"6h\"\nmin_sends = 15\nmin_rate = 0.10\nblock_for = \"30m\"\n");
+        let s = store();
+        // 15 codes to KG in six hours, 1 verified: 1 < 0.10 × 15, refused.
+        for i in 0..14 {
+            let n = format!("+9967001234{i:02}");
+            assert_eq!(send(&r, &s, &n, at(i * 1000)).await, Verdict::Allow, "{n}");
+        }
+        let first = normalize("+996700123400", NumberFormat::E164, None).unwrap();
+        record_verified(&r, &s, &first, at(14_000)).await.unwrap();
+        assert_eq!(
+            reason(&send(&r, &s, "+996700123414", at(14_100)).await),
+            Some(Reason::LowConversion)
+        );
+        // KG is blocked 30 minutes.
+        assert_eq!(
+            reason(&send(&r, &s, "+996700999999", at(14_100 + 1799)).await),
+            Some(Reason::AutoBlocked)
+        );
+    }
+
+    #[tokio::test]
+    async fn country_budget() {
+        let r = rules("[[heuristic]]\nname = \"country-budget\"\nkind = \"country_budget\"\nwindow = \"1h\"\nbaseline_window = \"24h\"\nfloor = 1000\nmultiplier = 4.0\nmax = 100000\n");
+        let t = 86_400;
+        for (verified, cap) in [(2_400, 1_000), (12_000, 2_000)] {
+            let s = store();
+            let d = normalize("+4915112345678", NumberFormat::E164, None).unwrap();
+            for _ in 0..verified {
+                record_verified(&r, &s, &d, at(t - 3 * 3600)).await.unwrap();
+            }
+            for i in 0..cap {
+                let n = format!("+4915112{i:06}");
+                assert_eq!(
+                    send(&r, &s, &n, at(t)).await,
+                    Verdict::Allow,
+                    "{verified}: {n}"
+                );
+            }
+            assert_eq!(
+                reason(&send(&r, &s, "+4915119999999", at(t)).await),
+                Some(Reason::CountryBudget),
+                "{verified}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn ip_spread() {
+        let r = rules("[[heuristic]]\nname = \"ip-spread\"\nkind = \"ip_spread\"\nkey = \"ip\"\nwindow = \"1h\"\nmax_countries = 3\nmax_numbers = 10\nblock_for = \"1h\"\n");
+        let s = store();
+        let ip = Some([203, 0, 113, 7]);
+        for i in 0..10 {
+            let n = format!("+4474001234{i:02}");
+            assert_eq!(
+                send_from(&r, &s, &n, at(i), ip).await,
+                Verdict::Allow,
+                "{n}"
+            );
+        }
+        // The 11th distinct number from one IP within an hour is refused, and the IP for
+        // an hour.
+        assert_eq!(
+            reason(&send_from(&r, &s, "+447400123410", at(20), ip).await),
+            Some(Reason::IpSpread)
+        );
+        assert_eq!(
+            reason(&send_from(&r, &s, "+447400123400", at(20 + 3599), ip).await),
+            Some(Reason::AutoBlocked)
+        );
+    }
+
+    #[tokio::test]
+    async fn spend_budget() {
+        let r = rules("[prices]\ncurrency = \"USD\"\ndefault = 0.08\n[prices.countries]\nGB = 0.040\nKG = 0.35\n\
+[[heuristic]]\nname = \"spend-budget\"\nkind = \"spend_budget\"\nhourly = 200.0\ndaily = 2000.0\ncountry_hourly = 50.0\ncountry_daily = 500.0\n");
+        let s = store();
+        // A 2-segment code to KG costs 0.70: 71 fit in 50.00 an hour, the 72nd is refused.
+        for i in 0..71 {
+            let n = format!("+9967001234{i:02}");
+            assert_eq!(
+                send_n(&r, &s, &n, at(i), None, 2).await,
+                Verdict::Allow,
+                "{n}"
+            );
+        }
+        assert_eq!(
+            reason(&send_n(&r, &s, "+996700123499", at(100), None, 2).await),
+            Some(Reason::SpendBudget)
+        );
+    }
+}
+
+/// A repeat offender's block doubles up to `max_block`, and an offence more than a day
+/// after the last block ended starts again at `block_for` (README, "Auto-block").
+#[tokio::test]
+async fn auto_blocks_double_up_to_max_block_and_reset_after_a_quiet_day() {
+    let text = "[[heuristic]]\nname = \"spread\"\nkind = \"ip_spread\"\nwindow = \"1m\"\nmax_numbers = 1\nblock_for = \"10m\"\nmax_block = \"25m\"\n";
+    let r = rules(text);
+    let s = store();
+    let ip = Some([203, 0, 113, 5]);
+    let mut t = 0;
+    // (quiet time after the block ends, then: level, block length in minutes)
+    for (quiet, level, minutes) in [
+        (0, 0, 10),
+        (61, 1, 20),
+        (61, 2, 25),
+        (86_400 - 1, 3, 25),
+        (86_400 + 1, 0, 10),
+    ] {
+        t += quiet;
+        assert_eq!(
+            send_from(&r, &s, "+447400123456", at(t), ip).await,
+            Verdict::Allow,
+            "at {t}"
+        );
+        let v = send_from(&r, &s, "+447400123999", at(t), ip).await;
+        assert_eq!(reason(&v), Some(Reason::IpSpread), "at {t}");
+        let flags = s.list_flags(at(t)).await.unwrap();
+        let block = flags
+            .iter()
+            .find(|f| f.label == "spread ip 203.0.113.5")
+            .expect("blocked");
+        assert_eq!(
+            (block.level, block.until),
+            (level, at(t + minutes * 60)),
+            "at {t}"
+        );
+        t += minutes * 60;
+    }
+}

@@ -321,6 +321,20 @@ pub async fn decide(
     now: Timestamp,
     commit: Commit,
 ) -> Decision {
+    // `::ffff:1.2.3.4` is 1.2.3.4: to CIDR lists, and to IP and subnet keys (a /56 of
+    // mapped addresses would be all of IPv4). The proxy reads client addresses so;
+    // `/v1/check` and replay take them as written.
+    let mapped;
+    let facts = match facts.ip {
+        Some(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_some() => {
+            mapped = Facts {
+                ip: v6.to_ipv4_mapped().map(IpAddr::V4),
+                ..*facts
+            };
+            &mapped
+        }
+        _ => facts,
+    };
     let mut out = Outcome {
         verdict: Verdict::Allow,
         shadow: Vec::new(),

@@ -198,6 +198,97 @@ async fn country_key_uses_the_real_country() {
 }
 
 #[tokio::test]
+async fn italian_fixed_lines_are_italian_to_country_rules() {
+    // +39 0… keeps its 0 in E.164: such numbers must still be IT to a deny list and a
+    // country limit, not a valid number of no country that no country rule sees.
+    let r = rules(
+        "[[list]]\nname = \"no-it\"\naction = \"deny\"\ncountries = [\"IT\"]\nmode = \"shadow\"\n\
+         [[limit]]\nname = \"cc\"\nkey = \"country\"\nrate = \"1/hour\"\nburst = 1\n",
+    );
+    let s = store();
+    let milan = [dest("+390212345678")];
+    let d = decide(&r, &s, &facts(&milan), at(0), Commit::Yes).await;
+    assert_eq!(d.verdict, Verdict::Allow);
+    assert_eq!(
+        d.shadow.first().map(|h| h.reason),
+        Some(Reason::DeniedCountry)
+    );
+    let mobile = [dest("+393123456789")];
+    assert_eq!(
+        rule_of(&verdict(&r, &s, &facts(&mobile), at(0)).await),
+        Some("cc")
+    );
+}
+
+#[tokio::test]
+async fn ipv4_mapped_client_addresses_are_ipv4() {
+    // As /v1/check and replay take them: ::ffff:1.2.3.4 is in 1.2.3.0/24 (and in a list
+    // written ::ffff:5.6.7.0/120), and not in the same /56 as every other IPv4 client.
+    let r = rules(
+        "[[list]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"1.2.3.0/24\", \"::ffff:5.6.7.0/120\"]\n\
+         [[limit]]\nname = \"s\"\nkey = \"subnet\"\nrate = \"1/hour\"\nburst = 1\n",
+    );
+    let s = store();
+    let to = [dest("+447400123456")];
+    let from = |ip: &str| Facts {
+        ip: Some(ip.parse().expect("ip")),
+        ..facts(&to)
+    };
+    for denied in ["::ffff:1.2.3.4", "5.6.7.8"] {
+        let v = verdict(&r, &s, &from(denied), at(0)).await;
+        assert_eq!(
+            v.hit().map(|h| h.reason),
+            Some(Reason::DeniedIp),
+            "{denied}"
+        );
+    }
+    assert_eq!(
+        verdict(&r, &s, &from("::ffff:9.9.9.9"), at(0)).await,
+        Verdict::Allow
+    );
+    assert_eq!(
+        verdict(&r, &s, &from("::ffff:8.8.8.8"), at(0)).await,
+        Verdict::Allow
+    );
+    assert_eq!(
+        rule_of(&verdict(&r, &s, &from("9.9.9.10"), at(0)).await),
+        Some("s")
+    );
+}
+
+#[tokio::test]
+async fn a_loosened_limit_applies_at_once_after_a_reload() {
+    // A limit's state survives a reload that keeps its name and key, also when its rate
+    // changes. Loosened from 1/day to 10/minute, a number that sent under the old rate
+    // waits one new interval, not the rest of the old day.
+    let daily = rules("[[limit]]\nname = \"n\"\nkey = \"number\"\nrate = \"1/day\"\nburst = 1\n");
+    let fast = rules("[[limit]]\nname = \"n\"\nkey = \"number\"\nrate = \"10/1m\"\nburst = 10\n");
+    let s = store();
+    let to = [dest("+447400123456")];
+    assert_eq!(
+        verdict(&daily, &s, &facts(&to), at(0)).await,
+        Verdict::Allow
+    );
+    assert!(matches!(
+        verdict(&daily, &s, &facts(&to), at(60)).await,
+        Verdict::Throttle { .. }
+    ));
+    match verdict(&fast, &s, &facts(&to), at(60)).await {
+        Verdict::Throttle { retry_after, .. } => assert_eq!(retry_after, Duration::from_secs(6)),
+        v => panic!("{v:?}"),
+    }
+    assert_eq!(
+        verdict(&fast, &s, &facts(&to), at(66)).await,
+        Verdict::Allow
+    );
+    // Tightened back, the state it left applies as it is.
+    assert!(matches!(
+        verdict(&daily, &s, &facts(&to), at(67)).await,
+        Verdict::Throttle { .. }
+    ));
+}
+
+#[tokio::test]
 async fn kinds_scope_limits_to_verify_checks() {
     let r = rules(
         "[[limit]]\nname = \"guess\"\nkey = \"number\"\nkinds = [\"verify_check\"]\nrate = \"5/10m\"\nburst = 5\n",
@@ -499,4 +590,126 @@ async fn ratelimit_headers_of_a_very_slow_limit_do_not_panic() {
     let d = decide(&r, &s, &facts(&to), at(0), Commit::Yes).await;
     assert_eq!(d.verdict, Verdict::Allow);
     assert!(d.rate_limit.is_some());
+}
+
+#[tokio::test]
+async fn the_shipped_lists_qa_users_skip_limits_but_not_deny_lists_or_policies() {
+    // rules/10-lists.toml and 20-policies.toml as shipped: the QA user sends as often as
+    // it likes, but never to a denied range or a premium-rate number.
+    let r = RuleSet::embedded().expect("the shipped rules compile");
+    let s = store();
+    let gb = [dest("+447400123456")];
+    let as_qa = |to| Facts {
+        user: Some("qa-automation"),
+        ..facts(to)
+    };
+    for i in 0..12 {
+        assert_eq!(
+            verdict(&r, &s, &as_qa(&gb), at(i)).await,
+            Verdict::Allow,
+            "{i}"
+        );
+    }
+    let iridium = [dest("+881612345678")];
+    let premium = [dest("+449098790123")];
+    for (to, why) in [
+        (&iridium, Reason::DeniedPrefix),
+        (&premium, Reason::NumberType),
+    ] {
+        let v = verdict(&r, &s, &as_qa(to), at(20)).await;
+        assert_eq!(v.hit().map(|h| h.reason), Some(why));
+    }
+    // Anyone else: one code per number per minute.
+    let other = [dest("+447400123457")];
+    assert_eq!(verdict(&r, &s, &facts(&other), at(0)).await, Verdict::Allow);
+    assert_eq!(
+        rule_of(&verdict(&r, &s, &facts(&other), at(30)).await),
+        Some("number-cooldown")
+    );
+}
+
+#[tokio::test]
+async fn a_shadow_limit_turned_to_enforce_keeps_its_state() {
+    // State is keyed by rule name and key kind, not mode: what the shadow rule counted,
+    // the enforcing one sees.
+    let limit = "name = \"n\"\nkey = \"number\"\nrate = \"1/hour\"\nburst = 1\n";
+    let shadow = rules(&format!("[[limit]]\nmode = \"shadow\"\n{limit}"));
+    let enforce = rules(&format!("[[limit]]\n{limit}"));
+    let s = store();
+    let to = [dest("+447400123456")];
+    assert_eq!(
+        verdict(&shadow, &s, &facts(&to), at(0)).await,
+        Verdict::Allow
+    );
+    let d = decide(&shadow, &s, &facts(&to), at(1), Commit::Yes).await;
+    assert_eq!(d.verdict, Verdict::Allow);
+    assert_eq!(d.shadow.iter().map(|h| &*h.rule).collect::<Vec<_>>(), ["n"]);
+    assert_eq!(
+        rule_of(&verdict(&enforce, &s, &facts(&to), at(2)).await),
+        Some("n")
+    );
+}
+
+#[tokio::test]
+async fn country_rules_use_the_numbering_plans_country() {
+    // Shared calling codes: +1 (US, CA, JM …), +44 (GB and the crown dependencies GG, JE,
+    // IM), +7 (RU, KZ). A policy serving US, GB and RU serves none of the others, and a
+    // per-country limit counts each country on its own.
+    let r = rules(
+        "[[policy]]\nname = \"served\"\ncountry_mode = \"allow\"\ncountries = [\"US\", \"GB\", \"RU\"]\n\
+         [[limit]]\nname = \"cc\"\nkey = \"country\"\nrate = \"1/hour\"\nburst = 1\n",
+    );
+    let s = store();
+    for n in [
+        "+14165550123",
+        "+18762345678",
+        "+447781123456",
+        "+441534123456",
+        "+447624123456",
+        "+77012345678",
+    ] {
+        let to = [dest(n)];
+        let v = verdict(&r, &s, &facts(&to), at(0)).await;
+        assert_eq!(
+            v.hit().map(|h| h.reason),
+            Some(Reason::CountryNotAllowed),
+            "{n}"
+        );
+    }
+    for n in ["+12025550123", "+447400123456", "+79161234567"] {
+        let to = [dest(n)];
+        assert_eq!(
+            verdict(&r, &s, &facts(&to), at(0)).await,
+            Verdict::Allow,
+            "{n}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_destination_allow_list_does_not_lift_an_origin_deny_list() {
+    // An allow list on numbers skips, for that recipient, the deny lists on destinations;
+    // the deny lists on the request's origin (cidrs, users, accounts, senders) only an
+    // allow list matching the origin skips.
+    let r = rules(
+        "[[list]]\nname = \"vip\"\naction = \"allow\"\nnumbers = [\"+447400123456\"]\n\
+         [[list]]\nname = \"bad-range\"\naction = \"deny\"\nprefixes = [\"+4474001\"]\n\
+         [[list]]\nname = \"bad-ip\"\naction = \"deny\"\ncidrs = [\"203.0.113.0/24\"]\n\
+         [[list]]\nname = \"office\"\naction = \"allow\"\ncidrs = [\"203.0.113.7\"]\nskip = [\"deny\"]\n",
+    );
+    let s = store();
+    let vip = [dest("+447400123456")];
+    assert_eq!(verdict(&r, &s, &facts(&vip), at(0)).await, Verdict::Allow);
+    let from = |ip: [u8; 4]| Facts {
+        ip: Some(IpAddr::from(ip)),
+        ..facts(&vip)
+    };
+    assert_eq!(
+        rule_of(&verdict(&r, &s, &from([203, 0, 113, 9]), at(0)).await),
+        Some("bad-ip")
+    );
+    assert_eq!(
+        verdict(&r, &s, &from([203, 0, 113, 7]), at(0)).await,
+        Verdict::Allow
+    );
 }

@@ -311,27 +311,26 @@ pub fn normalize(digits: &str) -> Option<Destination> {
     if national.len() < 2 || value_str.is_empty() || cc_len + national.len() > 15 {
         return None;
     }
-    let source = calling.source_for(value_str);
-    let region = source.map(|(r, _)| r);
-    if region.is_some_and(|r| r.strips_prefix(national)) {
+    // The full parse strips a national prefix only if the region chosen for the value
+    // without its leading zeros has one.
+    if calling
+        .source_for(value_str)
+        .is_some_and(|(r, _)| r.strips_prefix(national))
+    {
         return None;
     }
     let national_value: u64 = value_str.parse().ok()?;
     let e164: u64 = digits.parse().ok()?;
-    // PhoneNumber::metadata and ::number_type read the value without leading zeros;
-    // is_valid_with reads it with them.
+    // Region, type and validity read the national number with its leading zeros (as
+    // `normalize_full` does: +39 02… is an Italian fixed line).
+    let source = calling.source_for(national);
+    let region = source.map(|(r, _)| r);
     let t = match source {
         Some((_, Some(t))) => t,
-        Some((r, None)) => r.number_type(value_str),
+        Some((r, None)) => r.number_type(national),
         None => Type::Unknown,
     };
-    let valid = if national.len() == value_str.len() {
-        t != Type::Unknown
-    } else {
-        calling.source_for(national).is_some_and(|(r, known)| {
-            known.unwrap_or_else(|| r.number_type(national)) != Type::Unknown
-        })
-    };
+    let valid = t != Type::Unknown;
     let (country, number_type) = match region {
         Some(r) => (r.country, NumberType::from_metadata(t)),
         None => (None, NumberType::Unknown),

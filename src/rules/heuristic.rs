@@ -153,7 +153,7 @@ impl Compiler {
                     ok = false;
                     self.err(
                         &at,
-                        format!("countries: {c:?} is not a two-letter ISO country code"),
+                        format!("countries: {c:?} is not a country code (ISO 3166-1 alpha-2 with a numbering plan, e.g. GB, not UK)"),
                     );
                 }
             }
@@ -253,6 +253,15 @@ impl Compiler {
                 let drop = d.drop_digits.clone().unwrap_or_else(|| vec![3, 4]);
                 if drop.is_empty() || drop.iter().any(|n| !(1..=12).contains(n)) {
                     self.err(&at, "drop_digits must list numbers between 1 and 12");
+                }
+                // The same block twice would count each request twice against
+                // max_requests.
+                if let Some(n) = drop
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, n)| drop[..i].contains(n).then_some(n))
+                {
+                    self.err(&at, format!("drop_digits lists {n} twice"));
                 }
                 if d.max_requests.is_none() && d.max_distinct.is_none() {
                     need(self, "max_requests or max_distinct");

@@ -160,6 +160,19 @@ pub fn subnet_of(ip: IpAddr, v4: u8, v6: u8) -> IpNet {
         .unwrap_or_else(|_| IpNet::from(ip))
 }
 
+/// `::ffff:1.2.3.0/120` as `1.2.3.0/24`: client addresses are matched as IPv4 when they
+/// are IPv4-mapped, so a list written in the mapped form must be too.
+fn ipv4_mapped_net(n: IpNet) -> IpNet {
+    match n {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+            .addr()
+            .to_ipv4_mapped()
+            .and_then(|a| IpNet::new(IpAddr::V4(a), v6.prefix_len() - 96).ok())
+            .unwrap_or(n),
+        _ => n,
+    }
+}
+
 /// A compiled rate limit.
 #[derive(Debug, Clone)]
 pub struct LimitRule {
@@ -950,7 +963,7 @@ impl Compiler {
                 }
                 None => self.err(
                     &at,
-                    format!("countries: {c:?} is not a two-letter ISO country code"),
+                    format!("countries: {c:?} is not a country code (ISO 3166-1 alpha-2 with a numbering plan, e.g. GB, not UK)"),
                 ),
             }
         }
@@ -959,7 +972,7 @@ impl Compiler {
                 .parse::<IpNet>()
                 .or_else(|_| c.parse::<IpAddr>().map(IpNet::from))
             {
-                Ok(n) => rule.cidrs.push(n.trunc()),
+                Ok(n) => rule.cidrs.push(ipv4_mapped_net(n).trunc()),
                 Err(_) => self.err(&at, format!("cidrs: {c:?} is not an IP address or CIDR")),
             }
         }
@@ -978,6 +991,10 @@ impl Compiler {
         match (d.action, &d.skip) {
             (ListAction::Deny, Some(_)) => self.err(&at, "skip only applies to allow lists"),
             (ListAction::Allow, None) => rule.skip = Skip::all(),
+            (ListAction::Allow, Some(items)) if items.is_empty() => self.err(
+                &at,
+                "skip = [] skips nothing: list what the allow list skips, or leave skip out for \"all\"",
+            ),
             (ListAction::Allow, Some(items)) => {
                 for s in items {
                     match s.as_str() {
@@ -1057,7 +1074,7 @@ impl Compiler {
                 }
                 None => self.err(
                     &at,
-                    format!("countries: {c:?} is not a two-letter ISO country code"),
+                    format!("countries: {c:?} is not a country code (ISO 3166-1 alpha-2 with a numbering plan, e.g. GB, not UK)"),
                 ),
             }
         }

@@ -53,7 +53,7 @@ burst = 1
 name = "bad-list"
 action = "deny"
 prefixes = ["4477", "+44x"]
-countries = ["Britain"]
+countries = ["Britain", "UK"]
 
 [[policy]]
 name = "bad-type"
@@ -85,6 +85,11 @@ burst = 1
     );
     assert!(
         joined.contains("r.toml:14: bad-list: countries: \"Britain\""),
+        "{joined}"
+    );
+    // Two letters, but no country's: it would match no number, silently.
+    assert!(
+        joined.contains("r.toml:14: bad-list: countries: \"UK\" is not a country code (ISO 3166-1 alpha-2 with a numbering plan, e.g. GB, not UK)"),
         "{joined}"
     );
     assert!(
@@ -170,6 +175,10 @@ fn skip_must_name_a_rule() {
     let list =
         "[[list]]\nname = \"qa\"\naction = \"allow\"\nusers = [\"qa\"]\nskip = [\"later\"]\n";
     assert!(RuleSet::compile([("a.toml", list), ("b.toml", later)]).is_ok());
+    // An empty list would skip nothing too.
+    let list = "[[list]]\nname = \"qa\"\naction = \"allow\"\nusers = [\"qa\"]\nskip = []\n";
+    let e = errors(list);
+    assert_eq!(e, ["r.toml:1: qa: skip = [] skips nothing: list what the allow list skips, or leave skip out for \"all\""]);
 }
 
 #[test]
@@ -209,4 +218,12 @@ fn max_block_below_block_for_is_an_error() {
         e,
         ["r.toml:1: p: max_block (\"30m\") must be at least block_for (\"1h\")"]
     );
+}
+
+#[test]
+fn prefix_velocity_drop_digits_are_listed_once() {
+    // [3, 3] counted every request twice in the same 1k block: max_requests = 4 refused
+    // the third.
+    let e = errors("[[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [3, 4, 3]\nwindow = \"10m\"\nmax_requests = 4\n");
+    assert_eq!(e, ["r.toml:1: pv: drop_digits lists 3 twice"]);
 }

@@ -357,7 +357,13 @@ impl MemoryStore {
         let mut refused: Option<(usize, Duration)> = None;
         for (i, (c, &h)) in checks.iter().zip(&hashes).enumerate() {
             let g = stripe(&mut guards, h);
-            let tat = guards[g].1.get(&h).copied().unwrap_or(0);
+            let stored = guards[g].1.get(&h).copied().unwrap_or(0);
+            let tat = gcra::settle(stored, now, duration_nanos(c.interval), c.burst);
+            if commit && tat < stored {
+                // Left by a slower rate before a reload: the refill at this rate starts
+                // now, whatever this request's outcome.
+                guards[g].1.insert(h, tat);
+            }
             match gcra::step(tat, now, duration_nanos(c.interval), c.burst, c.cost) {
                 Step::Pass { new_tat, state } => steps.push((new_tat, state, tat <= now)),
                 Step::Refuse { retry_after } => {

@@ -7,7 +7,8 @@
 --
 -- Returns {1, remaining_1, reset_us_1, remaining_2, reset_us_2, ...} when every check
 -- passes (and commits them, each key expiring when its TAT has passed), or
--- {0, i, retry_after_us} naming the check that needs the longest wait (nothing committed).
+-- {0, i, retry_after_us} naming the check that needs the longest wait (nothing committed
+-- but the settling of a TAT a slower rate left, below).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local commit = ARGV[1] == '1'
@@ -20,8 +21,16 @@ for i = 1, #KEYS do
   local cost = tonumber(ARGV[3 * i + 1])
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
   local tau = interval * burst
-  local ntat = math.max(tat, now) + interval * cost
   local horizon = now + tau
+  if tat > horizon then
+    -- Left by a slower rate before a reload: an empty bucket, refilling at this rate
+    -- from now, whatever this request's outcome (as gcra::settle).
+    tat = horizon
+    if commit then
+      redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.floor(tau / 1000) + 1)
+    end
+  end
+  local ntat = math.max(tat, now) + interval * cost
   if ntat <= horizon then
     new[i] = ntat
     out[#out + 1] = math.floor((horizon - ntat) / interval)
