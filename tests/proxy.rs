@@ -109,6 +109,24 @@ burst = 1
     }
 }
 
+/// A trusted peer written in the IPv4-mapped form (`::ffff:127.0.0.0/104`) is the IPv4
+/// network: peers are matched as IPv4 (it used to trust no one).
+#[tokio::test]
+async fn trusted_peers_written_ipv4_mapped_match_ipv4_peers() {
+    let up = MockUpstream::start().await;
+    let rules = "[[limit]]\nname = \"ip\"\nkey = \"ip\"\nrate = \"1/hour\"\nburst = 1\n";
+    let config = format!(
+        "{}[trusted]\npeers = [\"::ffff:127.0.0.0/104\"]\n",
+        twilio_route(&up.url(), "")
+    );
+    let p = Proxy::start(&config, &[("r.toml", rules)]).await;
+    let ip = ("x-smsfence-end-user-ip", "203.0.113.7");
+    assert_eq!(twilio_send(&p, "+14155550123", &[ip]).await.status, 201);
+    let a = twilio_send(&p, "+14155550124", &[ip]).await;
+    assert_eq!(a.status, 429, "the end user's IP was not believed");
+    assert_eq!(a.header("smsfence-rule"), Some("ip"));
+}
+
 #[tokio::test]
 async fn passthrough_of_non_send_requests() {
     let up = MockUpstream::with(|_| Reply::json(200, r#"{"messages":[]}"#)).await;

@@ -478,7 +478,9 @@ impl Instance {
                 metrics.upstream_errors.clone(),
             ),
             trusted: Trusted {
-                peers: cfg.trusted.peers.clone(),
+                peers: (cfg.trusted.peers.iter().copied())
+                    .map(crate::rules::ipv4_mapped_net)
+                    .collect(),
                 ip_header: header(&cfg.trusted.ip_header),
                 user_header: header(&cfg.trusted.user_header),
             },

@@ -161,8 +161,8 @@ pub fn subnet_of(ip: IpAddr, v4: u8, v6: u8) -> IpNet {
 }
 
 /// `::ffff:1.2.3.0/120` as `1.2.3.0/24`: client addresses are matched as IPv4 when they
-/// are IPv4-mapped, so a list written in the mapped form must be too.
-fn ipv4_mapped_net(n: IpNet) -> IpNet {
+/// are IPv4-mapped, so a list (or `trusted.peers`) written in the mapped form must be too.
+pub fn ipv4_mapped_net(n: IpNet) -> IpNet {
     match n {
         IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
             .addr()
