@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::config::{AuditConfig, NumberRedaction};
+use crate::config::{AuditConfig, IdentityRedaction, NumberRedaction};
 use crate::metrics::Metrics;
 
 /// One audit record.
@@ -104,6 +104,7 @@ pub struct AuditEvent {
 pub struct Audit {
     tx: Option<mpsc::Sender<Msg>>,
     redaction: NumberRedaction,
+    identities: IdentityRedaction,
     hash_key: (u64, u64),
     metrics: Arc<Metrics>,
 }
@@ -124,6 +125,7 @@ impl Audit {
         Audit {
             tx: None,
             redaction: NumberRedaction::Full,
+            identities: IdentityRedaction::Full,
             hash_key: (0, 0),
             metrics,
         }
@@ -163,6 +165,7 @@ impl Audit {
         Ok(Audit {
             tx: Some(tx),
             redaction: cfg.numbers,
+            identities: cfg.identities,
             hash_key,
             metrics,
         })
@@ -195,6 +198,18 @@ impl Audit {
         })
         .await
         .unwrap_or(false)
+    }
+
+    /// The end user's IP or id as the audit log writes it (`None`: left out).
+    pub fn identity(&self, value: &str) -> Option<String> {
+        match self.identities {
+            IdentityRedaction::Full => Some(value.to_owned()),
+            IdentityRedaction::Hash => Some(format!(
+                "h:{:016x}",
+                siphash(self.hash_key, value.as_bytes())
+            )),
+            IdentityRedaction::Omit => None,
+        }
     }
 
     /// A number as the audit log writes it.

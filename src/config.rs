@@ -283,6 +283,19 @@ pub enum NumberRedaction {
     Hash,
 }
 
+/// How the end user's IP and id appear in the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityRedaction {
+    /// As received in the trusted headers (replayable as is).
+    #[default]
+    Full,
+    /// A keyed hash with the numbers' key: the same IP or id gives the same hash.
+    Hash,
+    /// Not written.
+    Omit,
+}
+
 /// The shortest `audit.hash_key` taken (bytes).
 pub const MIN_HASH_KEY: usize = 16;
 
@@ -294,7 +307,9 @@ pub struct AuditConfig {
     pub output: Option<String>,
     /// How numbers are written.
     pub numbers: NumberRedaction,
-    /// The key for `numbers = "hash"`.
+    /// How the end user's IP and id (`ip`, `user`) are written.
+    pub identities: IdentityRedaction,
+    /// The key for `numbers = "hash"` and `identities = "hash"`.
     pub hash_key: Option<String>,
     /// Rotate the file to `<file>.1` past this size (bytes); 0 = never. The file is
     /// opened anew for every batch of lines, so an external logrotate that moves it

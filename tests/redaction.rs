@@ -334,3 +334,53 @@ async fn redacted_audit_logs_hold_no_number_in_full() {
         assert!(text.matches(marker).count() >= 7, "{mode}: {text}");
     }
 }
+
+/// `identities = "hash"` writes the end user's IP and id as keyed hashes (the same IP, the
+/// same hash), `"omit"` leaves them out; the default writes them as received.
+#[tokio::test]
+async fn audit_identities_are_hashed_or_left_out() {
+    let ip = ("x-smsfence-end-user-ip", "203.0.113.7");
+    let user = ("x-smsfence-end-user-id", "user-4242");
+    for mode in ["full", "hash", "omit"] {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit.jsonl");
+        let cfg = format!(
+            "[audit]\noutput = \"{}\"\nidentities = \"{mode}\"\nhash_key = \"0123456789abcdef\"\n",
+            audit.display()
+        );
+        let p = Proxy::start_default_rules(&cfg).await;
+        twilio_send(&p, "+447400123458", &[ip, user]).await;
+        twilio_send(&p, "+447400123459", &[ip, user]).await;
+        assert!(p.instance.app.audit.flush(Duration::from_secs(10)).await);
+        let text = std::fs::read_to_string(&audit).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{mode}: {text}");
+        match mode {
+            "full" => {
+                assert_eq!(lines[0]["ip"], "203.0.113.7");
+                assert_eq!(lines[0]["user"], "user-4242");
+            }
+            "hash" => {
+                assert!(
+                    !text.contains("203.0.113.7") && !text.contains("4242"),
+                    "{text}"
+                );
+                for field in ["ip", "user"] {
+                    let h = lines[0][field].as_str().unwrap();
+                    assert!(h.starts_with("h:") && h.len() == 18, "{field}: {h}");
+                    assert_eq!(lines[1][field], lines[0][field], "{field}: stable");
+                }
+                assert_ne!(lines[0]["ip"], lines[0]["user"]);
+            }
+            _ => {
+                assert!(
+                    lines[0].get("ip").is_none() && lines[0].get("user").is_none(),
+                    "{text}"
+                );
+            }
+        }
+    }
+}

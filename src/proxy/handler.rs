@@ -290,8 +290,8 @@ async fn handle_inner<'a>(
             provider: ctx.provider,
             route: route.name.clone(),
             kind: Some(kind.as_str()),
-            ip: ip.map(|i| i.to_string()),
-            user: user.clone(),
+            ip: ip.and_then(|i| app.audit.identity(&i.to_string())),
+            user: user.as_deref().and_then(|u| app.audit.identity(u)),
             ..AuditEvent::default()
         };
     }
