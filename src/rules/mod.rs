@@ -1121,7 +1121,15 @@ pub fn parse_rate(s: &str) -> Result<Duration, String> {
     if n == 0 || period.is_zero() {
         return Err(format!("rate {s:?} must be above zero"));
     }
-    Ok(period / n)
+    // The Redis store counts in microseconds: a faster rate would be decided differently
+    // there (and below a nanosecond, not at all in memory).
+    let interval = period / n;
+    if interval < Duration::from_micros(1) {
+        return Err(format!(
+            "rate {s:?} is faster than the fastest rate smsfence keeps, 1000000/1s"
+        ));
+    }
+    Ok(interval)
 }
 
 /// A hash of the rule's name and key kind that is the same in every process and reload
