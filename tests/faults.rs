@@ -215,12 +215,13 @@ async fn a_tls_failure_is_a_502() {
 /// timeout, as long as it is in use; so is an HTTP/1 request shorter than the preface.
 #[tokio::test]
 async fn h2c_and_short_http1_requests_are_still_served() {
-    let p = Proxy::start(FAST, NO_RULES).await;
+    let config = "[server]\nlisten = \"127.0.0.1:0\"\nrequest_read_timeout = \"1s\"\n";
+    let p = Proxy::start(config, NO_RULES).await;
     let mut sender = h2c_connect(&p).await;
-    // 3 × 200 ms apart: past the 300 ms header timeout since the connection was made, but
-    // never idle for that long.
+    // 3 × 450 ms apart: past the 1 s header timeout since the connection was made, but
+    // never idle for that long (a margin for a busy machine's late timers).
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(450)).await;
         assert_eq!(h2c_send(&mut sender, &p).await, Some(201));
     }
 
