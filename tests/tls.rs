@@ -53,14 +53,19 @@ fn write(dir: &Path, pki: &Pki) {
     std::fs::write(dir.join("key.pem"), &pki.key_pem).unwrap();
 }
 
-fn config(dir: &Path, upstream: &str) -> String {
+/// A TLS listener in front of `upstream`; `read_timeout` also bounds the handshake.
+fn config_with(dir: &Path, upstream: &str, read_timeout: &str) -> String {
     format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nrequest_read_timeout = \"300ms\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nrequest_read_timeout = \"{read_timeout}\"\n\
 [server.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
 [[route]]\nname = \"twilio\"\npreset = \"twilio\"\nupstream = \"{upstream}\"\n",
         dir.join("cert.pem").display(),
         dir.join("key.pem").display()
     )
+}
+
+fn config(dir: &Path, upstream: &str) -> String {
+    config_with(dir, upstream, "5s")
 }
 
 /// A client that trusts only `ca`, offering h2 and http/1.1 (or http/1.1 only).
@@ -153,7 +158,7 @@ async fn failed_and_silent_handshakes_are_closed_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), &pki());
     let up = MockUpstream::start().await;
-    let p = Proxy::start(&config(dir.path(), &up.url()), NO_RULES).await;
+    let p = Proxy::start(&config_with(dir.path(), &up.url(), "300ms"), NO_RULES).await;
 
     let mut plain = tokio::net::TcpStream::connect(p.instance.proxy_addr)
         .await
