@@ -18,7 +18,8 @@
 //!   `/verify/control/{format}` with `cmd=trigger_next_event` sends the code again (`cancel`
 //!   passes). Fields come from a form or JSON body or the query string (every endpoint
 //!   also takes a GET). Errors are HTTP 200 with `status` ≠ `"0"` and `error_text`, which
-//!   the SDKs raise (`VerifyError` in Python); `.xml` answers are `<verify_response>`.
+//!   vonage-python-sdk raises (`VerifyError`) and vonage-node-sdk returns as `errorText`;
+//!   `.xml` answers are `<verify_response>` (`<response>` for control).
 //! - Messages API `POST /v1/messages`: `to` of each message (the primary one, top level or
 //!   under `message` as vonage-python-sdk sends it with `failover`, and each of `failover`)
 //!   on a channel that reaches a phone number; `messenger` ids are not numbers. Errors
