@@ -40,7 +40,7 @@ pub mod vonage;
 pub enum Preset {
     /// Twilio Messages and Verify v2.
     Twilio,
-    /// Vonage (Nexmo) SMS and Verify v2.
+    /// Vonage (Nexmo) SMS, Verify v1 and v2, and Messages.
     Vonage,
     /// Telnyx Messaging v2.
     Telnyx,
@@ -800,7 +800,10 @@ pub fn refusal(
         Op::Generic
             | Op::Plivo(_)
             | Op::Vonage(
-                vonage::Op::VerifyStart | vonage::Op::VerifyCheck | vonage::Op::VerifyNext
+                vonage::Op::VerifyStart
+                    | vonage::Op::VerifyCheck
+                    | vonage::Op::VerifyNext
+                    | vonage::Op::Message
             )
     );
     if !fixed {
@@ -912,7 +915,13 @@ pub fn conversion(
 pub fn wants_response_body(op: Op) -> bool {
     match op {
         Op::Twilio(op) => matches!(op, twilio::Op::VerifyStart | twilio::Op::VerifyCheck),
-        Op::Vonage(op) => matches!(op, vonage::Op::VerifyStart | vonage::Op::VerifyCheck),
+        Op::Vonage(op) => matches!(
+            op,
+            vonage::Op::VerifyStart
+                | vonage::Op::VerifyCheck
+                | vonage::Op::LegacyStart(_)
+                | vonage::Op::LegacyCheck(_)
+        ),
         _ => false,
     }
 }
