@@ -41,7 +41,7 @@ pub enum Preset {
     Twilio,
     /// Vonage (Nexmo) SMS and Verify v2.
     Vonage,
-    /// Telnyx Messaging v2.
+    /// Telnyx Messaging v2 and Verify.
     Telnyx,
     /// Plivo Messages.
     Plivo,
@@ -764,7 +764,8 @@ pub fn kind(op: Op) -> RequestKind {
         Op::Twilio(op) => op.kind(),
         Op::Vonage(op) => op.kind(),
         Op::Plivo(op) => op.kind(),
-        Op::Telnyx(_) | Op::Sinch(_) | Op::Infobip(_) | Op::Generic => RequestKind::Send,
+        Op::Telnyx(op) => op.kind(),
+        Op::Sinch(_) | Op::Infobip(_) | Op::Generic => RequestKind::Send,
     }
 }
 
@@ -851,7 +852,7 @@ fn build_refusal(
     let resp = match op {
         Op::Twilio(op) => twilio::refusal(op, refusal),
         Op::Vonage(op) => vonage::refusal(op, refusal),
-        Op::Telnyx(_) => telnyx::refusal(refusal),
+        Op::Telnyx(op) => telnyx::refusal(op, refusal),
         Op::Plivo(_) => plivo::refusal(refusal),
         Op::Sinch(_) => sinch::refusal(refusal),
         Op::Infobip(op) => infobip::refusal(op, refusal),

@@ -1,6 +1,13 @@
-//! Telnyx Messaging v2: `POST /v2/messages` (and its variants by sender, schedule, group
-//! MMS, RCS with SMS fallback, WhatsApp), JSON `to` (one number), `from` or
-//! `messaging_profile_id`, `text`.
+//! Telnyx Messaging v2 and Verify.
+//!
+//! - `POST /v2/messages` (and its variants by sender, schedule, group MMS, RCS with SMS
+//!   fallback, WhatsApp), JSON `to` (one number), `from` or `messaging_profile_id`, `text`;
+//! - Verify starts, `POST /v2/verifications/{sms,call,flashcall,whatsapp}` (the current
+//!   SDKs' `trigger_*`), `/v2/verifications/psd2` (the 2.x SDKs),
+//!   `/v2/verifications/dtmf_confirm` (a call that asks for a keypress) and the legacy
+//!   `POST /v2/verifications` with a `type`: JSON `phone_number` (+E.164),
+//!   `verify_profile_id`. Telnyx has no resend: sending the code again is another
+//!   start, decided as one.
 //!
 //! Errors are `{errors: [{code, title, detail}]}`. Both official SDKs retry a 429 (and
 //! 5xx) up to three times unless the response says `x-should-retry: false`, so every
@@ -11,7 +18,7 @@ use serde_json::json;
 
 use super::{
     sandbox_id, segments, Endpoint, ExtractError, Extracted, NativeResponse, Refusal, RefusalKind,
-    RequestView,
+    RequestKind, RequestView,
 };
 use crate::decide::Reason;
 
@@ -20,6 +27,22 @@ use crate::decide::Reason;
 pub enum Op {
     /// Send a message.
     Send,
+    /// Start a Verify verification (a code by SMS, call, flash call, WhatsApp …).
+    VerifyStart,
+}
+
+impl Op {
+    /// The request kind.
+    pub fn kind(self) -> RequestKind {
+        match self {
+            Op::Send => RequestKind::Send,
+            Op::VerifyStart => RequestKind::VerifyStart,
+        }
+    }
+
+    fn is_verify(self) -> bool {
+        self != Op::Send
+    }
 }
 
 /// Telnyx's sending endpoints.
@@ -73,17 +96,85 @@ pub const ENDPOINTS: &[Endpoint] = &[
         pattern: "/v2/messages/whatsapp",
         op: super::Op::Telnyx(Op::Send),
     },
+    // Verify starts, one path per channel (`VERIFY_CHANNELS`), and the legacy start that
+    // names its channel in `type`.
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/verifications/sms",
+        op: super::Op::Telnyx(Op::VerifyStart),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/verifications/call",
+        op: super::Op::Telnyx(Op::VerifyStart),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/verifications/flashcall",
+        op: super::Op::Telnyx(Op::VerifyStart),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/verifications/whatsapp",
+        op: super::Op::Telnyx(Op::VerifyStart),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/verifications/psd2",
+        op: super::Op::Telnyx(Op::VerifyStart),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/verifications/dtmf_confirm",
+        op: super::Op::Telnyx(Op::VerifyStart),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/verifications",
+        op: super::Op::Telnyx(Op::VerifyStart),
+    },
 ];
 
-/// Telnyx API roots that pass through.
+/// Telnyx API roots that pass through (Verify: look-ups of a verification, lists by
+/// number, Verify profiles).
 pub const ROOTS: &[&str] = &[
     "/v2/messages/**",
     "/v2/messaging_profiles/**",
     "/v2/number_lookup/**",
+    "/v2/verifications/**",
+    "/v2/verify_profiles/**",
 ];
 
 /// Reads a Telnyx request.
-pub fn extract(_op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
+pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
+    match op {
+        Op::Send => extract_send(req),
+        Op::VerifyStart => extract_verify_start(req),
+    }
+}
+
+/// A Verify start: JSON `phone_number`, `verify_profile_id`.
+fn extract_verify_start(req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
+    if !req.is_json() {
+        return Err(ExtractError::MalformedBody(
+            "Telnyx Verify takes a JSON body",
+        ));
+    }
+    let v = req.json()?;
+    let number = match v.get("phone_number") {
+        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        _ => return Err(ExtractError::MissingRecipient("phone_number")),
+    };
+    Ok(Extracted {
+        recipients: vec![number],
+        sender: super::json_str(&v, "verify_profile_id").map(str::to_owned),
+        segments: 1,
+        ..Extracted::default()
+    })
+}
+
+/// A Messaging send: JSON `to`.
+fn extract_send(req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
     if !req.is_json() {
         return Err(ExtractError::MalformedBody("Telnyx takes a JSON body"));
     }
@@ -111,12 +202,19 @@ pub fn extract(_op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError
     })
 }
 
-/// Telnyx's native error for a refusal.
-pub fn refusal(refusal: &Refusal<'_>) -> NativeResponse {
+/// Telnyx's native error for a refusal: the same statuses (and so the same SDK errors)
+/// for sends and Verify, an invalid Verify `phone_number` under Telnyx's general code.
+pub fn refusal(op: Op, refusal: &Refusal<'_>) -> NativeResponse {
     let (status, code, title) = match (refusal.kind, refusal.reason) {
         (RefusalKind::Throttle { .. }, _) => {
             (StatusCode::TOO_MANY_REQUESTS, "10011", "Too many requests")
         }
+        // 10002: "Invalid phone number" (Telnyx's API error codes).
+        (_, Reason::InvalidNumber) if op.is_verify() => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "10002",
+            "Invalid phone number",
+        ),
         (_, Reason::InvalidNumber) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             "40310",
@@ -125,6 +223,7 @@ pub fn refusal(refusal: &Refusal<'_>) -> NativeResponse {
         (_, Reason::UnsupportedRequest) => {
             (StatusCode::UNPROCESSABLE_ENTITY, "10015", "Invalid request")
         }
+        _ if op.is_verify() => (StatusCode::FORBIDDEN, "40300", "Verification blocked"),
         _ => (StatusCode::FORBIDDEN, "40300", "Message blocked"),
     };
     /// Telnyx's error list (one error).
@@ -212,13 +311,16 @@ mod tests {
                 retry_after: std::time::Duration::from_secs(3),
             },
         ] {
-            let r = refusal(&Refusal {
-                kind,
-                reason: Reason::RateLimited,
-                rule: "r",
-                recipient: None,
-                recipients: 1,
-            });
+            let r = refusal(
+                Op::Send,
+                &Refusal {
+                    kind,
+                    reason: Reason::RateLimited,
+                    rule: "r",
+                    recipient: None,
+                    recipients: 1,
+                },
+            );
             assert!(r
                 .headers
                 .iter()
@@ -228,5 +330,81 @@ mod tests {
                 kind != RefusalKind::Block
             );
         }
+    }
+
+    #[test]
+    fn verify_starts_read_phone_number_and_profile() {
+        let h = json_headers();
+        let body = br#"{"phone_number":"+13035551234","verify_profile_id":"12ade33a-21c0-473b-b055-b3c836e1c292","timeout_secs":300}"#;
+        let ex = extract(Op::VerifyStart, &view(&h, &[], body)).unwrap();
+        assert_eq!(ex.recipients, vec!["+13035551234"]);
+        assert_eq!(
+            ex.sender.as_deref(),
+            Some("12ade33a-21c0-473b-b055-b3c836e1c292")
+        );
+        assert_eq!(Op::VerifyStart.kind(), RequestKind::VerifyStart);
+        for body in [
+            &br#"{"verify_profile_id":"p"}"#[..],
+            br#"{"phone_number":" "}"#,
+            br#"{"phone_number":13035551234}"#,
+        ] {
+            assert_eq!(
+                extract(Op::VerifyStart, &view(&h, &[], body)),
+                Err(ExtractError::MissingRecipient("phone_number")),
+                "{body:?}"
+            );
+        }
+        assert!(matches!(
+            extract(
+                Op::VerifyStart,
+                &view(&h, &[], br#"{"phone_number":"+1","phone_number":"+2"}"#)
+            ),
+            Err(ExtractError::MalformedBody(_))
+        ));
+        let f = form_headers();
+        assert!(matches!(
+            extract(Op::VerifyStart, &view(&f, &[], b"phone_number=%2B1")),
+            Err(ExtractError::MalformedBody(_))
+        ));
+    }
+
+    #[test]
+    fn verify_refusals_keep_the_sdk_statuses() {
+        let r = |op, kind, reason| {
+            let r = refusal(
+                op,
+                &Refusal {
+                    kind,
+                    reason,
+                    rule: "r",
+                    recipient: None,
+                    recipients: 1,
+                },
+            );
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            (
+                r.status.as_u16(),
+                v["errors"][0]["code"].as_str().unwrap().to_owned(),
+            )
+        };
+        let throttle = RefusalKind::Throttle {
+            retry_after: std::time::Duration::from_secs(5),
+        };
+        assert_eq!(
+            r(Op::VerifyStart, throttle, Reason::RateLimited),
+            (429, "10011".into())
+        );
+        assert_eq!(
+            r(Op::VerifyStart, RefusalKind::Block, Reason::NumberType),
+            (403, "40300".into())
+        );
+        assert_eq!(
+            r(Op::VerifyStart, RefusalKind::Block, Reason::InvalidNumber),
+            (422, "10002".into())
+        );
+        assert_eq!(
+            r(Op::Send, RefusalKind::Block, Reason::InvalidNumber),
+            (422, "40310".into())
+        );
     }
 }
