@@ -1,6 +1,8 @@
 //! Telnyx Verify through the telnyx preset: starts on every channel decided like sends,
-//! and a second start to the same number (Telnyx's way to send the code again) counted
-//! against it, refusals in Telnyx's error shape.
+//! a second start to the same number (Telnyx's way to send the code again) counted against
+//! it, checks by phone number and by verification id counted as `verify_check` against the
+//! number, accepted checks recorded as conversions, refusals in Telnyx's error shape.
+
 mod common;
 
 use common::*;
@@ -87,6 +89,19 @@ fn route(upstream: &str) -> String {
     format!("[[route]]\nname = \"telnyx\"\npreset = \"telnyx\"\nupstream = \"{upstream}\"\n")
 }
 
+async fn conversions(p: &Proxy) -> String {
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    m.lines()
+        .find(|l| {
+            l.starts_with("smsfence_conversions_total{")
+                && l.contains(r#"country="GB""#)
+                && l.contains(r#"source="verify_check""#)
+                && l.contains(r#"outcome="verified""#)
+        })
+        .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
+        .unwrap_or_else(|| "0".into())
+}
+
 #[tokio::test]
 async fn starts_on_every_channel_are_decided() {
     let up = telnyx_upstream().await;
@@ -170,4 +185,85 @@ async fn a_second_start_to_the_same_number_is_counted_against_it() {
     .await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(up.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn checks_are_counted_against_the_number_and_accepted_ones_are_conversions() {
+    let up = telnyx_upstream().await;
+    let p = Proxy::start(&route(&up.url()), &[("r.toml", RULES)]).await;
+    let a = send(
+        "POST",
+        &p.url("/v2/verifications/sms"),
+        &[JSON, BEARER],
+        start_body("+447400123456"),
+    )
+    .await;
+    assert_eq!(a.json()["data"]["id"], "ver-3456");
+    assert_eq!(conversions(&p).await, "0");
+
+    // By id: the number comes from the start's answer.
+    let a = send(
+        "POST",
+        &p.url("/v2/verifications/ver-3456/actions/verify"),
+        &[JSON, BEARER],
+        r#"{"code":"17686"}"#,
+    )
+    .await;
+    assert_eq!(
+        a.json()["data"]["response_code"],
+        "accepted",
+        "{}",
+        a.text()
+    );
+    assert_eq!(conversions(&p).await, "1");
+    // By phone number, `+` encoded as the Node SDK does: the same number's second check.
+    let a = send(
+        "POST",
+        &p.url("/v2/verifications/by_phone_number/%2B447400123456/actions/verify"),
+        &[JSON, BEARER],
+        r#"{"code":"17686","verify_profile_id":"12ade33a-21c0-473b-b055-b3c836e1c292"}"#,
+    )
+    .await;
+    assert_eq!(
+        a.json()["data"]["response_code"],
+        "accepted",
+        "{}",
+        a.text()
+    );
+    assert_eq!(conversions(&p).await, "2");
+    assert_eq!(up.requests().len(), 3);
+    // The third check of that number, by id or by number (`+` as the Python SDK sends
+    // it), is over the guess limit: refused, never forwarded.
+    for path in [
+        "/v2/verifications/ver-3456/actions/verify",
+        "/v2/verifications/by_phone_number/+447400123456/actions/verify",
+    ] {
+        let t = send("POST", &p.url(path), &[JSON, BEARER], r#"{"code":"1"}"#).await;
+        assert_eq!(t.status, 429, "{path}: {}", t.text());
+        assert_eq!(t.json()["errors"][0]["code"], "10011");
+        assert_eq!(t.header("smsfence-rule"), Some("guess"));
+    }
+    assert_eq!(up.requests().len(), 3);
+
+    // A rejected code is no conversion.
+    let a = send(
+        "POST",
+        &p.url("/v2/verifications/by_phone_number/+447400123999/actions/verify"),
+        &[JSON, BEARER],
+        r#"{"code":"000000","verify_profile_id":"vp"}"#,
+    )
+    .await;
+    assert_eq!(a.json()["data"]["response_code"], "rejected");
+    assert_eq!(conversions(&p).await, "2");
+    // A check by an id smsfence never saw start passes undecided; its accepted answer
+    // names the number, which is credited.
+    let a = send(
+        "POST",
+        &p.url("/v2/verifications/ver-unknown/actions/verify"),
+        &[JSON, BEARER],
+        r#"{"code":"17686"}"#,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(conversions(&p).await, "3");
 }

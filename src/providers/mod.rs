@@ -891,6 +891,7 @@ pub fn conversion(
     match op {
         Op::Twilio(op) => twilio::conversion(op, req, extracted, status, body),
         Op::Vonage(op) => vonage::conversion(op, req, extracted, status, body),
+        Op::Telnyx(op) => telnyx::conversion(op, req, extracted, status, body),
         _ => ConversionSignal::None,
     }
 }
@@ -900,6 +901,7 @@ pub fn wants_response_body(op: Op) -> bool {
     match op {
         Op::Twilio(op) => matches!(op, twilio::Op::VerifyStart | twilio::Op::VerifyCheck),
         Op::Vonage(op) => matches!(op, vonage::Op::VerifyStart | vonage::Op::VerifyCheck),
+        Op::Telnyx(op) => op != telnyx::Op::Send,
         _ => false,
     }
 }

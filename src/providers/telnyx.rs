@@ -6,8 +6,14 @@
 //!   SDKs' `trigger_*`), `/v2/verifications/psd2` (the 2.x SDKs),
 //!   `/v2/verifications/dtmf_confirm` (a call that asks for a keypress) and the legacy
 //!   `POST /v2/verifications` with a `type`: JSON `phone_number` (+E.164),
-//!   `verify_profile_id`. Telnyx has no resend: sending the code again is another
-//!   start, decided as one.
+//!   `verify_profile_id`. The answer's `data.id` is remembered so that a check by id can
+//!   be counted against the number. Telnyx has no resend: sending the code again is
+//!   another start, decided as one;
+//! - Verify checks, `POST /v2/verifications/by_phone_number/{phone_number}/actions/verify`
+//!   (the number in the path, JSON `code`, `verify_profile_id`) and
+//!   `POST /v2/verifications/{verification_id}/actions/verify` (JSON `code`, or `status`
+//!   for a custom code): answered `{"data": {"phone_number", "response_code"}}`, a
+//!   conversion when `response_code` is `"accepted"`.
 //!
 //! Errors are `{errors: [{code, title, detail}]}`. Both official SDKs retry a 429 (and
 //! 5xx) up to three times unless the response says `x-should-retry: false`, so every
@@ -17,8 +23,8 @@ use hyper::StatusCode;
 use serde_json::json;
 
 use super::{
-    sandbox_id, segments, Endpoint, ExtractError, Extracted, NativeResponse, Refusal, RefusalKind,
-    RequestKind, RequestView,
+    sandbox_id, segments, ConversionSignal, Endpoint, ExtractError, Extracted, NativeResponse,
+    Refusal, RefusalKind, RequestKind, RequestView,
 };
 use crate::decide::Reason;
 
@@ -29,6 +35,10 @@ pub enum Op {
     Send,
     /// Start a Verify verification (a code by SMS, call, flash call, WhatsApp …).
     VerifyStart,
+    /// Check a Verify code by phone number: the number is in the path.
+    VerifyCheck,
+    /// Check a Verify code by verification id: the number is the one the id was started for.
+    VerifyCheckById,
 }
 
 impl Op {
@@ -37,6 +47,7 @@ impl Op {
         match self {
             Op::Send => RequestKind::Send,
             Op::VerifyStart => RequestKind::VerifyStart,
+            Op::VerifyCheck | Op::VerifyCheckById => RequestKind::VerifyCheck,
         }
     }
 
@@ -133,6 +144,16 @@ pub const ENDPOINTS: &[Endpoint] = &[
         pattern: "/v2/verifications",
         op: super::Op::Telnyx(Op::VerifyStart),
     },
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/verifications/by_phone_number/{}/actions/verify",
+        op: super::Op::Telnyx(Op::VerifyCheck),
+    },
+    Endpoint {
+        method: "POST",
+        pattern: "/v2/verifications/{}/actions/verify",
+        op: super::Op::Telnyx(Op::VerifyCheckById),
+    },
 ];
 
 /// Telnyx API roots that pass through (Verify: look-ups of a verification, lists by
@@ -150,6 +171,7 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
     match op {
         Op::Send => extract_send(req),
         Op::VerifyStart => extract_verify_start(req),
+        Op::VerifyCheck | Op::VerifyCheckById => extract_verify_check(op, req),
     }
 }
 
@@ -171,6 +193,29 @@ fn extract_verify_start(req: &RequestView<'_>) -> Result<Extracted, ExtractError
         segments: 1,
         ..Extracted::default()
     })
+}
+
+/// A Verify check: the number from the path, or the verification id to look it up by.
+fn extract_verify_check(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
+    let mut out = Extracted {
+        segments: 1,
+        ..Extracted::default()
+    };
+    // The body only names the profile; a body smsfence cannot read is the provider's to
+    // refuse, not a reason to leave the check uncounted.
+    if req.is_json() {
+        if let Ok(v) = req.json() {
+            out.sender = super::json_str(&v, "verify_profile_id").map(str::to_owned);
+        }
+    }
+    let param = req.param(0).filter(|p| !p.trim().is_empty());
+    match op {
+        Op::VerifyCheck => out
+            .recipients
+            .push(param.ok_or(ExtractError::MissingRecipient("phone_number"))?),
+        _ => out.verify_ref = param,
+    }
+    Ok(out)
 }
 
 /// A Messaging send: JSON `to`.
@@ -267,6 +312,48 @@ pub fn sandbox(req: &RequestView<'_>, ex: &Extracted) -> NativeResponse {
             "errors": [],
         }}),
     )
+}
+
+/// Whether Telnyx's answer starts or accepts a verification.
+pub fn conversion(
+    op: Op,
+    req: &RequestView<'_>,
+    ex: &Extracted,
+    status: StatusCode,
+    body: &[u8],
+) -> ConversionSignal {
+    if !status.is_success() {
+        return ConversionSignal::None;
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return ConversionSignal::None;
+    };
+    let data = v.get("data").unwrap_or(&serde_json::Value::Null);
+    match op {
+        Op::Send => ConversionSignal::None,
+        Op::VerifyStart => match super::json_str(data, "id") {
+            Some(id) => ConversionSignal::Started {
+                reference: id.to_owned(),
+            },
+            None => ConversionSignal::None,
+        },
+        Op::VerifyCheck | Op::VerifyCheckById => {
+            if super::json_str(data, "response_code") != Some("accepted") {
+                return ConversionSignal::None;
+            }
+            ConversionSignal::Verified {
+                number: ex
+                    .recipients
+                    .first()
+                    .cloned()
+                    .or_else(|| super::json_str(data, "phone_number").map(str::to_owned)),
+                reference: match op {
+                    Op::VerifyCheckById => req.param(0),
+                    _ => None,
+                },
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -369,6 +456,103 @@ mod tests {
     }
 
     #[test]
+    fn verify_checks_read_the_number_from_the_path_or_keep_the_id() {
+        let h = json_headers();
+        let body = br#"{"code":"17686","verify_profile_id":"vp"}"#;
+        // The Python SDK puts the `+` in the path as it is, the Node SDK encodes it.
+        for param in ["+13035551234", "%2B13035551234"] {
+            let ex = extract(Op::VerifyCheck, &view(&h, &[param], body)).unwrap();
+            assert_eq!(ex.recipients, vec!["+13035551234"]);
+            assert_eq!(ex.sender.as_deref(), Some("vp"));
+            assert_eq!(ex.verify_ref, None);
+        }
+        let ex = extract(
+            Op::VerifyCheckById,
+            &view(&h, &["ver-1"], br#"{"code":"1"}"#),
+        )
+        .unwrap();
+        assert!(ex.recipients.is_empty());
+        assert_eq!(ex.verify_ref.as_deref(), Some("ver-1"));
+        assert_eq!(Op::VerifyCheckById.kind(), RequestKind::VerifyCheck);
+        // A body smsfence cannot read still counts the check against the number.
+        let ex = extract(Op::VerifyCheck, &view(&h, &["+13035551234"], b"{")).unwrap();
+        assert_eq!(ex.recipients, vec!["+13035551234"]);
+    }
+
+    #[test]
+    fn conversions_from_starts_and_accepted_checks() {
+        let h = json_headers();
+        let start = extract(
+            Op::VerifyStart,
+            &view(&h, &[], br#"{"phone_number":"+13035551234"}"#),
+        )
+        .unwrap();
+        let started = conversion(
+            Op::VerifyStart,
+            &view(&h, &[], b""),
+            &start,
+            StatusCode::OK,
+            br#"{"data":{"id":"ver-1","record_type":"verification","status":"pending"}}"#,
+        );
+        assert_eq!(
+            started,
+            ConversionSignal::Started {
+                reference: "ver-1".into()
+            }
+        );
+        let by_number = extract(Op::VerifyCheck, &view(&h, &["+13035551234"], b"")).unwrap();
+        let accepted = br#"{"data":{"phone_number":"+13035551234","response_code":"accepted"}}"#;
+        assert_eq!(
+            conversion(
+                Op::VerifyCheck,
+                &view(&h, &["+13035551234"], b""),
+                &by_number,
+                StatusCode::OK,
+                accepted
+            ),
+            ConversionSignal::Verified {
+                number: Some("+13035551234".into()),
+                reference: None
+            }
+        );
+        let by_id = extract(Op::VerifyCheckById, &view(&h, &["ver-1"], b"")).unwrap();
+        assert_eq!(
+            conversion(
+                Op::VerifyCheckById,
+                &view(&h, &["ver-1"], b""),
+                &by_id,
+                StatusCode::OK,
+                accepted
+            ),
+            ConversionSignal::Verified {
+                number: Some("+13035551234".into()),
+                reference: Some("ver-1".into())
+            }
+        );
+        // Rejected codes, errors and other bodies say nothing.
+        for (status, body) in [
+            (
+                StatusCode::OK,
+                &br#"{"data":{"phone_number":"+13035551234","response_code":"rejected"}}"#[..],
+            ),
+            (StatusCode::BAD_REQUEST, accepted),
+            (StatusCode::OK, br#"{"response_code":"accepted"}"#),
+            (StatusCode::OK, b"not json"),
+        ] {
+            assert_eq!(
+                conversion(
+                    Op::VerifyCheck,
+                    &view(&h, &["+13035551234"], b""),
+                    &by_number,
+                    status,
+                    body
+                ),
+                ConversionSignal::None
+            );
+        }
+    }
+
+    #[test]
     fn verify_refusals_keep_the_sdk_statuses() {
         let r = |op, kind, reason| {
             let r = refusal(
@@ -392,6 +576,10 @@ mod tests {
         };
         assert_eq!(
             r(Op::VerifyStart, throttle, Reason::RateLimited),
+            (429, "10011".into())
+        );
+        assert_eq!(
+            r(Op::VerifyCheck, throttle, Reason::RateLimited),
             (429, "10011".into())
         );
         assert_eq!(
