@@ -1,7 +1,8 @@
 //! Telnyx Verify through the telnyx preset: starts on every channel decided like sends,
 //! a second start to the same number (Telnyx's way to send the code again) counted against
 //! it, checks by phone number and by verification id counted as `verify_check` against the
-//! number, accepted checks recorded as conversions, refusals in Telnyx's error shape.
+//! number, accepted checks recorded as conversions, refusals in Telnyx's error shape, and
+//! the sandbox answering starts and checks.
 
 mod common;
 
@@ -266,4 +267,58 @@ async fn checks_are_counted_against_the_number_and_accepted_ones_are_conversions
     .await;
     assert_eq!(a.status, 200);
     assert_eq!(conversions(&p).await, "3");
+}
+
+#[tokio::test]
+async fn the_sandbox_answers_starts_and_checks() {
+    let p = Proxy::start(&route("sandbox"), &[("r.toml", RULES)]).await;
+    let a = send(
+        "POST",
+        &p.url("/v2/verifications/whatsapp"),
+        &[JSON, BEARER],
+        start_body("+447400123456"),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let data = &a.json()["data"];
+    assert_eq!(
+        (&data["type"], &data["status"], &data["record_type"]),
+        (
+            &serde_json::json!("whatsapp"),
+            &serde_json::json!("pending"),
+            &serde_json::json!("verification")
+        )
+    );
+    assert_eq!(data["phone_number"], "+447400123456");
+    let id = data["id"].as_str().unwrap().to_owned();
+
+    let a = send(
+        "POST",
+        &p.url("/v2/verifications/by_phone_number/+447400123456/actions/verify"),
+        &[JSON, BEARER],
+        r#"{"code":"000000","verify_profile_id":"vp"}"#,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["data"]["response_code"], "rejected");
+    assert_eq!(conversions(&p).await, "0");
+    let a = send(
+        "POST",
+        &p.url(&format!("/v2/verifications/{id}/actions/verify")),
+        &[JSON, BEARER],
+        r#"{"code":"123456"}"#,
+    )
+    .await;
+    assert_eq!(a.json()["data"]["response_code"], "accepted");
+    assert_eq!(conversions(&p).await, "1");
+    // The sandbox still refuses as Telnyx does.
+    let a = send(
+        "POST",
+        &p.url("/v2/verifications/sms"),
+        &[JSON, BEARER],
+        start_body(PREMIUM),
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert_eq!(a.json()["errors"][0]["code"], "40300");
 }

@@ -872,7 +872,7 @@ pub fn sandbox(
     match op {
         Op::Twilio(op) => twilio::sandbox(op, req, extracted),
         Op::Vonage(op) => vonage::sandbox(op, req, extracted),
-        Op::Telnyx(_) => telnyx::sandbox(req, extracted),
+        Op::Telnyx(op) => telnyx::sandbox(op, req, extracted),
         Op::Plivo(_) => plivo::sandbox(req, extracted),
         Op::Sinch(_) => sinch::sandbox(req, extracted),
         Op::Infobip(op) => infobip::sandbox(op, req, extracted),

@@ -56,6 +56,17 @@ impl Op {
     }
 }
 
+/// The Verify start channels, the last segment of `/v2/verifications/{channel}`: every one
+/// reaches the phone number (`dtmf_confirm` calls it; `psd2` texts it a code).
+const VERIFY_CHANNELS: [&str; 6] = [
+    "sms",
+    "call",
+    "flashcall",
+    "whatsapp",
+    "psd2",
+    "dtmf_confirm",
+];
+
 /// Telnyx's sending endpoints.
 pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint {
@@ -292,16 +303,71 @@ pub fn refusal(op: Op, refusal: &Refusal<'_>) -> NativeResponse {
         .with_header("x-should-retry", "false")
 }
 
-/// The sandbox's Telnyx answer.
-pub fn sandbox(req: &RequestView<'_>, ex: &Extracted) -> NativeResponse {
-    let v = req.json().unwrap_or_default();
+/// A UUID-shaped sandbox id.
+fn uuid_like() -> String {
     let id = sandbox_id("", 32);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &id[..8],
+        &id[8..12],
+        &id[12..16],
+        &id[16..20],
+        &id[20..]
+    )
+}
+
+/// The sandbox's Telnyx answer.
+pub fn sandbox(op: Op, req: &RequestView<'_>, ex: &Extracted) -> NativeResponse {
+    let v = req.json().unwrap_or_default();
+    match op {
+        Op::Send => {}
+        Op::VerifyStart => {
+            // The channel is the path's last segment; the legacy start names it in `type`.
+            let last = req.path.rsplit('/').next().unwrap_or("");
+            let channel = VERIFY_CHANNELS
+                .into_iter()
+                .find(|c| last.eq_ignore_ascii_case(c))
+                .or_else(|| super::json_str(&v, "type"))
+                .unwrap_or("sms");
+            let now = "2024-01-01T00:00:00.000000";
+            return NativeResponse::json(
+                StatusCode::OK,
+                &json!({"data": {
+                    "id": uuid_like(),
+                    "type": channel,
+                    "record_type": "verification",
+                    "phone_number": ex.recipients.first(),
+                    "verify_profile_id": super::json_str(&v, "verify_profile_id"),
+                    "custom_code": super::json_str(&v, "custom_code"),
+                    "timeout_secs": v.get("timeout_secs").and_then(serde_json::Value::as_u64).unwrap_or(300),
+                    "status": "pending",
+                    "created_at": now,
+                    "updated_at": now,
+                }}),
+            );
+        }
+        Op::VerifyCheck | Op::VerifyCheckById => {
+            // The sandbox accepts any code except "000000" (and a custom code's verdict
+            // as given); a check by id names no number it could answer with.
+            let accepted = match super::json_str(&v, "code") {
+                Some(code) => code != "000000",
+                None => super::json_str(&v, "status") == Some("accepted"),
+            };
+            return NativeResponse::json(
+                StatusCode::OK,
+                &json!({"data": {
+                    "phone_number": ex.recipients.first(),
+                    "response_code": if accepted { "accepted" } else { "rejected" },
+                }}),
+            );
+        }
+    }
     NativeResponse::json(
         StatusCode::OK,
         &json!({"data": {
             "record_type": "message",
             "direction": "outbound",
-            "id": format!("{}-{}-{}-{}-{}", &id[..8], &id[8..12], &id[12..16], &id[16..20], &id[20..]),
+            "id": uuid_like(),
             "type": "SMS",
             "from": {"phone_number": super::json_str(&v, "from"), "carrier": "", "line_type": ""},
             "to": ex.recipients.iter().map(|t| json!({"phone_number": t, "status": "queued", "carrier": "", "line_type": ""})).collect::<Vec<_>>(),
@@ -594,5 +660,39 @@ mod tests {
             r(Op::Send, RefusalKind::Block, Reason::InvalidNumber),
             (422, "40310".into())
         );
+    }
+
+    #[test]
+    fn verify_sandbox_answers() {
+        let h = json_headers();
+        let body = br#"{"phone_number":"+13035551234","verify_profile_id":"vp"}"#;
+        let ex = extract(Op::VerifyStart, &view(&h, &[], body)).unwrap();
+        for (path, channel) in [
+            ("/v2/verifications/call", "call"),
+            ("/v2/verifications/dtmf_confirm", "dtmf_confirm"),
+            ("/v2/verifications", "sms"),
+        ] {
+            let mut req = view(&h, &[], body);
+            req.path = path;
+            let a = sandbox(Op::VerifyStart, &req, &ex);
+            assert_eq!(a.status, StatusCode::OK);
+            let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+            assert_eq!(v["data"]["type"], channel);
+            assert_eq!(v["data"]["phone_number"], "+13035551234");
+            assert_eq!(v["data"]["record_type"], "verification");
+            assert_eq!(v["data"]["id"].as_str().map(str::len), Some(36));
+        }
+        let check = extract(Op::VerifyCheck, &view(&h, &["+13035551234"], b"")).unwrap();
+        for (code, verdict) in [("123456", "accepted"), ("000000", "rejected")] {
+            let body = format!(r#"{{"code":"{code}"}}"#);
+            let a = sandbox(
+                Op::VerifyCheck,
+                &view(&h, &["+13035551234"], body.as_bytes()),
+                &check,
+            );
+            let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+            assert_eq!(v["data"]["response_code"], verdict);
+            assert_eq!(v["data"]["phone_number"], "+13035551234");
+        }
     }
 }
