@@ -42,7 +42,7 @@ pub enum Preset {
     Twilio,
     /// Vonage (Nexmo) SMS, Verify v1 and v2, and Messages.
     Vonage,
-    /// Telnyx Messaging v2.
+    /// Telnyx Messaging v2 and Verify.
     Telnyx,
     /// Plivo Messages.
     Plivo,
@@ -778,7 +778,8 @@ pub fn kind(op: Op) -> RequestKind {
         Op::Twilio(op) => op.kind(),
         Op::Vonage(op) => op.kind(),
         Op::Plivo(op) => op.kind(),
-        Op::Telnyx(_) | Op::Sinch(_) | Op::Infobip(_) | Op::Generic => RequestKind::Send,
+        Op::Telnyx(op) => op.kind(),
+        Op::Sinch(_) | Op::Infobip(_) | Op::Generic => RequestKind::Send,
     }
 }
 
@@ -868,7 +869,7 @@ fn build_refusal(
     let resp = match op {
         Op::Twilio(op) => twilio::refusal(op, refusal),
         Op::Vonage(op) => vonage::refusal(op, refusal),
-        Op::Telnyx(_) => telnyx::refusal(refusal),
+        Op::Telnyx(op) => telnyx::refusal(op, refusal),
         Op::Plivo(_) => plivo::refusal(refusal),
         Op::Sinch(_) => sinch::refusal(refusal),
         Op::Infobip(op) => infobip::refusal(op, refusal),
@@ -888,7 +889,7 @@ pub fn sandbox(
     match op {
         Op::Twilio(op) => twilio::sandbox(op, req, extracted),
         Op::Vonage(op) => vonage::sandbox(op, req, extracted),
-        Op::Telnyx(_) => telnyx::sandbox(req, extracted),
+        Op::Telnyx(op) => telnyx::sandbox(op, req, extracted),
         Op::Plivo(_) => plivo::sandbox(req, extracted),
         Op::Sinch(_) => sinch::sandbox(req, extracted),
         Op::Infobip(op) => infobip::sandbox(op, req, extracted),
@@ -907,6 +908,7 @@ pub fn conversion(
     match op {
         Op::Twilio(op) => twilio::conversion(op, req, extracted, status, body),
         Op::Vonage(op) => vonage::conversion(op, req, extracted, status, body),
+        Op::Telnyx(op) => telnyx::conversion(op, req, extracted, status, body),
         _ => ConversionSignal::None,
     }
 }
@@ -922,6 +924,7 @@ pub fn wants_response_body(op: Op) -> bool {
                 | vonage::Op::LegacyStart(_)
                 | vonage::Op::LegacyCheck(_)
         ),
+        Op::Telnyx(op) => op != telnyx::Op::Send,
         _ => false,
     }
 }
