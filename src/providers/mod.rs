@@ -47,7 +47,7 @@ pub enum Preset {
     Plivo,
     /// Sinch SMS (XMS batches).
     Sinch,
-    /// Infobip SMS v2 and v3.
+    /// Infobip SMS v2 and v3, and 2FA.
     Infobip,
     /// Any other HTTP SMS API, read by a configured extractor.
     Generic,
@@ -764,7 +764,8 @@ pub fn kind(op: Op) -> RequestKind {
         Op::Twilio(op) => op.kind(),
         Op::Vonage(op) => op.kind(),
         Op::Plivo(op) => op.kind(),
-        Op::Telnyx(_) | Op::Sinch(_) | Op::Infobip(_) | Op::Generic => RequestKind::Send,
+        Op::Infobip(op) => op.kind(),
+        Op::Telnyx(_) | Op::Sinch(_) | Op::Generic => RequestKind::Send,
     }
 }
 
@@ -890,6 +891,7 @@ pub fn conversion(
     match op {
         Op::Twilio(op) => twilio::conversion(op, req, extracted, status, body),
         Op::Vonage(op) => vonage::conversion(op, req, extracted, status, body),
+        Op::Infobip(op) => infobip::conversion(op, req, extracted, status, body),
         _ => ConversionSignal::None,
     }
 }
@@ -899,6 +901,10 @@ pub fn wants_response_body(op: Op) -> bool {
     match op {
         Op::Twilio(op) => matches!(op, twilio::Op::VerifyStart | twilio::Op::VerifyCheck),
         Op::Vonage(op) => matches!(op, vonage::Op::VerifyStart | vonage::Op::VerifyCheck),
+        Op::Infobip(op) => matches!(
+            op,
+            infobip::Op::PinSms | infobip::Op::PinVoice | infobip::Op::PinVerify
+        ),
         _ => false,
     }
 }
