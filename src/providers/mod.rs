@@ -45,7 +45,7 @@ pub enum Preset {
     Telnyx,
     /// Plivo Messages.
     Plivo,
-    /// Sinch SMS (XMS batches).
+    /// Sinch SMS (XMS batches) and Verification.
     Sinch,
     /// Infobip SMS v2 and v3, and 2FA.
     Infobip,
@@ -765,7 +765,8 @@ pub fn kind(op: Op) -> RequestKind {
         Op::Vonage(op) => op.kind(),
         Op::Plivo(op) => op.kind(),
         Op::Infobip(op) => op.kind(),
-        Op::Telnyx(_) | Op::Sinch(_) | Op::Generic => RequestKind::Send,
+        Op::Sinch(op) => op.kind(),
+        Op::Telnyx(_) | Op::Generic => RequestKind::Send,
     }
 }
 
@@ -854,7 +855,7 @@ fn build_refusal(
         Op::Vonage(op) => vonage::refusal(op, refusal),
         Op::Telnyx(_) => telnyx::refusal(refusal),
         Op::Plivo(_) => plivo::refusal(refusal),
-        Op::Sinch(_) => sinch::refusal(refusal),
+        Op::Sinch(op) => sinch::refusal(op, refusal),
         Op::Infobip(op) => infobip::refusal(op, refusal),
         Op::Generic => generic::refusal(generic, refusal),
     };
@@ -874,7 +875,7 @@ pub fn sandbox(
         Op::Vonage(op) => vonage::sandbox(op, req, extracted),
         Op::Telnyx(_) => telnyx::sandbox(req, extracted),
         Op::Plivo(_) => plivo::sandbox(req, extracted),
-        Op::Sinch(_) => sinch::sandbox(req, extracted),
+        Op::Sinch(op) => sinch::sandbox(op, req, extracted),
         Op::Infobip(op) => infobip::sandbox(op, req, extracted),
         Op::Generic => generic::sandbox(generic),
     }
@@ -892,6 +893,7 @@ pub fn conversion(
         Op::Twilio(op) => twilio::conversion(op, req, extracted, status, body),
         Op::Vonage(op) => vonage::conversion(op, req, extracted, status, body),
         Op::Infobip(op) => infobip::conversion(op, req, extracted, status, body),
+        Op::Sinch(op) => sinch::conversion(op, req, extracted, status, body),
         _ => ConversionSignal::None,
     }
 }
@@ -905,6 +907,7 @@ pub fn wants_response_body(op: Op) -> bool {
             op,
             infobip::Op::PinSms | infobip::Op::PinVoice | infobip::Op::PinVerify
         ),
+        Op::Sinch(op) => !matches!(op, sinch::Op::Send | sinch::Op::Update),
         _ => false,
     }
 }
@@ -1192,6 +1195,11 @@ pub(crate) mod tests {
                 Op::Sinch(sinch::Op::Send),
                 &block,
                 json!({"code": "forbidden", "text": b}),
+            ),
+            (
+                Op::Sinch(sinch::Op::VerifyStart),
+                &block,
+                json!({"errorCode": 40300, "message": b}),
             ),
             (
                 Op::Infobip(infobip::Op::SendV2),
