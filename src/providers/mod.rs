@@ -46,9 +46,9 @@ pub enum Preset {
     Telnyx,
     /// Plivo Messages.
     Plivo,
-    /// Sinch SMS (XMS batches).
+    /// Sinch SMS (XMS batches) and Verification.
     Sinch,
-    /// Infobip SMS v2 and v3.
+    /// Infobip SMS v2 and v3, and 2FA.
     Infobip,
     /// Any other HTTP SMS API, read by a configured extractor.
     Generic,
@@ -779,7 +779,9 @@ pub fn kind(op: Op) -> RequestKind {
         Op::Vonage(op) => op.kind(),
         Op::Plivo(op) => op.kind(),
         Op::Telnyx(op) => op.kind(),
-        Op::Sinch(_) | Op::Infobip(_) | Op::Generic => RequestKind::Send,
+        Op::Infobip(op) => op.kind(),
+        Op::Sinch(op) => op.kind(),
+        Op::Generic => RequestKind::Send,
     }
 }
 
@@ -871,7 +873,7 @@ fn build_refusal(
         Op::Vonage(op) => vonage::refusal(op, refusal),
         Op::Telnyx(op) => telnyx::refusal(op, refusal),
         Op::Plivo(_) => plivo::refusal(refusal),
-        Op::Sinch(_) => sinch::refusal(refusal),
+        Op::Sinch(op) => sinch::refusal(op, refusal),
         Op::Infobip(op) => infobip::refusal(op, refusal),
         Op::Generic => generic::refusal(generic, refusal),
     };
@@ -891,7 +893,7 @@ pub fn sandbox(
         Op::Vonage(op) => vonage::sandbox(op, req, extracted),
         Op::Telnyx(op) => telnyx::sandbox(op, req, extracted),
         Op::Plivo(_) => plivo::sandbox(req, extracted),
-        Op::Sinch(_) => sinch::sandbox(req, extracted),
+        Op::Sinch(op) => sinch::sandbox(op, req, extracted),
         Op::Infobip(op) => infobip::sandbox(op, req, extracted),
         Op::Generic => generic::sandbox(generic),
     }
@@ -909,6 +911,8 @@ pub fn conversion(
         Op::Twilio(op) => twilio::conversion(op, req, extracted, status, body),
         Op::Vonage(op) => vonage::conversion(op, req, extracted, status, body),
         Op::Telnyx(op) => telnyx::conversion(op, req, extracted, status, body),
+        Op::Infobip(op) => infobip::conversion(op, req, extracted, status, body),
+        Op::Sinch(op) => sinch::conversion(op, req, extracted, status, body),
         _ => ConversionSignal::None,
     }
 }
@@ -925,6 +929,11 @@ pub fn wants_response_body(op: Op) -> bool {
                 | vonage::Op::LegacyCheck(_)
         ),
         Op::Telnyx(op) => op != telnyx::Op::Send,
+        Op::Infobip(op) => matches!(
+            op,
+            infobip::Op::PinSms | infobip::Op::PinVoice | infobip::Op::PinVerify
+        ),
+        Op::Sinch(op) => !matches!(op, sinch::Op::Send | sinch::Op::Update),
         _ => false,
     }
 }
@@ -1244,6 +1253,11 @@ pub(crate) mod tests {
                 Op::Sinch(sinch::Op::Send),
                 &block,
                 json!({"code": "forbidden", "text": b}),
+            ),
+            (
+                Op::Sinch(sinch::Op::VerifyStart),
+                &block,
+                json!({"errorCode": 40300, "message": b}),
             ),
             (
                 Op::Infobip(infobip::Op::SendV2),

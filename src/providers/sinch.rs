@@ -4,13 +4,22 @@
 //! `to` entries may also be group ids, which smsfence cannot check: such a batch is an
 //! unsupported request. Errors are `{code, text}`. The Python SDK retries a 429 three
 //! times by itself, so a block is a 403, never a 429.
+//!
+//! Sinch Verification (on its own host, `verification.api.sinch.com`: a second route,
+//! told apart by its `path_prefix`): `POST /verification/v1/verifications` starts one
+//! (JSON `identity: {type: "number", endpoint}`, `method` `sms`, `callout`, `flashCall`
+//! or `seamless`; the answer's `id` is remembered); a report (the check) is
+//! `PUT /verification/v1/verifications/number/{endpoint}` (the number in the path) or
+//! `PUT /verification/v1/verifications/id/{id}` (the number the `id` was started for),
+//! answered `status: "SUCCESSFUL"` on success. Errors are `{errorCode, message,
+//! reference}`; the Python SDK raises `VerificationException` with the `message`.
 
 use hyper::StatusCode;
 use serde_json::json;
 
 use super::{
-    sandbox_id, segments, Endpoint, ExtractError, Extracted, NativeResponse, Refusal, RefusalKind,
-    RequestView,
+    sandbox_id, segments, ConversionSignal, Endpoint, ExtractError, Extracted, NativeResponse,
+    Refusal, RefusalKind, RequestKind, RequestView,
 };
 use crate::decide::Reason;
 
@@ -21,6 +30,29 @@ pub enum Op {
     Send,
     /// Update a scheduled batch: `to_add` are new recipients.
     Update,
+    /// Start a verification: `identity.endpoint`.
+    VerifyStart,
+    /// Report a code for the number in the path.
+    ReportByNumber,
+    /// Report a code for the verification `id` in the path.
+    ReportById,
+}
+
+impl Op {
+    /// The request kind.
+    pub fn kind(self) -> RequestKind {
+        match self {
+            Op::Send | Op::Update => RequestKind::Send,
+            Op::VerifyStart => RequestKind::VerifyStart,
+            Op::ReportByNumber | Op::ReportById => RequestKind::VerifyCheck,
+        }
+    }
+
+    /// Whether the operation is of the Verification API, which answers errors in its own
+    /// shape.
+    fn verification(self) -> bool {
+        !matches!(self, Op::Send | Op::Update)
+    }
 }
 
 /// Sinch's sending endpoints.
@@ -40,22 +72,64 @@ pub const ENDPOINTS: &[Endpoint] = &[
         pattern: "/xms/v1/{}/batches/{}",
         op: super::Op::Sinch(Op::Update),
     },
+    Endpoint {
+        method: "POST",
+        pattern: "/verification/v1/verifications",
+        op: super::Op::Sinch(Op::VerifyStart),
+    },
+    Endpoint {
+        method: "PUT",
+        pattern: "/verification/v1/verifications/number/{}",
+        op: super::Op::Sinch(Op::ReportByNumber),
+    },
+    Endpoint {
+        method: "PUT",
+        pattern: "/verification/v1/verifications/id/{}",
+        op: super::Op::Sinch(Op::ReportById),
+    },
 ];
 
-/// Sinch API roots that pass through.
-pub const ROOTS: &[&str] = &["/xms/**"];
+/// Sinch API roots that pass through: SMS batches, and the Verification API (status
+/// look-ups), each on its own host.
+pub const ROOTS: &[&str] = &["/xms/**", "/verification/v1/**"];
 
 /// Reads a Sinch request.
 pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
+    match op {
+        Op::Send => extract_batch(false, req),
+        Op::Update => extract_batch(true, req),
+        Op::VerifyStart => extract_start(req),
+        Op::ReportByNumber => {
+            let number = req
+                .param(0)
+                .filter(|n| !n.trim().is_empty())
+                .ok_or(ExtractError::MissingRecipient("the number in the path"))?;
+            Ok(Extracted {
+                recipients: vec![number.trim().to_owned()],
+                number_format: Some(crate::phone::NumberFormat::InternationalDigits),
+                segments: 1,
+                ..Extracted::default()
+            })
+        }
+        Op::ReportById => Ok(Extracted {
+            verify_ref: req.param(0).filter(|id| !id.is_empty()),
+            segments: 1,
+            ..Extracted::default()
+        }),
+    }
+}
+
+/// Reads a batch send (`update`: an update of a scheduled batch).
+fn extract_batch(update: bool, req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
     if !req.is_json() {
         return Err(ExtractError::MalformedBody("Sinch takes a JSON body"));
     }
     let v = req.json()?;
-    let to = match op {
-        Op::Send => v.get("to"),
+    let to = match update {
+        false => v.get("to"),
         // An update that adds no one (text, schedule, removals; or a dry run, which sends
         // nothing) has nothing to decide.
-        Op::Update => match v.get("to_add") {
+        true => match v.get("to_add") {
             None | Some(serde_json::Value::Null) => {
                 return Ok(Extracted {
                     no_phone: true,
@@ -95,8 +169,42 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
     })
 }
 
+/// Reads a verification start: `identity.endpoint` of `type: "number"`.
+fn extract_start(req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
+    if !req.is_json() {
+        return Err(ExtractError::MalformedBody(
+            "Sinch Verification takes a JSON body",
+        ));
+    }
+    let v = req.json()?;
+    const WHAT: &str = "identity.endpoint";
+    let identity = v
+        .get("identity")
+        .ok_or(ExtractError::MissingRecipient(WHAT))?;
+    // The API knows one identity type; another would be read by rules smsfence does not
+    // know.
+    if super::json_str(identity, "type") != Some("number") {
+        return Err(ExtractError::Unsupported(
+            "a Sinch identity whose type is not \"number\"",
+        ));
+    }
+    let endpoint = super::json_str(identity, "endpoint")
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .ok_or(ExtractError::MissingRecipient(WHAT))?;
+    Ok(Extracted {
+        recipients: vec![endpoint.to_owned()],
+        number_format: Some(crate::phone::NumberFormat::InternationalDigits),
+        segments: 1,
+        ..Extracted::default()
+    })
+}
+
 /// Sinch's native error for a refusal.
-pub fn refusal(refusal: &Refusal<'_>) -> NativeResponse {
+pub fn refusal(op: Op, refusal: &Refusal<'_>) -> NativeResponse {
+    if op.verification() {
+        return verification_refusal(refusal);
+    }
     let (status, code) = match (refusal.kind, refusal.reason) {
         (RefusalKind::Throttle { .. }, _) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
         (_, Reason::InvalidNumber | Reason::UnsupportedRequest) => {
@@ -117,8 +225,34 @@ pub fn refusal(refusal: &Refusal<'_>) -> NativeResponse {
     NativeResponse::json(status, &body).with_retry_after(refusal)
 }
 
-/// The sandbox's Sinch answer: the created batch.
-pub fn sandbox(req: &RequestView<'_>, ex: &Extracted) -> NativeResponse {
+/// The Verification API's error for a refusal: `{errorCode, message}` (its optional
+/// `reference` is Sinch's support id, which smsfence has none of), the code the HTTP
+/// status and two digits, as Sinch's own (`40001`: an invalid number).
+fn verification_refusal(refusal: &Refusal<'_>) -> NativeResponse {
+    let (status, code) = match (refusal.kind, refusal.reason) {
+        (RefusalKind::Throttle { .. }, _) => (StatusCode::TOO_MANY_REQUESTS, 42900),
+        (_, Reason::InvalidNumber | Reason::UnsupportedRequest) => (StatusCode::BAD_REQUEST, 40001),
+        _ => (StatusCode::FORBIDDEN, 40300),
+    };
+    /// The Verification API's error body.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Error {
+        error_code: u32,
+        message: String,
+    }
+    let body = Error {
+        error_code: code,
+        message: refusal.message(),
+    };
+    NativeResponse::json(status, &body).with_retry_after(refusal)
+}
+
+/// The sandbox's Sinch answer: the created batch, or the Verification API's answer.
+pub fn sandbox(op: Op, req: &RequestView<'_>, ex: &Extracted) -> NativeResponse {
+    if op.verification() {
+        return verification_sandbox(op, req);
+    }
     let v = req.json().unwrap_or_default();
     NativeResponse::json(
         StatusCode::CREATED,
@@ -136,6 +270,94 @@ pub fn sandbox(req: &RequestView<'_>, ex: &Extracted) -> NativeResponse {
             "flash_message": false,
         }),
     )
+}
+
+/// The sandbox's Verification answers. A report whose code is `000000` fails, any other
+/// succeeds.
+fn verification_sandbox(op: Op, req: &RequestView<'_>) -> NativeResponse {
+    let v = req.json().unwrap_or_default();
+    let method = super::json_str(&v, "method").unwrap_or("sms").to_owned();
+    match op {
+        Op::VerifyStart => {
+            let id = sandbox_id("", 16);
+            let details = match method.as_str() {
+                "sms" => {
+                    json!({"template": "Your verification code is {{CODE}}", "interceptionTimeout": 298})
+                }
+                "flashCall" | "flashcall" => {
+                    json!({"cliFilter": "(.*)5312(.*)", "interceptionTimeout": 45, "reportTimeout": 75, "denyCallAfter": 0})
+                }
+                _ => json!({}),
+            };
+            let mut body = json!({
+                "id": id,
+                "method": method,
+                "_links": [{"rel": "status", "href": format!("https://verification.api.sinch.com/verification/v1/verifications/id/{id}"), "method": "GET"}],
+            });
+            body[method.as_str()] = details;
+            NativeResponse::json(StatusCode::OK, &body)
+        }
+        Op::ReportByNumber | Op::ReportById => {
+            let code = ["sms", "callout", "flashCall", "flashcall"]
+                .iter()
+                .filter_map(|m| v.get(*m))
+                .find_map(|o| super::json_str(o, "code").or_else(|| super::json_str(o, "cli")));
+            let id = match op {
+                Op::ReportById => req.param(0).unwrap_or_default(),
+                _ => sandbox_id("", 16),
+            };
+            let body = match code {
+                Some(c) if c != "000000" => {
+                    json!({"id": id, "method": method, "status": "SUCCESSFUL"})
+                }
+                _ => {
+                    json!({"id": id, "method": method, "status": "FAIL", "reason": "Invalid code"})
+                }
+            };
+            NativeResponse::json(StatusCode::OK, &body)
+        }
+        Op::Send | Op::Update => NativeResponse::json(StatusCode::OK, &json!({})),
+    }
+}
+
+/// Whether the Verification API's answer starts or approves a verification.
+pub fn conversion(
+    op: Op,
+    req: &RequestView<'_>,
+    ex: &Extracted,
+    status: StatusCode,
+    body: &[u8],
+) -> ConversionSignal {
+    if !status.is_success() || !op.verification() {
+        return ConversionSignal::None;
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return ConversionSignal::None;
+    };
+    match op {
+        Op::VerifyStart => match super::json_str(&v, "id") {
+            Some(id) if !id.is_empty() => ConversionSignal::Started {
+                reference: id.to_owned(),
+            },
+            _ => ConversionSignal::None,
+        },
+        Op::ReportByNumber | Op::ReportById
+            if super::json_str(&v, "status") == Some("SUCCESSFUL") =>
+        {
+            let answered = v
+                .get("identity")
+                .and_then(|i| super::json_str(i, "endpoint"))
+                .map(str::to_owned);
+            ConversionSignal::Verified {
+                number: ex.recipients.first().cloned().or(answered),
+                reference: match op {
+                    Op::ReportById => req.param(0),
+                    _ => super::json_str(&v, "id").map(str::to_owned),
+                },
+            }
+        }
+        _ => ConversionSignal::None,
+    }
 }
 
 #[cfg(test)]
@@ -176,13 +398,161 @@ mod tests {
 
     #[test]
     fn block_is_403() {
-        let r = refusal(&Refusal {
-            kind: RefusalKind::Block,
-            reason: Reason::PrefixVelocity,
+        let r = refusal(
+            Op::Send,
+            &Refusal {
+                kind: RefusalKind::Block,
+                reason: Reason::PrefixVelocity,
+                rule: "r",
+                recipient: None,
+                recipients: 1,
+            },
+        );
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn verification_start_and_reports() {
+        let h = json_headers();
+        let start =
+            br#"{"identity":{"type":"number","endpoint":"+447400123456"},"method":"flashCall"}"#;
+        let ex = extract(Op::VerifyStart, &view(&h, &[], start)).unwrap();
+        assert_eq!(ex.recipients, vec!["+447400123456"]);
+        assert_eq!(Op::VerifyStart.kind(), RequestKind::VerifyStart);
+        for (body, want) in [
+            (
+                &br#"{"identity":{"type":"email","endpoint":"a@b.c"},"method":"sms"}"#[..],
+                "unsupported",
+            ),
+            (
+                br#"{"identity":{"endpoint":"+447400123456"}}"#,
+                "unsupported",
+            ),
+            (
+                br#"{"identity":{"type":"number","endpoint":" "}}"#,
+                "missing",
+            ),
+            (br#"{"method":"sms"}"#, "missing"),
+        ] {
+            let got = extract(Op::VerifyStart, &view(&h, &[], body));
+            assert!(
+                matches!(
+                    (&got, want),
+                    (Err(ExtractError::Unsupported(_)), "unsupported")
+                        | (Err(ExtractError::MissingRecipient(_)), "missing")
+                ),
+                "{got:?}"
+            );
+        }
+        let by_number = extract(
+            Op::ReportByNumber,
+            &view(
+                &h,
+                &["+447400123456"],
+                br#"{"method":"sms","sms":{"code":"1"}}"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(by_number.recipients, vec!["+447400123456"]);
+        let by_id = extract(Op::ReportById, &view(&h, &["1234"], b"{}")).unwrap();
+        assert_eq!(by_id.verify_ref.as_deref(), Some("1234"));
+        assert!(by_id.recipients.is_empty());
+        assert_eq!(Op::ReportById.kind(), RequestKind::VerifyCheck);
+
+        let started = conversion(
+            Op::VerifyStart,
+            &view(&h, &[], start),
+            &ex,
+            StatusCode::OK,
+            br#"{"id":"1234","method":"sms","sms":{"template":"x"}}"#,
+        );
+        assert_eq!(
+            started,
+            ConversionSignal::Started {
+                reference: "1234".into()
+            }
+        );
+        let ok = br#"{"id":"1234","method":"sms","status":"SUCCESSFUL"}"#;
+        assert_eq!(
+            conversion(
+                Op::ReportById,
+                &view(&h, &["1234"], b""),
+                &by_id,
+                StatusCode::OK,
+                ok
+            ),
+            ConversionSignal::Verified {
+                number: None,
+                reference: Some("1234".into())
+            }
+        );
+        assert_eq!(
+            conversion(
+                Op::ReportByNumber,
+                &view(&h, &["+447400123456"], b""),
+                &by_number,
+                StatusCode::OK,
+                ok
+            ),
+            ConversionSignal::Verified {
+                number: Some("+447400123456".into()),
+                reference: Some("1234".into())
+            }
+        );
+        for (status, body) in [
+            (
+                StatusCode::OK,
+                &br#"{"id":"1234","status":"FAIL","reason":"Invalid code"}"#[..],
+            ),
+            (StatusCode::BAD_REQUEST, ok),
+            (StatusCode::OK, b"<html>"),
+        ] {
+            assert_eq!(
+                conversion(
+                    Op::ReportById,
+                    &view(&h, &["1234"], b""),
+                    &by_id,
+                    status,
+                    body
+                ),
+                ConversionSignal::None
+            );
+        }
+    }
+
+    #[test]
+    fn verification_refusals_are_its_error_shape() {
+        let throttle = Refusal {
+            kind: RefusalKind::Throttle {
+                retry_after: std::time::Duration::from_secs(2),
+            },
+            reason: Reason::RateLimited,
             rule: "r",
             recipient: None,
             recipients: 1,
-        });
-        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        };
+        let r = refusal(Op::VerifyStart, &throttle);
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["errorCode"], 42900);
+        assert_eq!(v["message"], throttle.message());
+        let invalid = Refusal {
+            kind: RefusalKind::Block,
+            reason: Reason::InvalidNumber,
+            ..throttle.clone()
+        };
+        let r = refusal(Op::ReportByNumber, &invalid);
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["errorCode"], 40001);
+        let blocked = Refusal {
+            kind: RefusalKind::Block,
+            reason: Reason::NumberType,
+            ..throttle
+        };
+        assert_eq!(
+            refusal(Op::ReportById, &blocked).status,
+            StatusCode::FORBIDDEN
+        );
     }
 }
