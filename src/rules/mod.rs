@@ -1122,14 +1122,9 @@ pub fn parse_rate(s: &str) -> Result<Duration, String> {
         return Err(format!("rate {s:?} must be above zero"));
     }
     // The Redis store counts in microseconds: a faster rate would be decided differently
-    // there (and below a nanosecond, not at all in memory).
-    let interval = period / n;
-    if interval < Duration::from_micros(1) {
-        return Err(format!(
-            "rate {s:?} is faster than the fastest rate smsfence keeps, 1000000/1s"
-        ));
-    }
-    Ok(interval)
+    // there (and below a nanosecond, not at all in memory). Such a rate is "no limit in
+    // practice"; it is kept as 1000000/1s by both stores.
+    Ok((period / n).max(Duration::from_micros(1)))
 }
 
 /// A hash of the rule's name and key kind that is the same in every process and reload

@@ -131,8 +131,11 @@ fn rates_parse() {
     assert!(parse_rate("1/fortnight").is_err());
     // Microseconds are the finest interval both stores keep.
     assert_eq!(parse_rate("1000000/1s").unwrap(), Duration::from_micros(1));
-    assert!(parse_rate("2000000/1s").unwrap_err().contains("faster"));
-    assert!(parse_rate("4000000000/1s").is_err());
+    assert_eq!(parse_rate("2000000/1s").unwrap(), Duration::from_micros(1));
+    assert_eq!(
+        parse_rate("4000000000/1s").unwrap(),
+        Duration::from_micros(1)
+    );
 }
 
 #[test]
