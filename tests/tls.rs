@@ -289,18 +289,30 @@ fn sighup_reloads_the_certificate() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smsfence"))
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--log-format", "json", "--no-watch"])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    /// Kills the binary if the test fails before stopping it (else it would outlive us).
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_smsfence"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--log-format", "json", "--no-watch"])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
-    let stderr = child.stderr.take().unwrap();
+    let stderr = child.0.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Ok(v) = serde_json::from_str(&line) {
@@ -324,8 +336,8 @@ fn sighup_reloads_the_certificate() {
     let listening = wait_for("smsfence is listening");
     assert_eq!(listening["tls"], true);
     let addr = listening["proxy"].as_str().unwrap().to_owned();
-    let hup = |child: &std::process::Child| {
-        let pid = child.id().to_string();
+    let hup = |child: &Running| {
+        let pid = child.0.id().to_string();
         assert!(Command::new("kill")
             .args(["-HUP", &pid])
             .status()
@@ -371,11 +383,11 @@ fn sighup_reloads_the_certificate() {
     assert_eq!(failed["level"], "ERROR");
     assert_eq!(status(&new.ca), Some(201));
 
-    let pid = child.id().to_string();
+    let pid = child.0.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
-    assert!(child.wait().unwrap().success());
+    assert!(child.0.wait().unwrap().success());
 }
