@@ -313,17 +313,19 @@ pub fn normalize(digits: &str) -> Option<Destination> {
     }
     // The full parse strips a national prefix only if the region chosen for the value
     // without its leading zeros has one.
-    if calling
-        .source_for(value_str)
-        .is_some_and(|(r, _)| r.strips_prefix(national))
-    {
+    let without_zeros = calling.source_for(value_str);
+    if without_zeros.is_some_and(|(r, _)| r.strips_prefix(national)) {
         return None;
     }
     let national_value: u64 = value_str.parse().ok()?;
     let e164: u64 = digits.parse().ok()?;
     // Region, type and validity read the national number with its leading zeros (as
-    // `normalize_full` does: +39 02… is an Italian fixed line).
-    let source = calling.source_for(national);
+    // `normalize_full` does: +39 02… is an Italian fixed line); most numbers have none.
+    let source = if national.len() == value_str.len() {
+        without_zeros
+    } else {
+        calling.source_for(national)
+    };
     let region = source.map(|(r, _)| r);
     let t = match source {
         Some((_, Some(t))) => t,
