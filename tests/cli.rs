@@ -1,6 +1,9 @@
 //! The binary itself: starts on its embedded defaults with no config, serves, and exits 0
 //! on SIGTERM.
 
+mod common;
+
+use common::Running;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -8,21 +11,23 @@ use std::time::{Duration, Instant};
 #[test]
 fn runs_with_no_config_and_stops_cleanly_on_sigterm() {
     let empty = tempfile::tempdir().unwrap(); // no ./rules here: the embedded defaults apply
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smsfence"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .current_dir(empty.path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_smsfence"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .current_dir(empty.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -133,14 +138,16 @@ fn a_broken_config_is_a_clear_error() {
 fn flags_before_run_are_not_silently_ignored() {
     // `smsfence --config prod.toml run` must not start on the sandbox defaults.
     let empty = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smsfence"))
-        .args(["--config", "/nonexistent/svc.toml", "run"])
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .current_dir(empty.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_smsfence"))
+            .args(["--config", "/nonexistent/svc.toml", "run"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .current_dir(empty.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -217,13 +224,15 @@ fn a_sighup_during_start_up_is_a_reload_not_the_end() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smsfence"))
-        .args(["--config", config.to_str().unwrap(), "--log-format", "json"])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_smsfence"))
+            .args(["--config", config.to_str().unwrap(), "--log-format", "json"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // Its connection to the store: smsfence is inside start-up now.
     let (conn, _) = redis.accept().unwrap();
     signal(&child, "-HUP");
@@ -297,17 +306,19 @@ fn start_up_log(config: &str) -> Vec<serde_json::Value> {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("svc.toml");
     std::fs::write(&cfg, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smsfence"))
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--log-format", "json", "--no-watch"])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_smsfence"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--log-format", "json", "--no-watch"])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut log = Vec::new();
     for line in lines.by_ref().map_while(Result::ok) {

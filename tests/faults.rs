@@ -473,25 +473,27 @@ fn a_full_disk_leaves_no_torn_audit_line() {
     let cfg = dir.path().join("svc.toml");
     std::fs::write(&cfg, format!("[audit]\noutput = \"{}\"\n", audit.display())).unwrap();
     let (proxy, admin) = (free_port(), free_port());
-    let mut child = std::process::Command::new("bash")
-        .args([
-            "-c",
-            r#"ulimit -f 2; trap '' XFSZ; exec "$@""#,
-            "bash",
-            env!("CARGO_BIN_EXE_smsfence"),
-            "--listen",
-            &format!("127.0.0.1:{proxy}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-            "--rules",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/rules"),
-            "--config",
-        ])
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        std::process::Command::new("bash")
+            .args([
+                "-c",
+                r#"ulimit -f 2; trap '' XFSZ; exec "$@""#,
+                "bash",
+                env!("CARGO_BIN_EXE_smsfence"),
+                "--listen",
+                &format!("127.0.0.1:{proxy}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin}"),
+                "--rules",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/rules"),
+                "--config",
+            ])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

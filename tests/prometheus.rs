@@ -9,7 +9,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,14 +25,6 @@ fn ensure_prometheus() {
 }
 
 /// Kills the child on drop, also when the test fails.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn alert_rules_check_and_unit_tests() {
@@ -241,7 +233,7 @@ async fn live_scrape_passes_promtool_and_every_query_returns_data() {
     )
     .unwrap();
     let port = free_port();
-    let _prom = Guard(
+    let _prom = Running(
         Command::new("prometheus")
             .arg(format!("--config.file={}", cfg.display()))
             .arg(format!(

@@ -58,24 +58,26 @@ async fn no_text_code_or_credential_leaves_smsfence() {
     std::fs::write(&cfg_path, cfg).unwrap();
     let stdout_path = dir.path().join("stdout.log");
     let stderr_path = dir.path().join("stderr.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smsfence"))
-        .arg("--config")
-        .arg(&cfg_path)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .arg("--rules")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))
-        .env("RUST_LOG", "debug")
-        .stdout(std::fs::File::create(&stdout_path).unwrap())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_smsfence"))
+            .arg("--config")
+            .arg(&cfg_path)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .arg("--rules")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))
+            .env("RUST_LOG", "debug")
+            .stdout(std::fs::File::create(&stdout_path).unwrap())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // Copy stderr to a file while finding the listening addresses.
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();

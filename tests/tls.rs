@@ -289,16 +289,6 @@ fn sighup_reloads_the_certificate() {
         ),
     )
     .unwrap();
-    /// Kills the binary if the test fails before stopping it (else it would outlive us).
-    struct Running(std::process::Child);
-    impl Drop for Running {
-        fn drop(&mut self) {
-            if let Ok(None) = self.0.try_wait() {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-    }
     let mut child = Running(
         Command::new(env!("CARGO_BIN_EXE_smsfence"))
             .arg("--config")
