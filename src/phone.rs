@@ -457,15 +457,12 @@ fn region_and_type(code: u16, national: &str) -> Option<(&'static phonenumber::M
     })
 }
 
-/// `phonenumber`'s `validator::number_type`: the first descriptor that matches.
-fn type_in(m: &phonenumber::Metadata, national: &str) -> Type {
-    let d = m.descriptors();
-    let hit =
-        |d: Option<&phonenumber::metadata::Descriptor>| d.is_some_and(|d| d.is_match(national));
-    if !d.general().is_match(national) {
-        return Type::Unknown;
-    }
-    for (t, desc) in [
+/// The descriptors `phonenumber`'s `validator::number_type` tries before fixed line and
+/// mobile, in its order (the full and the fast path both follow it).
+fn ordered_descriptors(
+    d: &phonenumber::metadata::Descriptors,
+) -> [(Type, Option<&phonenumber::metadata::Descriptor>); 8] {
+    [
         (Type::PremiumRate, d.premium_rate()),
         (Type::TollFree, d.toll_free()),
         (Type::SharedCost, d.shared_cost()),
@@ -474,7 +471,18 @@ fn type_in(m: &phonenumber::Metadata, national: &str) -> Type {
         (Type::Pager, d.pager()),
         (Type::Uan, d.uan()),
         (Type::Voicemail, d.voicemail()),
-    ] {
+    ]
+}
+
+/// `phonenumber`'s `validator::number_type`: the first descriptor that matches.
+fn type_in(m: &phonenumber::Metadata, national: &str) -> Type {
+    let d = m.descriptors();
+    let hit =
+        |d: Option<&phonenumber::metadata::Descriptor>| d.is_some_and(|d| d.is_match(national));
+    if !d.general().is_match(national) {
+        return Type::Unknown;
+    }
+    for (t, desc) in ordered_descriptors(d) {
         if hit(desc) {
             return t;
         }

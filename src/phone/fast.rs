@@ -115,16 +115,7 @@ impl Region {
     fn new(m: &Metadata) -> Option<Region> {
         let d = m.descriptors();
         let mut ordered = Vec::new();
-        for (t, desc) in [
-            (Type::PremiumRate, d.premium_rate()),
-            (Type::TollFree, d.toll_free()),
-            (Type::SharedCost, d.shared_cost()),
-            (Type::Voip, d.voip()),
-            (Type::PersonalNumber, d.personal_number()),
-            (Type::Pager, d.pager()),
-            (Type::Uan, d.uan()),
-            (Type::Voicemail, d.voicemail()),
-        ] {
+        for (t, desc) in super::ordered_descriptors(d) {
             if let Some(desc) = desc {
                 ordered.push((t, Pattern::new(desc)?));
             }
