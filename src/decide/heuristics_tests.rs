@@ -34,6 +34,18 @@ async fn send(r: &RuleSet, s: &Store, n: &str, t: Timestamp) -> Verdict {
 }
 
 async fn send_from(r: &RuleSet, s: &Store, n: &str, t: Timestamp, ip: Option<[u8; 4]>) -> Verdict {
+    send_n(r, s, n, t, ip, 1).await
+}
+
+/// A send of `segments` segments to `n`, from `ip`.
+async fn send_n(
+    r: &RuleSet,
+    s: &Store,
+    n: &str,
+    t: Timestamp,
+    ip: Option<[u8; 4]>,
+    segments: u32,
+) -> Verdict {
     let rec = to(n);
     let f = Facts {
         kind: RequestKind::Send,
@@ -42,7 +54,7 @@ async fn send_from(r: &RuleSet, s: &Store, n: &str, t: Timestamp, ip: Option<[u8
         user: None,
         account: None,
         sender: None,
-        segments: 1,
+        segments,
     };
     decide(r, s, &f, t, Commit::Yes).await.verdict
 }
@@ -563,27 +575,6 @@ async fn an_auto_block_already_in_force_is_not_a_second_offence() {
 /// the README's own settings.
 mod readme_examples {
     use super::*;
-
-    async fn send_n(
-        r: &RuleSet,
-        s: &Store,
-        n: &str,
-        t: Timestamp,
-        ip: Option<[u8; 4]>,
-        segments: u32,
-    ) -> Verdict {
-        let rec = to(n);
-        let f = Facts {
-            kind: RequestKind::Send,
-            recipients: &rec,
-            ip: ip.map(std::net::IpAddr::from),
-            user: None,
-            account: None,
-            sender: None,
-            segments,
-        };
-        decide(r, s, &f, t, Commit::Yes).await.verdict
-    }
 
     #[tokio::test]
     async fn prefix_distinct_numbers() {
