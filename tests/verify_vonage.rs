@@ -319,3 +319,50 @@ async fn messages_api_sandbox_answers() {
     assert_eq!(a.status, 202);
     assert_eq!(a.json()["message_uuid"].as_str().map(str::len), Some(36));
 }
+
+/// `country` with digits that are a valid number both as international digits and as a
+/// national number of that country: Vonage formats the number in `country`, smsfence read
+/// it as international. Such a start names two numbers and is refused, never forwarded.
+#[tokio::test]
+async fn verify_v1_number_that_country_reads_as_another_number_is_refused() {
+    let up = vonage().await;
+    let p = Proxy::start(&all_presets_to(&up.url()), &[("r.toml", RULES)]).await;
+    // +352 2345678 (Luxembourg) as digits, +1 352-234-5678 (Florida) in the US.
+    for (path, body, query) in [
+        (
+            "/verify/json",
+            "api_key=k&api_secret=s&number=3522345678&country=US&brand=ACME",
+            "",
+        ),
+        (
+            "/verify/psd2/json",
+            "api_key=k&api_secret=s&number=3522345678&payee=ACME&amount=1",
+            "?country=US",
+        ),
+    ] {
+        let a = send("POST", &p.url(&format!("{path}{query}")), &[FORM], body).await;
+        assert_eq!(a.status, 200, "{path}");
+        let v = a.json();
+        assert_eq!(v["status"], "3", "{path} {v}");
+        assert_eq!(v["request_id"], "");
+    }
+    let a = send(
+        "POST",
+        &p.url("/verify/json"),
+        &[JSON],
+        r#"{"api_key":"k","api_secret":"s","number":"4312345678","country":"US","brand":"ACME"}"#,
+    )
+    .await;
+    assert_eq!(a.json()["status"], "3", "{}", a.text());
+    assert!(up.requests().is_empty(), "an ambiguous start was forwarded");
+    // The same digits with a country that reads them as themselves, or none, pass.
+    let a = send(
+        "POST",
+        &p.url("/verify/json"),
+        &[FORM],
+        "api_key=k&api_secret=s&number=13522345678&country=US&brand=ACME",
+    )
+    .await;
+    assert_eq!(a.json()["request_id"], "req-1", "{}", a.text());
+    assert_eq!(up.requests().len(), 1);
+}

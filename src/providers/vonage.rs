@@ -257,17 +257,25 @@ fn legacy_field(
 
 /// A Verify v1 `number`, as international digits: read in `country` when one is given and
 /// the number is national there (Vonage "will then format the number for you").
-fn legacy_number(number: String, country: Option<&str>) -> String {
+///
+/// Digits that are a valid number both as they are and as a national number of `country`
+/// (`3522345678` with `US`: +352 2345678 or +1 352-234-5678) name two numbers, and the
+/// Vonage SDKs document a `number` as E.164 only "unless you are setting country
+/// explicitly": such a start is refused rather than decided as one of them.
+fn legacy_number(number: String, country: Option<&str>) -> Result<String, ExtractError> {
     let Some(country) = country.and_then(|c| crate::phone::Country::parse(c.trim())) else {
-        return number;
+        return Ok(number);
     };
     let national = crate::phone::normalize(&number, NumberFormat::National, Some(country));
     let international = crate::phone::normalize(&number, NumberFormat::InternationalDigits, None);
     match (national, international) {
+        (Ok(n), Ok(i)) if n.is_valid() && i.is_valid() && n.e164() != i.e164() => Err(
+            ExtractError::Unsupported("a `number` that `country` reads as another number"),
+        ),
         // Digits that are a valid number as they are stay as they are.
-        (_, Ok(d)) if d.is_valid() => number,
-        (Ok(d), _) => d.e164(),
-        _ => number,
+        (_, Ok(d)) if d.is_valid() => Ok(number),
+        (Ok(d), _) => Ok(d.e164()),
+        _ => Ok(number),
     }
 }
 
@@ -403,7 +411,7 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
                 .ok_or(ExtractError::MissingRecipient("number"))?;
             let country = legacy_field(req, j, "country", "several different `country`")?;
             out.recipients
-                .push(legacy_number(number, country.as_deref()));
+                .push(legacy_number(number, country.as_deref())?);
             out.sender = legacy_field(req, j, "sender_id", "several different `sender_id`")?;
             out.account = legacy_field(req, j, "api_key", "several different `api_key`")?
                 .or_else(|| req.basic_user());
