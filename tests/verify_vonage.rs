@@ -366,3 +366,38 @@ async fn verify_v1_number_that_country_reads_as_another_number_is_refused() {
     assert_eq!(a.json()["request_id"], "req-1", "{}", a.text());
     assert_eq!(up.requests().len(), 1);
 }
+
+/// A JSON body whose `number` (or `country`, `request_id`) is not a string or a number:
+/// smsfence cannot read it, and must not decide the query string's value in its place
+/// while Vonage may read the body's.
+#[tokio::test]
+async fn verify_v1_json_fields_smsfence_cannot_read_are_refused() {
+    let up = vonage().await;
+    let p = Proxy::start(&all_presets_to(&up.url()), &[("r.toml", RULES)]).await;
+    for (path, body) in [
+        (
+            "/verify/json?number=447400123456",
+            r#"{"api_key":"k","api_secret":"s","number":["449098790123"],"brand":"ACME"}"#,
+        ),
+        (
+            "/verify/json?number=447400123456",
+            r#"{"api_key":"k","api_secret":"s","number":{"value":"449098790123"},"brand":"ACME"}"#,
+        ),
+        (
+            "/verify/json?number=447400123456",
+            r#"{"api_key":"k","api_secret":"s","country":["US"],"brand":"ACME"}"#,
+        ),
+        (
+            "/verify/control/json?request_id=req-1",
+            r#"{"api_key":"k","api_secret":"s","request_id":["req-2"],"cmd":"trigger_next_event"}"#,
+        ),
+    ] {
+        let a = send("POST", &p.url(path), &[JSON], body).await;
+        assert_eq!(a.status, 200, "{path}");
+        assert_eq!(a.json()["status"], "3", "{path} {}", a.text());
+    }
+    assert!(
+        up.requests().is_empty(),
+        "an unreadable start was forwarded"
+    );
+}

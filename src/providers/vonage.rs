@@ -240,13 +240,22 @@ fn legacy_json(req: &RequestView<'_>) -> Result<Option<serde_json::Value>, Extra
 }
 
 /// The one value of a Verify v1 field, from the body and the query string (Vonage reads
-/// both): several different values are refused, an empty one is none.
+/// both): several different values are refused, an empty one is none. A JSON value that is
+/// neither a string nor a number (a list, an object, a boolean) is refused too: smsfence
+/// would decide the query string's value, or none, while Vonage may read the body's.
 fn legacy_field(
     req: &RequestView<'_>,
     json: Option<&serde_json::Value>,
     key: &str,
     what: &'static str,
 ) -> Result<Option<String>, ExtractError> {
+    if let Some(v) = json.and_then(|j| j.get(key)) {
+        if !(v.is_string() || v.is_number() || v.is_null()) {
+            return Err(ExtractError::Unsupported(
+                "a Verify v1 field that is neither a string nor a number",
+            ));
+        }
+    }
     let mut values: Vec<String> = match json {
         Some(_) => field(req, json, key).into_iter().collect(),
         None => req.form_values(key),
