@@ -401,3 +401,41 @@ async fn verify_v1_json_fields_smsfence_cannot_read_are_refused() {
         "an unreadable start was forwarded"
     );
 }
+
+/// A body naming a field in another letter case (`NUMBER`), or as a list (`number[]`),
+/// beside the field in the query string: smsfence read the query's, a server that binds
+/// names ignoring case (or PHP-style lists) reads the body's.
+#[tokio::test]
+async fn verify_v1_lookalike_field_names_are_refused() {
+    let up = vonage().await;
+    let p = Proxy::start(&all_presets_to(&up.url()), &[("r.toml", RULES)]).await;
+    for (ct, body) in [
+        (
+            FORM,
+            "api_key=k&api_secret=s&NUMBER=449098790123&brand=ACME",
+        ),
+        (
+            FORM,
+            "api_key=k&api_secret=s&number%5B%5D=449098790123&brand=ACME",
+        ),
+        (FORM, "api_key=k&api_secret=s&Country=US&brand=ACME"),
+        (
+            JSON,
+            r#"{"api_key":"k","api_secret":"s","Number":"449098790123","brand":"ACME"}"#,
+        ),
+    ] {
+        let a = send(
+            "POST",
+            &p.url("/verify/json?number=447400123456"),
+            &[ct],
+            body,
+        )
+        .await;
+        assert_eq!(a.status, 200, "{body}");
+        assert_eq!(a.json()["status"], "3", "{body} {}", a.text());
+    }
+    assert!(
+        up.requests().is_empty(),
+        "a start with a lookalike field was forwarded"
+    );
+}

@@ -256,11 +256,23 @@ fn legacy_field(
             ));
         }
     }
+    // A name that a server may bind as `key` (`NUMBER`, `number[]`) beside the one
+    // smsfence reads: the provider may read the other.
+    let query = req.query.unwrap_or("").as_bytes();
+    let lookalike = match json.and_then(serde_json::Value::as_object) {
+        Some(o) => o.keys().any(|k| k != key && k.eq_ignore_ascii_case(key)),
+        None => super::form_lookalike(req.body, key),
+    };
+    if lookalike || super::form_lookalike(query, key) {
+        return Err(ExtractError::Unsupported(
+            "a Verify v1 field named in another letter case or as a list",
+        ));
+    }
     let mut values: Vec<String> = match json {
         Some(_) => field(req, json, key).into_iter().collect(),
         None => req.form_values(key),
     };
-    values.extend(super::form_values(req.query.unwrap_or("").as_bytes(), key));
+    values.extend(super::form_values(query, key));
     Ok(super::single_value(values, what)?.filter(|v| !v.trim().is_empty()))
 }
 
