@@ -239,8 +239,8 @@ fn legacy_json(req: &RequestView<'_>) -> Result<Option<serde_json::Value>, Extra
     }
 }
 
-/// The one value of a Verify v1 field, from the body and the query string (Vonage reads
-/// both): several different values are refused, an empty one is none. A JSON value that is
+/// The one value of an SMS API or Verify v1 field, from the body and the query string
+/// (Vonage reads both): several different values are refused, an empty one is none. A JSON value that is
 /// neither a string nor a number (a list, an object, a boolean) is refused too: smsfence
 /// would decide the query string's value, or none, while Vonage may read the body's.
 fn legacy_field(
@@ -252,7 +252,7 @@ fn legacy_field(
     if let Some(v) = json.and_then(|j| j.get(key)) {
         if !(v.is_string() || v.is_number() || v.is_null()) {
             return Err(ExtractError::Unsupported(
-                "a Verify v1 field that is neither a string nor a number",
+                "a Vonage field that is neither a string nor a number",
             ));
         }
     }
@@ -265,7 +265,7 @@ fn legacy_field(
     };
     if lookalike || super::form_lookalike(query, key) {
         return Err(ExtractError::Unsupported(
-            "a Verify v1 field named in another letter case or as a list",
+            "a Vonage field named in another letter case or as a list",
         ));
     }
     let mut values: Vec<String> = match json {
@@ -372,13 +372,7 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
             };
             // Vonage reads the query string as well as the body: every `to` in either.
             let query = req.query.unwrap_or("").as_bytes();
-            let mut tos = match &json {
-                Some(_) => field(req, json.as_ref(), "to").into_iter().collect(),
-                None => req.form_values("to"),
-            };
-            tos.extend(super::form_values(query, "to"));
-            let to = super::single_value(tos, "several different `to`")?
-                .filter(|t| !t.trim().is_empty());
+            let to = legacy_field(req, json.as_ref(), "to", "several different `to`")?;
             out.recipients
                 .push(to.ok_or(ExtractError::MissingRecipient("to"))?);
             let field =
