@@ -439,3 +439,20 @@ async fn verify_v1_lookalike_field_names_are_refused() {
         "a start with a lookalike field was forwarded"
     );
 }
+
+/// A `country` smsfence does not know (`UK`, `USA`): the number cannot be read in it, and
+/// Vonage may know it, so the start is refused rather than decided on the bare digits.
+#[tokio::test]
+async fn verify_v1_unknown_country_is_refused() {
+    let up = vonage().await;
+    let p = Proxy::start(&all_presets_to(&up.url()), &[("r.toml", RULES)]).await;
+    for country in ["UK", "USA", "1"] {
+        let body = format!("api_key=k&api_secret=s&number=3522345678&country={country}&brand=A");
+        let a = send("POST", &p.url("/verify/json"), &[FORM], body).await;
+        assert_eq!(a.json()["status"], "3", "{country} {}", a.text());
+    }
+    assert!(
+        up.requests().is_empty(),
+        "a start in an unknown country was forwarded"
+    );
+}

@@ -284,8 +284,14 @@ fn legacy_field(
 /// Vonage SDKs document a `number` as E.164 only "unless you are setting country
 /// explicitly": such a start is refused rather than decided as one of them.
 fn legacy_number(number: String, country: Option<&str>) -> Result<String, ExtractError> {
-    let Some(country) = country.and_then(|c| crate::phone::Country::parse(c.trim())) else {
+    let Some(country) = country else {
         return Ok(number);
+    };
+    // A country smsfence does not know (`UK`, `USA`) may be one Vonage formats in.
+    let Some(country) = crate::phone::Country::parse(country.trim()) else {
+        return Err(ExtractError::Unsupported(
+            "a Verify v1 `country` that is not an ISO 3166-1 alpha-2 code",
+        ));
     };
     let national = crate::phone::normalize(&number, NumberFormat::National, Some(country));
     let international = crate::phone::normalize(&number, NumberFormat::InternationalDigits, None);
