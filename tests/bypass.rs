@@ -652,3 +652,37 @@ async fn ordinary_variants_are_decided_and_forwarded() {
         assert_eq!(up.requests()[i].uri, *path, "forwarded unchanged");
     }
 }
+
+/// Vonage SMS reads the body and the query string: a body `to` smsfence cannot read (a
+/// JSON list or object, a name in another letter case or as a list) must not leave the
+/// query string's benign `to` to be decided in its place.
+#[tokio::test]
+async fn vonage_sms_body_to_smsfence_cannot_read_is_refused() {
+    refused(&[
+        (
+            "POST",
+            "/sms/json?to=447400123456",
+            &[JSON],
+            r#"{"api_key":"k","api_secret":"s","to":["449098790123"],"from":"A","text":"hi"}"#,
+        ),
+        (
+            "POST",
+            "/sms/json?to=447400123456",
+            &[JSON],
+            r#"{"api_key":"k","api_secret":"s","To":"449098790123","from":"A","text":"hi"}"#,
+        ),
+        (
+            "POST",
+            "/sms/json?to=447400123456",
+            &[FORM],
+            "api_key=k&api_secret=s&TO=449098790123&from=A&text=hi",
+        ),
+        (
+            "POST",
+            "/sms/json?to=447400123456",
+            &[FORM],
+            "api_key=k&api_secret=s&to%5B%5D=449098790123&from=A&text=hi",
+        ),
+    ])
+    .await;
+}

@@ -319,3 +319,140 @@ async fn messages_api_sandbox_answers() {
     assert_eq!(a.status, 202);
     assert_eq!(a.json()["message_uuid"].as_str().map(str::len), Some(36));
 }
+
+/// `country` with digits that are a valid number both as international digits and as a
+/// national number of that country: Vonage formats the number in `country`, smsfence read
+/// it as international. Such a start names two numbers and is refused, never forwarded.
+#[tokio::test]
+async fn verify_v1_number_that_country_reads_as_another_number_is_refused() {
+    let up = vonage().await;
+    let p = Proxy::start(&all_presets_to(&up.url()), &[("r.toml", RULES)]).await;
+    // +352 2345678 (Luxembourg) as digits, +1 352-234-5678 (Florida) in the US.
+    for (path, body, query) in [
+        (
+            "/verify/json",
+            "api_key=k&api_secret=s&number=3522345678&country=US&brand=ACME",
+            "",
+        ),
+        (
+            "/verify/psd2/json",
+            "api_key=k&api_secret=s&number=3522345678&payee=ACME&amount=1",
+            "?country=US",
+        ),
+    ] {
+        let a = send("POST", &p.url(&format!("{path}{query}")), &[FORM], body).await;
+        assert_eq!(a.status, 200, "{path}");
+        let v = a.json();
+        assert_eq!(v["status"], "3", "{path} {v}");
+        assert_eq!(v["request_id"], "");
+    }
+    let a = send(
+        "POST",
+        &p.url("/verify/json"),
+        &[JSON],
+        r#"{"api_key":"k","api_secret":"s","number":"4312345678","country":"US","brand":"ACME"}"#,
+    )
+    .await;
+    assert_eq!(a.json()["status"], "3", "{}", a.text());
+    assert!(up.requests().is_empty(), "an ambiguous start was forwarded");
+    // The same digits with a country that reads them as themselves, or none, pass.
+    let a = send(
+        "POST",
+        &p.url("/verify/json"),
+        &[FORM],
+        "api_key=k&api_secret=s&number=13522345678&country=US&brand=ACME",
+    )
+    .await;
+    assert_eq!(a.json()["request_id"], "req-1", "{}", a.text());
+    assert_eq!(up.requests().len(), 1);
+}
+
+/// A JSON body whose `number` (or `country`, `request_id`) is not a string or a number:
+/// smsfence cannot read it, and must not decide the query string's value in its place
+/// while Vonage may read the body's.
+#[tokio::test]
+async fn verify_v1_json_fields_smsfence_cannot_read_are_refused() {
+    let up = vonage().await;
+    let p = Proxy::start(&all_presets_to(&up.url()), &[("r.toml", RULES)]).await;
+    for (path, body) in [
+        (
+            "/verify/json?number=447400123456",
+            r#"{"api_key":"k","api_secret":"s","number":["449098790123"],"brand":"ACME"}"#,
+        ),
+        (
+            "/verify/json?number=447400123456",
+            r#"{"api_key":"k","api_secret":"s","number":{"value":"449098790123"},"brand":"ACME"}"#,
+        ),
+        (
+            "/verify/json?number=447400123456",
+            r#"{"api_key":"k","api_secret":"s","country":["US"],"brand":"ACME"}"#,
+        ),
+        (
+            "/verify/control/json?request_id=req-1",
+            r#"{"api_key":"k","api_secret":"s","request_id":["req-2"],"cmd":"trigger_next_event"}"#,
+        ),
+    ] {
+        let a = send("POST", &p.url(path), &[JSON], body).await;
+        assert_eq!(a.status, 200, "{path}");
+        assert_eq!(a.json()["status"], "3", "{path} {}", a.text());
+    }
+    assert!(
+        up.requests().is_empty(),
+        "an unreadable start was forwarded"
+    );
+}
+
+/// A body naming a field in another letter case (`NUMBER`), or as a list (`number[]`),
+/// beside the field in the query string: smsfence read the query's, a server that binds
+/// names ignoring case (or PHP-style lists) reads the body's.
+#[tokio::test]
+async fn verify_v1_lookalike_field_names_are_refused() {
+    let up = vonage().await;
+    let p = Proxy::start(&all_presets_to(&up.url()), &[("r.toml", RULES)]).await;
+    for (ct, body) in [
+        (
+            FORM,
+            "api_key=k&api_secret=s&NUMBER=449098790123&brand=ACME",
+        ),
+        (
+            FORM,
+            "api_key=k&api_secret=s&number%5B%5D=449098790123&brand=ACME",
+        ),
+        (FORM, "api_key=k&api_secret=s&Country=US&brand=ACME"),
+        (
+            JSON,
+            r#"{"api_key":"k","api_secret":"s","Number":"449098790123","brand":"ACME"}"#,
+        ),
+    ] {
+        let a = send(
+            "POST",
+            &p.url("/verify/json?number=447400123456"),
+            &[ct],
+            body,
+        )
+        .await;
+        assert_eq!(a.status, 200, "{body}");
+        assert_eq!(a.json()["status"], "3", "{body} {}", a.text());
+    }
+    assert!(
+        up.requests().is_empty(),
+        "a start with a lookalike field was forwarded"
+    );
+}
+
+/// A `country` smsfence does not know (`UK`, `USA`): the number cannot be read in it, and
+/// Vonage may know it, so the start is refused rather than decided on the bare digits.
+#[tokio::test]
+async fn verify_v1_unknown_country_is_refused() {
+    let up = vonage().await;
+    let p = Proxy::start(&all_presets_to(&up.url()), &[("r.toml", RULES)]).await;
+    for country in ["UK", "USA", "1"] {
+        let body = format!("api_key=k&api_secret=s&number=3522345678&country={country}&brand=A");
+        let a = send("POST", &p.url("/verify/json"), &[FORM], body).await;
+        assert_eq!(a.json()["status"], "3", "{country} {}", a.text());
+    }
+    assert!(
+        up.requests().is_empty(),
+        "a start in an unknown country was forwarded"
+    );
+}

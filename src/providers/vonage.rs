@@ -239,35 +239,70 @@ fn legacy_json(req: &RequestView<'_>) -> Result<Option<serde_json::Value>, Extra
     }
 }
 
-/// The one value of a Verify v1 field, from the body and the query string (Vonage reads
-/// both): several different values are refused, an empty one is none.
+/// The one value of an SMS API or Verify v1 field, from the body and the query string
+/// (Vonage reads both): several different values are refused, an empty one is none. A JSON value that is
+/// neither a string nor a number (a list, an object, a boolean) is refused too: smsfence
+/// would decide the query string's value, or none, while Vonage may read the body's.
 fn legacy_field(
     req: &RequestView<'_>,
     json: Option<&serde_json::Value>,
     key: &str,
     what: &'static str,
 ) -> Result<Option<String>, ExtractError> {
+    if let Some(v) = json.and_then(|j| j.get(key)) {
+        if !(v.is_string() || v.is_number() || v.is_null()) {
+            return Err(ExtractError::Unsupported(
+                "a Vonage field that is neither a string nor a number",
+            ));
+        }
+    }
+    // A name that a server may bind as `key` (`NUMBER`, `number[]`) beside the one
+    // smsfence reads: the provider may read the other.
+    let query = req.query.unwrap_or("").as_bytes();
+    let lookalike = match json.and_then(serde_json::Value::as_object) {
+        Some(o) => o.keys().any(|k| k != key && k.eq_ignore_ascii_case(key)),
+        None => super::form_lookalike(req.body, key),
+    };
+    if lookalike || super::form_lookalike(query, key) {
+        return Err(ExtractError::Unsupported(
+            "a Vonage field named in another letter case or as a list",
+        ));
+    }
     let mut values: Vec<String> = match json {
         Some(_) => field(req, json, key).into_iter().collect(),
         None => req.form_values(key),
     };
-    values.extend(super::form_values(req.query.unwrap_or("").as_bytes(), key));
+    values.extend(super::form_values(query, key));
     Ok(super::single_value(values, what)?.filter(|v| !v.trim().is_empty()))
 }
 
 /// A Verify v1 `number`, as international digits: read in `country` when one is given and
 /// the number is national there (Vonage "will then format the number for you").
-fn legacy_number(number: String, country: Option<&str>) -> String {
-    let Some(country) = country.and_then(|c| crate::phone::Country::parse(c.trim())) else {
-        return number;
+///
+/// Digits that are a valid number both as they are and as a national number of `country`
+/// (`3522345678` with `US`: +352 2345678 or +1 352-234-5678) name two numbers, and the
+/// Vonage SDKs document a `number` as E.164 only "unless you are setting country
+/// explicitly": such a start is refused rather than decided as one of them.
+fn legacy_number(number: String, country: Option<&str>) -> Result<String, ExtractError> {
+    let Some(country) = country else {
+        return Ok(number);
+    };
+    // A country smsfence does not know (`UK`, `USA`) may be one Vonage formats in.
+    let Some(country) = crate::phone::Country::parse(country.trim()) else {
+        return Err(ExtractError::Unsupported(
+            "a Verify v1 `country` that is not an ISO 3166-1 alpha-2 code",
+        ));
     };
     let national = crate::phone::normalize(&number, NumberFormat::National, Some(country));
     let international = crate::phone::normalize(&number, NumberFormat::InternationalDigits, None);
     match (national, international) {
+        (Ok(n), Ok(i)) if n.is_valid() && i.is_valid() && n.e164() != i.e164() => Err(
+            ExtractError::Unsupported("a `number` that `country` reads as another number"),
+        ),
         // Digits that are a valid number as they are stay as they are.
-        (_, Ok(d)) if d.is_valid() => number,
-        (Ok(d), _) => d.e164(),
-        _ => number,
+        (_, Ok(d)) if d.is_valid() => Ok(number),
+        (Ok(d), _) => Ok(d.e164()),
+        _ => Ok(number),
     }
 }
 
@@ -343,13 +378,7 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
             };
             // Vonage reads the query string as well as the body: every `to` in either.
             let query = req.query.unwrap_or("").as_bytes();
-            let mut tos = match &json {
-                Some(_) => field(req, json.as_ref(), "to").into_iter().collect(),
-                None => req.form_values("to"),
-            };
-            tos.extend(super::form_values(query, "to"));
-            let to = super::single_value(tos, "several different `to`")?
-                .filter(|t| !t.trim().is_empty());
+            let to = legacy_field(req, json.as_ref(), "to", "several different `to`")?;
             out.recipients
                 .push(to.ok_or(ExtractError::MissingRecipient("to"))?);
             let field =
@@ -403,7 +432,7 @@ pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError>
                 .ok_or(ExtractError::MissingRecipient("number"))?;
             let country = legacy_field(req, j, "country", "several different `country`")?;
             out.recipients
-                .push(legacy_number(number, country.as_deref()));
+                .push(legacy_number(number, country.as_deref())?);
             out.sender = legacy_field(req, j, "sender_id", "several different `sender_id`")?;
             out.account = legacy_field(req, j, "api_key", "several different `api_key`")?
                 .or_else(|| req.basic_user());
