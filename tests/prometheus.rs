@@ -613,15 +613,7 @@ async fn scrape_after_traffic() -> String {
         204
     );
     // The store's gauges and counters are published by the sweeper, at once on start.
-    let mut scrape = String::new();
-    for _ in 0..250 {
-        scrape = send("GET", &p.admin("/metrics"), &[], "").await.text();
-        if scrape.contains("smsfence_store_refused_cache_hits_total") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    scrape
+    metrics_with(&p, "smsfence_store_refused_cache_hits_total").await
 }
 
 /// The dashboard's `instance` variable narrows every panel: with several instances, each

@@ -758,14 +758,7 @@ async fn a_client_that_hangs_up_mid_request_is_still_audited_and_counted() {
     drop(s);
     let counted =
         r#"smsfence_requests_total{outcome="client_closed",provider="twilio",route="twilio"} 1"#;
-    let mut m = String::new();
-    for _ in 0..250 {
-        m = send("GET", &p.admin("/metrics"), &[], "").await.text();
-        if m.contains(counted) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let m = metrics_with(&p, counted).await;
     up.release();
     assert!(m.contains(counted), "the request is counted: {m}");
     assert!(
@@ -936,14 +929,7 @@ async fn a_client_hang_up_during_the_upstream_exchange_is_not_overhead() {
     let held = held.elapsed().as_secs_f64();
     let counted =
         r#"smsfence_requests_total{outcome="client_closed",provider="twilio",route="twilio"} 1"#;
-    let mut m = String::new();
-    for _ in 0..250 {
-        m = send("GET", &p.admin("/metrics"), &[], "").await.text();
-        if m.contains(counted) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let m = metrics_with(&p, counted).await;
     up.release();
     assert!(m.contains(counted), "{m}");
     let total = histogram_sum(

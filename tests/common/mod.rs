@@ -390,3 +390,17 @@ impl std::ops::DerefMut for Running {
         &mut self.0
     }
 }
+
+/// `/metrics` once it holds `needle` (or, after 5 s, as it is then): for what is counted
+/// when a connection ends or the sweeper runs, after the request that caused it answered.
+pub async fn metrics_with(p: &Proxy, needle: &str) -> String {
+    let mut m = String::new();
+    for _ in 0..250 {
+        m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+        if m.contains(needle) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    m
+}
