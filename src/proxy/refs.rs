@@ -12,8 +12,10 @@ use std::time::Duration;
 use crate::clock::Timestamp;
 use crate::phone::Destination;
 
-/// How long a reference is remembered (Verify codes expire well before this).
-pub const TTL: Duration = Duration::from_secs(30 * 60);
+/// How long a reference is remembered: as long as the longest-lived code of the presets
+/// (Vonage Verify v1's `pin_expiry` goes up to an hour; a Verify v2 workflow of three
+/// 15-minute steps lasts 45 minutes), so a late resend or check is still decided.
+pub const TTL: Duration = Duration::from_secs(60 * 60);
 
 /// The bounded, expiring map.
 #[derive(Debug)]
