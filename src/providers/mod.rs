@@ -557,6 +557,15 @@ pub fn basic_auth_user(headers: &HeaderMap) -> Option<String> {
     (!user.is_empty()).then(|| user.to_owned())
 }
 
+/// A successful upstream answer read as JSON, for the presets' `conversion`: anything else
+/// (an error status, a body that is not JSON) says nothing about a verification.
+pub fn success_json(status: StatusCode, body: &[u8]) -> Option<serde_json::Value> {
+    if !status.is_success() {
+        return None;
+    }
+    serde_json::from_slice(body).ok()
+}
+
 /// A JSON string field, or `None`.
 pub fn json_str<'v>(v: &'v serde_json::Value, key: &str) -> Option<&'v str> {
     v.get(key).and_then(serde_json::Value::as_str)

@@ -328,10 +328,10 @@ pub fn conversion(
     status: StatusCode,
     body: &[u8],
 ) -> ConversionSignal {
-    if !status.is_success() || !op.verification() {
+    if !op.verification() {
         return ConversionSignal::None;
     }
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+    let Some(v) = super::success_json(status, body) else {
         return ConversionSignal::None;
     };
     match op {

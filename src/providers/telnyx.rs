@@ -388,10 +388,7 @@ pub fn conversion(
     status: StatusCode,
     body: &[u8],
 ) -> ConversionSignal {
-    if !status.is_success() {
-        return ConversionSignal::None;
-    }
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+    let Some(v) = super::success_json(status, body) else {
         return ConversionSignal::None;
     };
     let data = v.get("data").unwrap_or(&serde_json::Value::Null);
