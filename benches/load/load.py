@@ -191,6 +191,36 @@ def wrk(args, port, conns, delay_ms=0):
     return r
 
 
+def paced(args, port, target):
+    """Added p99 at `target` req/s. wrk paces each connection (2 ms between requests), the
+    same pacing direct to the upstream for comparison. On a shared machine the baseline's
+    own p99 moves by milliseconds from one run to the next, so the paced runs alternate
+    direct / target / direct …, `rounds` times: each target run is compared with the mean of
+    the direct runs on either side, and the median of those differences is reported (with
+    their range)."""
+    # Each connection sends one request per (2 ms + latency): start from the 2 ms, and
+    # correct once by the rate achieved.
+    conns = max(1, round(target * 0.002))
+    r = wrk(args, port, conns, delay_ms=2)
+    if r["rps"] < 0.9 * target:
+        conns = max(conns + 1, round(conns * target / max(r["rps"], 1)))
+    directs = [wrk(args, UP, conns, delay_ms=2)]
+    runs = []
+    for _ in range(args.rounds):
+        runs.append(wrk(args, port, conns, delay_ms=2))
+        directs.append(wrk(args, UP, conns, delay_ms=2))
+    added = [r["p99"] - (directs[i]["p99"] + directs[i + 1]["p99"]) / 2
+             for i, r in enumerate(runs)]
+    mid = sorted(range(len(runs)), key=lambda i: added[i])[len(runs) // 2]
+    r = runs[mid]
+    return {"conns": conns, "target_rps": target, "rps": r["rps"],
+            "p50": r["p50"], "p99": r["p99"], "p999": r["p999"],
+            "direct_p99": statistics.median(d["p99"] for d in directs),
+            "added_p99_us": round(statistics.median(added)),
+            "added_p99_us_range": [round(min(added)), round(max(added))],
+            "non2xx": sum(x["errors_status"] for x in runs)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     for a in ["out", "nginx", "smsfence", "mock", "rules", "lua", "workers"]:
@@ -199,6 +229,7 @@ def main():
         ap.add_argument("--" + a, type=int, required=True)
     ap.add_argument("--only", default="")
     ap.add_argument("--no-half", action="store_true")
+    ap.add_argument("--steady", type=int, default=0)
     args = ap.parse_args()
     if not 1 <= args.threads <= 4:
         sys.exit("THREADS must be 1 to 4 (distinct.lua gives each thread its own numbers)")
@@ -307,49 +338,31 @@ def main():
                          for k in ["rps", "p50", "p99", "p999", "cpu_us_per_req", "errors_status", "requests"]}
             med[name]["hwm_kib"] = hwm_kib(targets[name][1]())
 
-        # Added latency at half of each proxy's max throughput (1-worker budget only):
-        # wrk paces each connection (delay 2 ms), the same pacing direct for comparison.
-        # On a shared machine the baseline's own p99 moves by milliseconds from one run to
-        # the next, so the paced runs alternate direct / target / direct …, `rounds` times:
-        # each target run is compared with the mean of the direct runs on either side, and
-        # the median of those differences is reported (with their range).
-        half = {}
+        # Added latency at half of each proxy's max throughput (1-worker budget only), and
+        # optionally at a fixed production-like rate (--steady): see `paced`.
         w0 = min(workers)
-        for name, (port, _, w) in targets.items():
-            if w != w0 or args.no_half:
-                continue
-            # Each connection sends one request per (2 ms + latency): start from the 2 ms,
-            # and correct once by the rate achieved.
-            target = med[name]["rps"] / 2
-            conns = max(1, round(target * 0.002))
-            r = wrk(args, port, conns, delay_ms=2)
-            if r["rps"] < 0.9 * target:
-                conns = max(conns + 1, round(conns * target / max(r["rps"], 1)))
-            directs = [wrk(args, UP, conns, delay_ms=2)]
-            runs = []
-            for _ in range(args.rounds):
-                runs.append(wrk(args, port, conns, delay_ms=2))
-                directs.append(wrk(args, UP, conns, delay_ms=2))
-            added = [r["p99"] - (directs[i]["p99"] + directs[i + 1]["p99"]) / 2
-                     for i, r in enumerate(runs)]
-            mid = sorted(range(len(runs)), key=lambda i: added[i])[len(runs) // 2]
-            r = runs[mid]
-            half[name] = {"conns": conns, "target_rps": target, "rps": r["rps"],
-                          "p50": r["p50"], "p99": r["p99"], "p999": r["p999"],
-                          "direct_p99": statistics.median(d["p99"] for d in directs),
-                          "added_p99_us": round(statistics.median(added)),
-                          "added_p99_us_range": [round(min(added)), round(max(added))],
-                          "non2xx": sum(x["errors_status"] for x in runs)}
-
-        print(f"\nhalf of each target's max throughput (1-vs-1 budget), paced (2 ms between "
-              f"requests per connection), alternating with the same pacing direct "
-              f"({args.rounds} target runs; added p99 = median over them, and range)")
-        print(f"{'target':40} {'conns':>5} {'req/s':>8} {'p50µs':>7} {'p99µs':>7} "
-              f"{'direct p99µs':>12} {'added p99µs':>11} {'range':>15}")
-        for name, h in half.items():
-            lo, hi = h["added_p99_us_range"]
-            print(f"{name:40} {h['conns']:5d} {h['rps']:8.0f} {h['p50']:7d} {h['p99']:7d} "
-                  f"{h['direct_p99']:12.0f} {h['added_p99_us']:11d} {f'{lo}..{hi}':>15}")
+        passes = [] if args.no_half else [("half", None)]
+        if args.steady > 0:
+            passes.append(("steady", args.steady))
+        paced_results = {}
+        for label, rate in passes:
+            rows = {}
+            for name, (port, _, w) in targets.items():
+                if w == w0:
+                    rows[name] = paced(args, port, rate or med[name]["rps"] / 2)
+            paced_results[label] = rows
+            what = ("half of each target's max throughput" if rate is None
+                    else f"a steady {rate} req/s")
+            print(f"\n{what} (1-vs-1 budget), paced (2 ms between requests per connection), "
+                  f"alternating with the same pacing direct ({args.rounds} target runs; added "
+                  f"p99 = median over them, and range)")
+            print(f"{'target':40} {'conns':>5} {'req/s':>8} {'p50µs':>7} {'p99µs':>7} "
+                  f"{'direct p99µs':>12} {'added p99µs':>11} {'range':>15}")
+            for name, h in rows.items():
+                lo, hi = h["added_p99_us_range"]
+                print(f"{name:40} {h['conns']:5d} {h['rps']:8.0f} {h['p50']:7d} {h['p99']:7d} "
+                      f"{h['direct_p99']:12.0f} {h['added_p99_us']:11d} {f'{lo}..{hi}':>15}")
+        half = paced_results.get("half", {})
 
         direct = med["direct"]["rps"]
         print(f"\n{'target':40} {'req/s':>9} {'p50µs':>7} {'p99µs':>7} {'p99.9µs':>8} "
@@ -363,6 +376,7 @@ def main():
                   f"{vs_ng} {m['errors_status']:7.0f}")
         with open(os.path.join(args.out, "results.json"), "w") as f:
             json.dump({"rounds": results, "per_round": per_round, "median": med, "half_rate": half,
+                       "steady_rate": paced_results.get("steady", {}),
                        "params": vars(args)}, f, indent=1)
     finally:
         for p in reversed(procs):

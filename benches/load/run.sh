@@ -13,6 +13,8 @@
 #                                           # only the targets matching ONLY (direct and both
 #                                           # nginx targets always run: the ratios need them),
 #                                           # without the half-throughput latency pass
+#   STEADY=1000 benches/load/run.sh         # also the added p99 at a steady 1000 req/s
+#                                           # (a production-like rate), 1-vs-1 budget
 #
 # Installs wrk and nginx (Debian) when missing; needs root for that only. Everything
 # stays on 127.0.0.1 and stops by itself. Results: target/load/results.json + a table.
@@ -50,5 +52,5 @@ MOCK=$ROOT/target/release/examples/mock_upstream
 exec python3 "$ROOT/benches/load/load.py" \
     --out "$OUT" --rounds "$ROUNDS" --duration "$DURATION" --conns "$CONNS" \
     --threads "$THREADS" --workers "$WORKERS" --nginx "$NGINX" --smsfence "$BIN" \
-    --only "${ONLY:-}" $([ "${HALF:-1}" = 0 ] && echo --no-half) \
+    --only "${ONLY:-}" $([ "${HALF:-1}" = 0 ] && echo --no-half) --steady "${STEADY:-0}" \
     --mock "$MOCK" --rules "$ROOT/rules" --lua "$ROOT/benches/load/distinct.lua"
