@@ -124,20 +124,7 @@ pub async fn handle(
             Ok(f) => feedback(app, f).await,
             Err(r) => r,
         },
-        (&Method::POST, "/v1/reload") => match app.rules.reload_async().await {
-            Ok(generation) => json_response(
-                StatusCode::OK,
-                &json!({"status": "reloaded", "generation": generation}),
-            ),
-            Err(errors) => json_response(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &json!({
-                    "status": "failed",
-                    "generation": app.rules.snapshot().generation,
-                    "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                }),
-            ),
-        },
+        (&Method::POST, "/v1/reload") => reload(app).await,
         (&Method::GET, "/v1/rules") => {
             let rules = app.rules.snapshot();
             json_response(
@@ -240,6 +227,42 @@ struct CheckRequest {
     default_region: Option<String>,
     #[serde(default)]
     kind: Option<String>,
+}
+
+/// `POST /v1/reload`: the rules, and the listeners' certificates, as SIGHUP. Anything that
+/// cannot be used is listed in `errors` (422) and what was in use stays.
+async fn reload(app: &App) -> Response<Body> {
+    let mut errors: Vec<String> = match app.rules.reload_async().await {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    };
+    let mut tls = serde_json::Map::new();
+    for (listener, result) in app.reload_tls() {
+        let outcome = match result {
+            Ok(()) => "reloaded",
+            Err(e) => {
+                errors.push(e.to_string());
+                "failed"
+            }
+        };
+        tls.insert(listener.to_owned(), outcome.into());
+    }
+    let mut body = json!({
+        "status": if errors.is_empty() { "reloaded" } else { "failed" },
+        "generation": app.rules.snapshot().generation,
+    });
+    if !errors.is_empty() {
+        body["errors"] = errors.into();
+    }
+    if !tls.is_empty() {
+        body["tls"] = tls.into();
+    }
+    let status = if body["status"] == "reloaded" {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    json_response(status, &body)
 }
 
 async fn check(app: &App, c: CheckRequest) -> Response<Body> {

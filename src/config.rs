@@ -101,7 +101,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
 }
 
-/// `[server.tls]`: the proxy listener's certificate and key, read again on SIGHUP.
+/// `[server.tls]` / `[admin.tls]`: a listener's certificate and key, read again on SIGHUP
+/// and `POST /v1/reload`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -198,6 +199,8 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// When set, `/v1/*` endpoints need `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Serve the admin listener over TLS (`[admin.tls]`, as `[server.tls]`).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for AdminConfig {
@@ -205,6 +208,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             token: None,
+            tls: None,
         }
     }
 }

@@ -333,12 +333,7 @@ async fn serve(
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading rules");
                 let _ = instance.app.rules.reload_async().await;
-                if let Some(tls) = &instance.app.tls {
-                    match tls.reload() {
-                        Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-                        Err(e) => tracing::error!("SIGHUP: {e}; the certificate in use stays"),
-                    }
-                }
+                instance.app.reload_tls();
             }
         }
     }
@@ -365,6 +360,7 @@ fn banner(instance: &Instance, rules: &Source, json_logs: bool) {
         proxy = %instance.proxy_addr,
         tls = app.tls.is_some(),
         admin = %instance.admin_addr,
+        admin_tls = app.admin_tls.is_some(),
         rules = %source,
         generation = set.generation,
         rule_count = set.summaries.len(),
@@ -392,7 +388,15 @@ fn banner(instance: &Instance, rules: &Source, json_logs: bool) {
     };
     let scheme = if app.tls.is_some() { "https" } else { "http" };
     let p = format!("{scheme}://{}{}", instance.proxy_addr, twilio.path_prefix);
-    let a = instance.admin_addr;
+    let a = format!(
+        "{}://{}",
+        if app.admin_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
+        instance.admin_addr
+    );
     let send = format!(
         "curl -i -u ACtest:secret {p}/2010-04-01/Accounts/ACtest/Messages.json \\\n    \
          --data-urlencode To=+14155550123 --data-urlencode From=+15005550006 --data-urlencode 'Body=Your code is 123456'"
@@ -407,7 +411,7 @@ fn banner(instance: &Instance, rules: &Source, json_logs: bool) {
          A premium-rate number is refused outright:\n\n  \
          curl -i -u ACtest:secret {p}/2010-04-01/Accounts/ACtest/Messages.json \\\n    \
          --data-urlencode To=+449098790123 --data-urlencode From=+15005550006 --data-urlencode 'Body=hi'\n\n\
-         Ask what would happen, without sending:  curl -s http://{a}/v1/check -d '{{\"number\":\"+18765550123\"}}'\n\
-         Metrics:                                 curl -s http://{a}/metrics | grep smsfence_decisions\n"
+         Ask what would happen, without sending:  curl -s {a}/v1/check -d '{{\"number\":\"+18765550123\"}}'\n\
+         Metrics:                                 curl -s {a}/metrics | grep smsfence_decisions\n"
     );
 }

@@ -381,3 +381,162 @@ fn sighup_reloads_the_certificate() {
         .success());
     assert!(child.0.wait().unwrap().success());
 }
+
+/// `[admin.tls]` for the admin listener (here with a plain proxy listener).
+fn admin_tls_config(dir: &Path, upstream: &str) -> String {
+    format!(
+        "[[route]]\nname = \"twilio\"\npreset = \"twilio\"\nupstream = \"{upstream}\"\n\
+[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"T0ken-for-tests\"\n\
+[admin.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        dir.join("admin-cert.pem").display(),
+        dir.join("admin-key.pem").display()
+    )
+}
+
+/// An admin call over `client` to the admin listener: the status and the body.
+async fn admin_over<C>(
+    client: &Client<C, Full<Bytes>>,
+    p: &Proxy,
+    method: &str,
+    path: &str,
+) -> Result<(u16, String), String>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("https://{}{path}", p.instance.admin_addr))
+        .header("authorization", "Bearer T0ken-for-tests")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .map_err(|_| "no answer in 5 s".to_owned())?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The admin listener over TLS: its API and metrics answer over HTTPS only (plain HTTP is
+/// closed and counted); the proxy listener stays plain.
+#[tokio::test]
+async fn the_admin_listener_serves_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    std::fs::write(dir.path().join("admin-cert.pem"), &pki.cert_pem).unwrap();
+    std::fs::write(dir.path().join("admin-key.pem"), &pki.key_pem).unwrap();
+    let up = MockUpstream::start().await;
+    let p = Proxy::start(&admin_tls_config(dir.path(), &up.url()), NO_RULES).await;
+    assert!(p.instance.app.tls.is_none());
+
+    let client = https_client(&pki.ca, false);
+    let (status, body) = admin_over(&client, &p, "GET", "/v1/rules").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    // Plain HTTP to the admin port: not answered, counted as a failed handshake.
+    let mut plain = tokio::net::TcpStream::connect(p.instance.admin_addr)
+        .await
+        .unwrap();
+    plain
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), plain.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "still open");
+    assert!(!buf.starts_with(b"HTTP/"), "answered in plain HTTP");
+    let (_, metrics) = admin_over(&client, &p, "GET", "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("smsfence_connection_errors_total{kind=\"tls\"} 1"),
+        "{metrics}"
+    );
+
+    // The proxy listener is untouched: a plain send goes through.
+    let r = send(
+        "POST",
+        &p.url("/2010-04-01/Accounts/ACtest/Messages.json"),
+        &[FORM, BASIC],
+        "To=%2B14155550123&From=%2B15005550006&Body=hi",
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
+/// `POST /v1/reload` reads both listeners' certificates again, as SIGHUP; one that cannot be
+/// used is reported (422, naming the file, never the key) and the one in use stays.
+#[tokio::test]
+async fn post_v1_reload_swaps_both_listeners_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = pki();
+    write(dir.path(), &old);
+    std::fs::write(dir.path().join("admin-cert.pem"), &old.cert_pem).unwrap();
+    std::fs::write(dir.path().join("admin-key.pem"), &old.key_pem).unwrap();
+    let up = MockUpstream::start().await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n{}",
+        dir.path().join("cert.pem").display(),
+        dir.path().join("key.pem").display(),
+        admin_tls_config(dir.path(), &up.url())
+    );
+    let p = Proxy::start(&text, NO_RULES).await;
+
+    let new = pki();
+    write(dir.path(), &new);
+    std::fs::write(dir.path().join("admin-cert.pem"), &new.cert_pem).unwrap();
+    std::fs::write(dir.path().join("admin-key.pem"), &new.key_pem).unwrap();
+    let (old_client, new_client) = (https_client(&old.ca, false), https_client(&new.ca, false));
+    assert!(admin_over(&new_client, &p, "GET", "/healthz")
+        .await
+        .is_err());
+
+    let (status, body) = admin_over(&old_client, &p, "POST", "/v1/reload")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "reloaded");
+    assert_eq!(
+        v["tls"],
+        serde_json::json!({"server": "reloaded", "admin": "reloaded"})
+    );
+    // New connections to both listeners get the renewed certificates.
+    assert_eq!(
+        send_over(&https_client(&new.ca, false), &p, "+14155550123")
+            .await
+            .map(|(s, _)| s),
+        Ok(201)
+    );
+    let fresh = https_client(&new.ca, false);
+    assert_eq!(
+        admin_over(&fresh, &p, "GET", "/healthz")
+            .await
+            .map(|(s, _)| s),
+        Ok(200)
+    );
+    assert!(
+        admin_over(&https_client(&old.ca, false), &p, "GET", "/healthz")
+            .await
+            .is_err()
+    );
+
+    // The admin key no longer the certificate's: reported, and the renewed one stays.
+    std::fs::write(dir.path().join("admin-key.pem"), &old.key_pem).unwrap();
+    let (status, body) = admin_over(&fresh, &p, "POST", "/v1/reload").await.unwrap();
+    assert_eq!(status, 422, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "failed");
+    assert_eq!(
+        v["tls"],
+        serde_json::json!({"server": "reloaded", "admin": "failed"})
+    );
+    let errors = v["errors"].to_string();
+    assert!(errors.contains("admin-key.pem"), "{errors}");
+    assert!(!body.contains("PRIVATE KEY"), "{body}");
+    assert_eq!(
+        admin_over(&https_client(&new.ca, false), &p, "GET", "/healthz")
+            .await
+            .map(|(s, _)| s),
+        Ok(200)
+    );
+}

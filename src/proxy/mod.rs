@@ -207,6 +207,8 @@ pub struct App {
     id_prefix: u32,
     /// The proxy listener's TLS (`server.tls`), reloaded on SIGHUP.
     pub tls: Option<tls::Tls>,
+    /// The admin listener's TLS (`admin.tls`), reloaded with it.
+    pub admin_tls: Option<tls::Tls>,
 }
 
 impl std::fmt::Debug for App {
@@ -218,6 +220,23 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
+    /// Reads the listeners' certificates again (SIGHUP, `POST /v1/reload`), each logged:
+    /// one that cannot be used keeps serving the certificate in use. Per listener with
+    /// TLS (`"server"`, `"admin"`): `Ok`, or why not.
+    pub fn reload_tls(&self) -> Vec<(&'static str, Result<(), tls::TlsError>)> {
+        [("server", &self.tls), ("admin", &self.admin_tls)]
+            .into_iter()
+            .filter_map(|(listener, tls)| {
+                let result = tls.as_ref()?.reload();
+                match &result {
+                    Ok(()) => tracing::info!(listener, "TLS certificate reloaded"),
+                    Err(e) => tracing::error!(listener, "{e}; the certificate in use stays"),
+                }
+                Some((listener, result))
+            })
+            .collect()
+    }
+
     /// The end user's IP and id, believed only from trusted peers.
     pub fn identity(&self, peer: IpAddr, headers: &HeaderMap) -> (Option<IpAddr>, Option<String>) {
         let peer = canonical(peer);
@@ -429,10 +448,13 @@ impl Instance {
     /// Validates the config, loads the rules, binds both listeners and starts serving.
     pub async fn start(opts: Options) -> Result<Instance, StartError> {
         let routes = opts.config.validate()?;
-        let tls = match &opts.config.server.tls {
-            Some(t) => Some(tls::Tls::load(&t.cert, &t.key)?),
-            None => None,
+        let load = |t: &Option<crate::config::TlsConfig>| {
+            t.as_ref()
+                .map(|t| tls::Tls::load(&t.cert, &t.key))
+                .transpose()
         };
+        let tls = load(&opts.config.server.tls)?;
+        let admin_tls = load(&opts.config.admin.tls)?;
         let metrics = Arc::new(Metrics::new());
         let rules = Arc::new(
             Rules::load(opts.rules.clone(), Arc::clone(&metrics)).map_err(StartError::Rules)?,
@@ -492,6 +514,7 @@ impl Instance {
             next_id: AtomicU64::new(1),
             id_prefix: std::process::id(),
             tls,
+            admin_tls,
         });
 
         let bind_error = |addr: SocketAddr| move |error| StartError::Bind { addr, error };
@@ -564,6 +587,7 @@ impl Instance {
             let rx = rx.clone();
             let timeout = cfg.server.request_read_timeout;
             let metrics = Arc::clone(&metrics);
+            let tls = app.admin_tls.as_ref().map(|t| t.acceptor().clone());
             tasks.push(tokio::spawn(async move {
                 server::serve(
                     admin_listener,
@@ -571,7 +595,7 @@ impl Instance {
                     drain,
                     timeout,
                     metrics,
-                    None,
+                    tls,
                     move |_peer, req| crate::admin::handle(Arc::clone(&admin), req),
                 )
                 .await;

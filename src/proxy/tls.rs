@@ -1,5 +1,5 @@
-//! TLS on the proxy listener: a certificate chain and key from PEM files, swapped in place
-//! on SIGHUP (or `POST /v1/reload`) so a renewed certificate needs no restart.
+//! TLS on the proxy and admin listeners: a certificate chain and key from PEM files, swapped
+//! in place on SIGHUP (or `POST /v1/reload`) so a renewed certificate needs no restart.
 //!
 //! HTTP/2 and HTTP/1.1 are offered by ALPN; the server behind it is the same as for plain
 //! connections. Never prints a key: errors name the file and what was wrong with it.
@@ -22,7 +22,7 @@ pub enum TlsError {
     /// The certificate file could not be read, or is not PEM.
     #[error("reading the TLS certificate {path}: {error}")]
     Cert {
-        /// `server.tls.cert`.
+        /// `server.tls.cert` or `admin.tls.cert`.
         path: PathBuf,
         /// Why (never the file's content).
         error: rustls_pki_types::pem::Error,
@@ -33,7 +33,7 @@ pub enum TlsError {
     /// The key file could not be read, or holds no private key.
     #[error("reading the TLS key {path}: {error}")]
     Key {
-        /// `server.tls.key`.
+        /// `server.tls.key` or `admin.tls.key`.
         path: PathBuf,
         /// Why (never the file's content).
         error: rustls_pki_types::pem::Error,
@@ -41,9 +41,9 @@ pub enum TlsError {
     /// The key is of a kind rustls cannot sign with, or is not the certificate's.
     #[error("the TLS key {path} cannot be used with {cert}: {error}")]
     Mismatch {
-        /// `server.tls.key`.
+        /// `server.tls.key` or `admin.tls.key`.
         path: PathBuf,
-        /// `server.tls.cert`.
+        /// `server.tls.cert` or `admin.tls.cert`.
         cert: PathBuf,
         /// rustls' reason.
         error: tokio_rustls::rustls::Error,
