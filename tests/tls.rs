@@ -151,6 +151,14 @@ async fn sends_over_tls_are_decided_over_http1_and_h2() {
     assert!(String::from_utf8_lossy(&got[1]).contains("To=%2B14155550124"));
 }
 
+/// The connection is closed within 3 s without a plain HTTP answer.
+async fn assert_closed_unanswered(s: &mut tokio::net::TcpStream) {
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "still open");
+    assert!(!buf.starts_with(b"HTTP/"), "answered in plain HTTP");
+}
+
 /// Plain HTTP to the TLS port, and a client that never starts its handshake: each closed
 /// and counted, neither served.
 #[tokio::test]
@@ -171,10 +179,7 @@ async fn failed_and_silent_handshakes_are_closed_and_counted() {
         .await
         .unwrap();
     for s in [&mut plain, &mut silent] {
-        let mut buf = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await;
-        assert!(read.is_ok(), "still open");
-        assert!(!buf.starts_with(b"HTTP/"), "answered in plain HTTP");
+        assert_closed_unanswered(s).await;
     }
     assert!(up.requests().is_empty());
     let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
@@ -442,10 +447,7 @@ async fn the_admin_listener_serves_over_tls() {
         .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(3), plain.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "still open");
-    assert!(!buf.starts_with(b"HTTP/"), "answered in plain HTTP");
+    assert_closed_unanswered(&mut plain).await;
     let (_, metrics) = admin_over(&client, &p, "GET", "/metrics").await.unwrap();
     assert!(
         metrics.contains("smsfence_connection_errors_total{kind=\"tls\"} 1"),
