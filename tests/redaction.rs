@@ -214,6 +214,23 @@ async fn no_text_code_or_credential_leaves_smsfence() {
         format!("{{\"code\":\"{CODE}\"}}"),
     )
     .await);
+    // A Plivo Verify session started, then validated with the code in `otp`.
+    go(send(
+        "POST",
+        &format!("{proxy}/v1/Account/MAmarker/Verify/Session/"),
+        &[JSON, ("authorization", &basic)],
+        r#"{"recipient":"447400123456"}"#,
+    )
+    .await);
+    go(send(
+        "POST",
+        &format!(
+            "{proxy}/v1/Account/MAmarker/Verify/Session/8e712097-8090-4644-81e7-8f4265d8354e/"
+        ),
+        &[JSON, ("authorization", &basic)],
+        format!("{{\"otp\":\"{CODE}\"}}"),
+    )
+    .await);
     let metrics = send("GET", &format!("{admin}/metrics"), &[], "")
         .await
         .text();
@@ -264,6 +281,11 @@ async fn no_text_code_or_credential_leaves_smsfence() {
         .iter()
         .any(|r| String::from_utf8_lossy(&r.body).contains(TEXT)));
     assert!(up.requests().iter().any(|r| r.uri.contains(QUERY_TOKEN)));
+    assert!(up
+        .requests()
+        .iter()
+        .any(|r| r.uri.contains("/Verify/Session/8e712097")
+            && String::from_utf8_lossy(&r.body).contains(CODE)));
     let encoded_secret = b64.encode(format!("ACmarker:{BASIC_SECRET}"));
     for (what, text) in [
         ("logs", &logs),

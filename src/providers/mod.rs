@@ -44,7 +44,7 @@ pub enum Preset {
     Vonage,
     /// Telnyx Messaging v2 and Verify.
     Telnyx,
-    /// Plivo Messages.
+    /// Plivo Messages and Verify.
     Plivo,
     /// Sinch SMS (XMS batches) and Verification.
     Sinch,
@@ -901,7 +901,7 @@ pub fn sandbox(
         Op::Twilio(op) => twilio::sandbox(op, req, extracted),
         Op::Vonage(op) => vonage::sandbox(op, req, extracted),
         Op::Telnyx(op) => telnyx::sandbox(op, req, extracted),
-        Op::Plivo(_) => plivo::sandbox(req, extracted),
+        Op::Plivo(op) => plivo::sandbox(op, req, extracted),
         Op::Sinch(op) => sinch::sandbox(op, req, extracted),
         Op::Infobip(op) => infobip::sandbox(op, req, extracted),
         Op::Generic => generic::sandbox(generic),
@@ -922,7 +922,8 @@ pub fn conversion(
         Op::Telnyx(op) => telnyx::conversion(op, req, extracted, status, body),
         Op::Infobip(op) => infobip::conversion(op, req, extracted, status, body),
         Op::Sinch(op) => sinch::conversion(op, req, extracted, status, body),
-        _ => ConversionSignal::None,
+        Op::Plivo(op) => plivo::conversion(op, req, status, body),
+        Op::Generic => ConversionSignal::None,
     }
 }
 
@@ -943,7 +944,8 @@ pub fn wants_response_body(op: Op) -> bool {
             infobip::Op::PinSms | infobip::Op::PinVoice | infobip::Op::PinVerify
         ),
         Op::Sinch(op) => !matches!(op, sinch::Op::Send | sinch::Op::Update),
-        _ => false,
+        Op::Plivo(op) => matches!(op, plivo::Op::VerifySession | plivo::Op::VerifyValidate),
+        Op::Generic => false,
     }
 }
 

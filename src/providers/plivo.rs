@@ -3,13 +3,19 @@
 //!
 //! Errors are `{api_id, error}`; the SDKs surface `error` in their exception
 //! (`PlivoRestError`, `ValidationError` for 400). A block is a 400, a throttle a 429.
+//!
+//! Verify: `POST /v1/Account/{auth_id}/Verify/Session/` starts a session (JSON
+//! `recipient`; the answer's `session_uuid` is remembered), `POST
+//! …/Verify/Session/{session_uuid}/` validates it (JSON `otp`, never read but by the
+//! sandbox), answered `"message": "session validated successfully."` on success. A
+//! `GET` of a session or of the list passes through.
 
 use hyper::StatusCode;
 use serde_json::json;
 
 use super::{
-    sandbox_id, segments, Endpoint, ExtractError, Extracted, NativeResponse, Refusal, RefusalKind,
-    RequestView,
+    sandbox_id, segments, ConversionSignal, Endpoint, ExtractError, Extracted, NativeResponse,
+    Refusal, RefusalKind, RequestView,
 };
 
 /// Plivo operations.
@@ -21,6 +27,9 @@ pub enum Op {
     VerifySession,
     /// Verify a caller id (an OTP by SMS or voice): JSON `phone_number`.
     VerifyCallerId,
+    /// Validate a Verify session's code: the number the `session_uuid` in the path was
+    /// started for.
+    VerifyValidate,
 }
 
 impl Op {
@@ -29,6 +38,7 @@ impl Op {
         match self {
             Op::Send => super::RequestKind::Send,
             Op::VerifySession | Op::VerifyCallerId => super::RequestKind::VerifyStart,
+            Op::VerifyValidate => super::RequestKind::VerifyCheck,
         }
     }
 }
@@ -53,6 +63,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         method: "POST",
+        pattern: "/v1/Account/{}/Verify/Session/{}/",
+        op: super::Op::Plivo(Op::VerifyValidate),
+    },
+    Endpoint {
+        method: "POST",
         pattern: "/v1/Account/{}/VerifiedCallerId/",
         op: super::Op::Plivo(Op::VerifyCallerId),
     },
@@ -63,6 +78,16 @@ pub const ROOTS: &[&str] = &["/v1/Account/**"];
 
 /// Reads a Plivo request.
 pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
+    if op == Op::VerifyValidate {
+        // The number is the one the session was started for; the body holds only the
+        // code, which smsfence never reads.
+        return Ok(Extracted {
+            verify_ref: req.param(1).filter(|id| !id.trim().is_empty()),
+            account: req.param(0),
+            segments: 1,
+            ..Extracted::default()
+        });
+    }
     if !req.is_json() {
         return Err(ExtractError::MalformedBody("Plivo takes a JSON body"));
     }
@@ -168,8 +193,41 @@ fn uuid() -> String {
     )
 }
 
-/// The sandbox's Plivo answer.
-pub fn sandbox(_req: &RequestView<'_>, ex: &Extracted) -> NativeResponse {
+/// The sandbox's Plivo answer: a queued message, or Verify's answers. A validation whose
+/// `otp` is `000000` fails (as Plivo answers a wrong code: a 400 with `error`), any other
+/// succeeds.
+pub fn sandbox(op: Op, req: &RequestView<'_>, ex: &Extracted) -> NativeResponse {
+    match op {
+        Op::VerifySession => {
+            return NativeResponse::json(
+                StatusCode::OK,
+                &json!({
+                    "api_id": uuid(),
+                    "message": "Session initiated",
+                    "session_uuid": uuid(),
+                }),
+            )
+        }
+        Op::VerifyValidate => {
+            let v = req.json().unwrap_or_default();
+            let otp = match v.get("otp") {
+                Some(serde_json::Value::String(s)) => Some(s.trim().to_owned()),
+                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            };
+            return match otp {
+                Some(otp) if !otp.is_empty() && otp != "000000" => NativeResponse::json(
+                    StatusCode::OK,
+                    &json!({"api_id": uuid(), "message": VALIDATED}),
+                ),
+                _ => NativeResponse::json(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"api_id": uuid(), "error": "Invalid OTP"}),
+                ),
+            };
+        }
+        Op::Send | Op::VerifyCallerId => {}
+    }
     NativeResponse::json(
         StatusCode::ACCEPTED,
         &json!({
@@ -178,6 +236,45 @@ pub fn sandbox(_req: &RequestView<'_>, ex: &Extracted) -> NativeResponse {
             "message_uuid": ex.recipients.iter().map(|_| uuid()).collect::<Vec<_>>(),
         }),
     )
+}
+
+/// Plivo's `message` when a session's code is validated.
+const VALIDATED: &str = "session validated successfully.";
+
+/// Whether Plivo's answer starts a Verify session or validates its code.
+pub fn conversion(
+    op: Op,
+    req: &RequestView<'_>,
+    status: StatusCode,
+    body: &[u8],
+) -> ConversionSignal {
+    if !matches!(op, Op::VerifySession | Op::VerifyValidate) {
+        return ConversionSignal::None;
+    }
+    let Some(v) = super::success_json(status, body) else {
+        return ConversionSignal::None;
+    };
+    match op {
+        Op::VerifySession => match super::json_str(&v, "session_uuid") {
+            Some(id) if !id.is_empty() => ConversionSignal::Started {
+                reference: id.to_owned(),
+            },
+            _ => ConversionSignal::None,
+        },
+        // Only Plivo's own success sentence: a 2xx saying anything else is no verification.
+        _ if super::json_str(&v, "message").is_some_and(|m| {
+            m.trim()
+                .trim_end_matches('.')
+                .eq_ignore_ascii_case(VALIDATED.trim_end_matches('.'))
+        }) =>
+        {
+            ConversionSignal::Verified {
+                number: None,
+                reference: req.param(1),
+            }
+        }
+        _ => ConversionSignal::None,
+    }
 }
 
 #[cfg(test)]
@@ -204,6 +301,120 @@ mod tests {
             extract(Op::Send, &view(&h, &["MA1"], br#"{"dst":"<"}"#)),
             Err(ExtractError::MissingRecipient("dst"))
         );
+    }
+
+    #[test]
+    fn verify_validate_keeps_the_session_and_credits_only_plivos_success() {
+        use crate::providers::RequestKind;
+        let h = json_headers();
+        const SESSION: &str = "8e712097-8090-4644-81e7-8f4265d8354e";
+        let ex = extract(
+            Op::VerifyValidate,
+            &view(&h, &["MA1", SESSION], br#"{"otp":"123456"}"#),
+        )
+        .unwrap();
+        assert_eq!(ex.verify_ref.as_deref(), Some(SESSION));
+        assert!(ex.recipients.is_empty());
+        assert_eq!(ex.account.as_deref(), Some("MA1"));
+        assert_eq!(Op::VerifyValidate.kind(), RequestKind::VerifyCheck);
+        // The code is never needed to decide: any body, or none, is read the same.
+        for body in [&b""[..], b"not json", br#"{"otp":123456}"#] {
+            let other = extract(Op::VerifyValidate, &view(&h, &["MA1", SESSION], body));
+            assert_eq!(other.as_ref(), Ok(&ex), "{body:?}");
+        }
+
+        let start = view(&h, &["MA1"], br#"{"recipient":"447400123456"}"#);
+        assert_eq!(
+            conversion(
+                Op::VerifySession,
+                &start,
+                StatusCode::OK,
+                format!(
+                    r#"{{"api_id":"a","message":"Session initiated","session_uuid":"{SESSION}"}}"#
+                )
+                .as_bytes(),
+            ),
+            ConversionSignal::Started {
+                reference: SESSION.into()
+            }
+        );
+        let validate = view(&h, &["MA1", SESSION], br#"{"otp":"123456"}"#);
+        for ok in [
+            &br#"{"api_id":"a","message":"session validated successfully."}"#[..],
+            br#"{"api_id":"a","message":"Session validated successfully"}"#,
+        ] {
+            assert_eq!(
+                conversion(Op::VerifyValidate, &validate, StatusCode::OK, ok),
+                ConversionSignal::Verified {
+                    number: None,
+                    reference: Some(SESSION.into())
+                },
+                "{ok:?}"
+            );
+        }
+        for (status, body) in [
+            (
+                StatusCode::BAD_REQUEST,
+                &br#"{"api_id":"a","error":"Invalid OTP"}"#[..],
+            ),
+            (
+                StatusCode::BAD_REQUEST,
+                br#"{"api_id":"a","message":"session validated successfully."}"#,
+            ),
+            (
+                StatusCode::OK,
+                br#"{"api_id":"a","message":"The passcode entered is incorrect."}"#,
+            ),
+            (StatusCode::OK, br#"{"api_id":"a"}"#),
+            (StatusCode::OK, b"<html>"),
+        ] {
+            assert_eq!(
+                conversion(Op::VerifyValidate, &validate, status, body),
+                ConversionSignal::None,
+                "{status} {body:?}"
+            );
+        }
+        // Sends and caller-id checks say nothing.
+        assert_eq!(
+            conversion(
+                Op::Send,
+                &start,
+                StatusCode::OK,
+                br#"{"message":"session validated successfully.","session_uuid":"x"}"#
+            ),
+            ConversionSignal::None
+        );
+    }
+
+    #[test]
+    fn verify_sandbox_answers_in_plivos_shapes() {
+        let h = json_headers();
+        let ex = Extracted::default();
+        let start = sandbox(
+            Op::VerifySession,
+            &view(&h, &["MA1"], br#"{"recipient":"447400123456"}"#),
+            &ex,
+        );
+        assert_eq!(start.status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_slice(&start.body).unwrap();
+        assert_eq!(v["message"], "Session initiated");
+        assert_eq!(v["session_uuid"].as_str().map(str::len), Some(36));
+        let ok = sandbox(
+            Op::VerifyValidate,
+            &view(&h, &["MA1", "s"], br#"{"otp":"123456"}"#),
+            &ex,
+        );
+        assert_eq!(ok.status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_slice(&ok.body).unwrap();
+        assert_eq!(v["message"], VALIDATED);
+        let wrong = sandbox(
+            Op::VerifyValidate,
+            &view(&h, &["MA1", "s"], br#"{"otp":"000000"}"#),
+            &ex,
+        );
+        assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+        let v: serde_json::Value = serde_json::from_slice(&wrong.body).unwrap();
+        assert!(v["error"].as_str().is_some() && v.get("message").is_none());
     }
 
     #[test]
