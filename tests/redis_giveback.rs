@@ -3,7 +3,8 @@
 //! through a relay in the test that can hold one connection's traffic from a chosen
 //! command on: the request is caught with its store call held, its client hangs up
 //! (hyper drops the request), the traffic is let through, and the budget must be back
-//! where it was — the next send that fits it passes.
+//! where it was — the next send that fits it passes. Last, a client that hangs up after
+//! the provider refused its send (either store).
 
 mod common;
 
@@ -262,4 +263,80 @@ async fn a_hang_up_while_an_auto_block_is_set_gives_the_reservation_back() {
 
     assert_eq!(allowed_within(&p, "+447400999001").await, 201);
     assert_eq!(up.requests().len(), 3, "the refused send never went out");
+}
+
+/// An upstream that answers its first request with a 400 whose body never ends, and every
+/// later one with a 201.
+async fn refusing_then_stalling_upstream() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut s, _)) = listener.accept().await {
+            let stall = std::mem::replace(&mut first, false);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    // One request per read is enough for these small ones.
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    let answer: &[u8] = if stall {
+                        b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"code\":"
+                    } else {
+                        b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+                    };
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    if stall {
+                        // Holds the connection open until the proxy lets go of it.
+                        let _ = s.read(&mut buf).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The provider refused a Verify start (400), and the client hangs up while smsfence still
+/// reads that answer's body: the send was not taken, so its spend is given back as if the
+/// client had waited (it used to be given back only after the body was read). The same
+/// with either store: here the in-process one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hang_up_after_the_provider_refused_gives_the_reservation_back() {
+    let up = refusing_then_stalling_upstream().await;
+    let cfg =
+        format!("[[route]]\nname = \"twilio\"\npreset = \"twilio\"\nupstream = \"http://{up}\"\n");
+    let rules = "[prices]\ndefault = 0.10\n[[heuristic]]\nname = \"spend\"\nkind = \"spend_budget\"\nhourly = 0.35\n";
+    let p = Proxy::start(&cfg, &[("r.toml", rules)]).await;
+
+    let body = "To=%2B447400123001&Channel=sms";
+    let mut s = TcpStream::connect(p.instance.proxy_addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /v2/Services/VAtest/Verifications HTTP/1.1\r\nhost: x\r\n\
+             authorization: {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n{body}",
+            BASIC.1,
+            FORM.1,
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // The 400 is in once smsfence counts it; its body is still being read.
+    let refused =
+        r#"smsfence_upstream_duration_seconds_count{provider="twilio",status_class="4xx"} 1"#;
+    let m = metrics_with(&p, refused).await;
+    assert!(m.contains(refused), "the provider's answer arrived: {m}");
+    hang_up(&p, s).await;
+
+    // Nothing spent: three sends fit the budget (0.30 of 0.35).
+    for to in ["+447400999001", "+447400999002", "+447400999003"] {
+        assert_eq!(twilio_send(&p, to, &[]).await.status, 201, "{to}");
+    }
 }
