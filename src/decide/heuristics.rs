@@ -7,7 +7,10 @@
 //! finally refused — so concurrent requests on several instances can never overrun a
 //! budget (each sees every reservation made before it). A send the provider does not take
 //! sent no code and cost nothing: the handler gives back its conversion sends and budget
-//! reservations alike ([`Decision::counted`](super::Decision::counted)). Numbers that
+//! reservations alike ([`Decision::counted`](super::Decision::counted)). A give-back runs
+//! to its end even if the request is dropped meanwhile (its client hung up), and a request
+//! dropped between reserving and being decided gives its reservations back all the same
+//! ([`Held`]): a client cannot leave a budget charged for sends that never went out. Numbers that
 //! verified recently skip the heuristics. An enforced heuristic with `block_for` also blocks its key (prefix,
 //! country, IP) for a period that doubles with each repeat offence.
 
@@ -19,7 +22,7 @@ use crate::phone::Destination;
 use crate::providers::RequestKind;
 use crate::rules::{subnet_of, Check, HeuristicRule, KeyKind, Mode, RuleSet, Skip};
 use crate::store::window::Reading;
-use crate::store::{Entity, Flag, LimitKey, Store, StoreError, WindowOp};
+use crate::store::{Entity, Flag, GiveBack, Held, LimitKey, Store, StoreError, WindowOp};
 
 /// Key namespaces, mixed into rule ids so that one rule's several kinds of state never
 /// share a key.
@@ -177,14 +180,16 @@ fn sum_op(rule: u64, entity: Entity<'static>, window: Duration, amount: u64) -> 
 #[derive(Debug, Default)]
 pub(super) struct Evaluated {
     /// What the request added to conversion rates and budgets: the budget reservations
-    /// first (`..budgets`, given back if the request is finally refused), then the
-    /// conversion sends (given back too if the provider does not take the send).
+    /// first (given back already if the request was refused), then the conversion sends
+    /// (given back too if the provider does not take the send).
     pub reserved: Vec<WindowOp<'static>>,
-    /// How many of `reserved` are budget reservations.
-    pub budgets: usize,
-    /// An auto-block could not be set (the store failed after the windows were written):
-    /// every heuristic was still judged, and the reservations still stand to be given back.
+    /// An auto-block could not be set, or a refused request's reservations could not be
+    /// given back (the store failed after the windows were written): every heuristic was
+    /// still judged.
     pub degraded: bool,
+    /// An allowed request's budget reservations, held until [`super::decide`] returns (a
+    /// request dropped before then gives them back); already settled when refused.
+    pub held: Held,
 }
 
 /// Evaluates every heuristic; fires hits into `out`. A store error before the windows
@@ -449,12 +454,7 @@ pub(super) async fn evaluate<'f>(
     // refused code request is an unverified one too, so a pumping run cannot slip back
     // under the minimum volume by being refused — and budget sends are reservations,
     // given back if the request is refused after all.
-    let reads = if plan.ops.is_empty() {
-        Vec::new()
-    } else {
-        store.windows_each(&plan.ops, &plan.commits, now).await?
-    };
-    // What the request added to conversion rates and budgets: budgets first (see
+    // What the request adds to conversion rates and budgets: budgets first (see
     // `Evaluated::reserved`).
     let check = |k: &usize| &rules.heuristics[plan.owners[*k].0].check;
     let budget = |k: &usize| {
@@ -472,7 +472,20 @@ pub(super) async fn evaluate<'f>(
         .collect();
     let budgets = reserved.len();
     reserved.extend((0..plan.ops.len()).filter(conversion).map(|k| plan.ops[k]));
+    // The budget reservations are held from the moment they are made: a request dropped
+    // before it settles them (its client hung up) gives them back all the same.
+    let (reads, held) = if plan.ops.is_empty() {
+        (Vec::new(), Held::default())
+    } else if commit {
+        let held = &reserved[..budgets];
+        store.reserve(&plan.ops, &plan.commits, held, now).await?
+    } else {
+        let reads = store.windows_each(&plan.ops, &plan.commits, now).await?;
+        (reads, Held::default())
+    };
 
+    // Judged without a pause (no `.await`): the auto-blocks of the heuristics that fire
+    // are set afterwards, once a refusal's give-back is under way.
     let mut newly_blocked = Vec::new();
     let mut degraded = false;
     let mut k = 0;
@@ -498,19 +511,37 @@ pub(super) async fn evaluate<'f>(
             let d = dests[at];
             if let Some(e) = block_entity(h, d, facts) {
                 // One offence per key per request, however many recipients tripped it.
-                if !newly_blocked.contains(&(hi, e)) {
-                    newly_blocked.push((hi, e));
-                    if auto_block(store, h, e, base, now).await.is_err() {
-                        degraded = true;
-                    }
+                if !newly_blocked.contains(&(hi, base, e)) {
+                    newly_blocked.push((hi, base, e));
                 }
             }
         }
     }
+    // Refused: the budget reservations are given back, by a give-back that runs to its
+    // end even if this request is dropped from here on. An allowed request holds them
+    // until it is decided (`decide` settles them when it returns).
+    let (giving, held) = if commit && !out.allowed() {
+        let giving = give_back(store, &reserved[..budgets], now);
+        held.settle();
+        (Some(giving), Held::default())
+    } else {
+        (None, held)
+    };
+    for (hi, base, e) in newly_blocked {
+        if auto_block(store, &rules.heuristics[hi], e, base, now)
+            .await
+            .is_err()
+        {
+            degraded = true;
+        }
+    }
+    if let Some(giving) = giving {
+        degraded |= giving.await.is_err();
+    }
     Ok(Evaluated {
         reserved,
-        budgets,
         degraded,
+        held,
     })
 }
 
@@ -637,16 +668,10 @@ async fn auto_block(
     store.set_flag(strike_key, strike, now).await
 }
 
-/// Gives back sends a request added (see the module docs).
-pub async fn give_back(
-    store: &Store,
-    reserved: &[WindowOp<'_>],
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    if reserved.is_empty() {
-        return Ok(());
-    }
-    store.give_back(reserved, now).await
+/// Gives back sends a request added (see the module docs). It starts at once and runs to
+/// its end even if the request is dropped before awaiting it ([`Store::give_back`]).
+pub fn give_back(store: &Store, reserved: &[WindowOp<'static>], now: Timestamp) -> GiveBack {
+    store.give_back(reserved, now)
 }
 
 /// Records that `dest` verified: conversion and baseline windows, and trust.

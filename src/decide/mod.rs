@@ -15,7 +15,7 @@ use crate::clock::Timestamp;
 use crate::phone::{Destination, PhoneError};
 use crate::providers::RequestKind;
 use crate::rules::{KeyKind, LimitRule, ListRule, Mode, OnStoreError, RuleSet, Skip};
-use crate::store::{Entity, GcraCheck, GcraOutcome, LimitKey, Store};
+use crate::store::{Entity, GcraCheck, GcraOutcome, Held, LimitKey, Store};
 
 pub mod gcra;
 pub mod heuristics;
@@ -433,6 +433,9 @@ pub async fn decide(
     let mut used_local = false;
     let mut rate_limit = None;
     let mut counted = Vec::new();
+    // An allowed request's budget reservations: given back should the request be dropped
+    // before this returns (a client that hangs up during the shadow limits' calls).
+    let mut held = Held::default();
     if out.allowed() {
         let (checks, owners) = limit_checks(rules, facts, &skips, Mode::Enforce, out.shadow_all);
         if !checks.is_empty() {
@@ -534,19 +537,15 @@ pub async fn decide(
         {
             Ok(evaluated) => {
                 degraded |= evaluated.degraded;
-                // Refused by a heuristic: its budget reservations are given back. The
-                // limits it passed keep counting it — an attack that a heuristic refuses
-                // goes on filling the limits, which then refuse it before any heuristic
-                // runs, far more cheaply (and without a store key per attempt).
+                // Refused by a heuristic: its budget reservations were given back
+                // (`evaluate` does it). The limits it passed keep counting it — an attack
+                // that a heuristic refuses goes on filling the limits, which then refuse
+                // it before any heuristic runs, far more cheaply (and without a store key
+                // per attempt).
                 if out.allowed() {
                     counted = evaluated.reserved;
-                } else if commit == Commit::Yes
-                    && heuristics::give_back(store, &evaluated.reserved[..evaluated.budgets], now)
-                        .await
-                        .is_err()
-                {
-                    degraded = true;
                 }
+                held = evaluated.held;
             }
             Err(_) => degraded = true,
         }
@@ -586,6 +585,9 @@ pub async fn decide(
         start = end;
     }
 
+    // No `.await` from here to the send upstream: the reservations stand from now on
+    // (`Decision::counted`).
+    held.settle();
     Decision {
         cost: heuristics::cost(rules, facts),
         verdict: out.verdict,

@@ -121,6 +121,10 @@ struct Ctx<'a> {
     upstream_error: Option<UpstreamError>,
     /// The audit event, once the request is decided (written by [`finish_event`]).
     event: AuditEvent,
+    /// What an allowed request added to conversion rates and budgets
+    /// ([`Decision::counted`]), until it is given back: here so that a client that hangs
+    /// up after the provider refused the send still has it given back.
+    counted: Vec<crate::store::WindowOp<'static>>,
 }
 
 /// The service function: never fails, always answers.
@@ -145,6 +149,7 @@ pub async fn handle(
             upstream_status: None,
             upstream_error: None,
             event: AuditEvent::default(),
+            counted: Vec::new(),
         },
     };
     let resp = handle_inner(&app, peer, req, &mut request.ctx, started).await;
@@ -172,11 +177,31 @@ impl Drop for InFlight<'_> {
         if let Some(since) = self.ctx.upstream_since.take() {
             self.ctx.upstream_time = since.elapsed();
         }
+        // The provider's answer was in (or it was never reached) when the client hung up:
+        // a send it did not take is not counted, as if the client had waited.
+        if not_taken(&self.ctx) && !self.ctx.counted.is_empty() {
+            // Runs to its end by itself (a task of its own on Redis); its result has no one
+            // to go to but the store's own failure counters.
+            drop(decide::heuristics::give_back(
+                &self.app.store,
+                &self.ctx.counted,
+                self.app.clock.now(),
+            ));
+        }
         count_request(self.app, &self.ctx, self.started);
         if self.ctx.event.decision.is_some() {
             self.ctx.event.client_closed = true;
             finish_event(self.app, &mut self.ctx, self.started);
         }
+    }
+}
+
+/// Whether the provider did not take the send: it answered with an error status, or the
+/// request never reached it. `false` while its answer is unknown.
+fn not_taken(ctx: &Ctx<'_>) -> bool {
+    match ctx.upstream_status {
+        Some(status) => status >= 400,
+        None => ctx.upstream_error == Some(UpstreamError::Refused),
     }
 }
 
@@ -409,6 +434,7 @@ async fn handle_inner<'a>(
     let resp = match &decision.verdict {
         Verdict::Allow => {
             ctx.outcome = Outcome::Forwarded;
+            ctx.counted = decision.counted;
             let (mut resp, _) = forward(
                 app,
                 route,
@@ -420,14 +446,11 @@ async fn handle_inner<'a>(
             .await;
             // The provider refused the send (an error status) or was never reached: no
             // code went out and nothing was spent, so the send is not counted. A timeout
-            // or a broken exchange stays counted: the code may have gone out.
-            let not_taken = match ctx.upstream_status {
-                Some(status) => status >= 400,
-                None => ctx.upstream_error == Some(UpstreamError::Refused),
-            };
-            if not_taken && !decision.counted.is_empty() {
-                let given =
-                    decide::heuristics::give_back(&app.store, &decision.counted, app.clock.now());
+            // or a broken exchange stays counted: the code may have gone out. (A client
+            // that hangs up once the answer is known has it given back by `InFlight`.)
+            if not_taken(ctx) && !ctx.counted.is_empty() {
+                let counted = std::mem::take(&mut ctx.counted);
+                let given = decide::heuristics::give_back(&app.store, &counted, app.clock.now());
                 if let Err(e) = given.await {
                     app.store_error("conversion", &e);
                 }

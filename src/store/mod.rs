@@ -5,7 +5,11 @@
 //! operation takes the time from the caller (memory) or the server (Redis), commits
 //! all-or-nothing, and never holds a lock across an `.await`.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -146,13 +150,72 @@ pub struct StoreStats {
     pub cache_hits: u64,
 }
 
+/// A give-back under way ([`Store::give_back`]): awaiting it yields its result, and
+/// dropping it unawaited does not stop it.
+#[derive(Debug)]
+#[must_use = "a give-back runs anyway; await it for its result"]
+pub enum GiveBack {
+    /// Done already (`None` once its result is taken).
+    Done(Option<Result<(), StoreError>>),
+    /// Running in a task of its own (Redis).
+    Running(tokio::task::JoinHandle<Result<(), StoreError>>),
+}
+
+impl Future for GiveBack {
+    type Output = Result<(), StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut *self {
+            GiveBack::Done(result) => Poll::Ready(result.take().unwrap_or(Ok(()))),
+            GiveBack::Running(task) => Pin::new(task).poll(cx).map(|joined| {
+                joined.unwrap_or_else(|e| {
+                    Err(StoreError::Unavailable(format!(
+                        "give-back task failed: {e}"
+                    )))
+                })
+            }),
+        }
+    }
+}
+
+/// Reservations a request holds on the shared store ([`Store::reserve`]) until it
+/// settles them: if dropped unsettled (the request was dropped), they are given back
+/// from a task of their own. Empty, and free, on the in-process store.
+#[derive(Debug, Default)]
+#[must_use = "an unsettled reservation is given back when dropped"]
+pub struct Held(Option<(Arc<redis::RedisStore>, Vec<WindowOp<'static>>)>);
+
+impl Held {
+    /// The request has settled the reservations: they stand (it goes on to be sent) or it
+    /// gives them back itself.
+    pub fn settle(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some((r, ops)) = self.0.take() else {
+            return;
+        };
+        // No runtime: the process is going down, and the reservations with it.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = r.give_back(&ops).await {
+                    tracing::warn!("could not give back an abandoned request's reservation: {e}");
+                }
+            });
+        }
+    }
+}
+
 /// The state store.
 #[derive(Debug)]
 pub enum Store {
     /// In-process, bounded.
     Memory(memory::MemoryStore),
     /// Redis or Valkey, shared by several instances.
-    Redis(std::sync::Arc<redis::RedisStore>),
+    Redis(Arc<redis::RedisStore>),
 }
 
 impl Store {
@@ -220,14 +283,66 @@ impl Store {
         }
     }
 
-    /// Takes `amount` back off each window (a refused request's budget reservation).
-    pub async fn give_back(&self, ops: &[WindowOp<'_>], now: Timestamp) -> Result<(), StoreError> {
+    /// [`Store::windows_each`] for a real request that reserves `held` (some of what
+    /// `ops` add: its budget sends). Should the request be dropped (its client hung up)
+    /// while the call is out, or before it settles the [`Held`] it gets back, what the
+    /// store reserved is given back by itself. A call that failed (a timeout whose script
+    /// may or may not have run) holds nothing: giving back what may never have been added
+    /// could under-count.
+    pub async fn reserve(
+        &self,
+        ops: &[WindowOp<'static>],
+        commit: &[bool],
+        held: &[WindowOp<'static>],
+        now: Timestamp,
+    ) -> Result<(Vec<Reading>, Held), StoreError> {
+        match self {
+            // Nothing to cancel: the call completes in the poll that makes it.
+            Store::Memory(m) => Ok((m.windows(ops, now, commit), Held(None))),
+            Store::Redis(r) if held.is_empty() => Ok((r.windows(ops, commit).await?, Held(None))),
+            Store::Redis(r) => {
+                // The call runs in its own task, which hands the reservation over with the
+                // readings: a reply that finds the request gone (the message dropped with
+                // the channel) drops its `Held`, which gives back.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let (r, ops, commit, held) =
+                    (Arc::clone(r), ops.to_vec(), commit.to_vec(), held.to_vec());
+                tokio::spawn(async move {
+                    let reply = r.windows(&ops, &commit).await;
+                    let _ = tx.send(reply.map(|reads| (reads, Held(Some((r, held))))));
+                });
+                rx.await.unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(
+                        "the window call's task ended".into(),
+                    ))
+                })
+            }
+        }
+    }
+
+    /// Takes `amount` back off each window (a refused request's budget reservation, a
+    /// send the provider did not take). It starts at once and runs to its end even if
+    /// what is returned is dropped unawaited: on Redis, in a task of its own, so a client
+    /// that hangs up meanwhile cannot leave the reservation standing; in memory, before
+    /// this returns (no task, no allocation).
+    pub fn give_back(&self, ops: &[WindowOp<'static>], now: Timestamp) -> GiveBack {
+        if ops.is_empty() {
+            return GiveBack::Done(Some(Ok(())));
+        }
         match self {
             Store::Memory(m) => {
                 m.give_back(ops, now);
-                Ok(())
+                GiveBack::Done(Some(Ok(())))
             }
-            Store::Redis(r) => r.give_back(ops).await,
+            Store::Redis(r) => match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let (r, ops) = (Arc::clone(r), ops.to_vec());
+                    GiveBack::Running(rt.spawn(async move { r.give_back(&ops).await }))
+                }
+                Err(_) => GiveBack::Done(Some(Err(StoreError::Unavailable(
+                    "no runtime to give back on".into(),
+                )))),
+            },
         }
     }
 
