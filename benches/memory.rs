@@ -3,7 +3,8 @@
 //!
 //! `cargo bench --bench memory` (release; ≈ 4 min). Prints one line per case; exits
 //! non-zero if the number of tracked keys (`StoreStats::keys`, what the
-//! `smsfence_store_keys` gauge shows) ever exceeds `store.max_keys`. Linux only (reads
+//! `smsfence_store_keys` gauge shows) ever exceeds `store.max_keys` by more than the few keys
+//! of countries and the global key, which are always tracked. Linux only (reads
 //! /proc/self). Each case runs in a fresh process (this binary re-runs itself), so that
 //! memory freed by one case and kept by the allocator does not hide the next one's growth.
 
@@ -102,9 +103,14 @@ fn bytes_per_window(n: u64) {
     );
 }
 
-/// A million distinct numbers through the rules; keys must stay under the ceiling.
+/// A million distinct numbers through the rules; keys must stay under the ceiling, but for
+/// the keys of countries and the global key, which the store always tracks (a bounded few:
+/// here at most 4 per rule for each of the flood's two countries and for the global key,
+/// however long the flood).
 fn flood(name: &str, rules: &RuleSet, max_keys: usize, n: u64) -> bool {
     let store = Store::Memory(MemoryStore::new(max_keys));
+    let always_tracked = (rules.limits.len() + rules.heuristics.len()) * 3 * 4;
+    let bound = (max_keys + always_tracked) as u64;
     let before = status_kib("VmRSS:");
     let mut now = Timestamp::from_unix_secs(1_800_000_000);
     let (mut allowed, mut refused, mut peak_keys) = (0u64, 0u64, 0u64);
@@ -148,7 +154,7 @@ fn flood(name: &str, rules: &RuleSet, max_keys: usize, n: u64) -> bool {
         // Every request: two relaxed atomic loads.
         let keys = store.stats().keys;
         peak_keys = peak_keys.max(keys);
-        if keys > max_keys as u64 {
+        if keys > bound {
             ok = false;
         }
     }
@@ -174,7 +180,10 @@ fn flood(name: &str, rules: &RuleSet, max_keys: usize, n: u64) -> bool {
         count[1]
     );
     if !ok {
-        println!("flood[{name}]: tracked keys exceeded the ceiling of {max_keys}");
+        println!(
+            "flood[{name}]: tracked keys exceeded the ceiling of {max_keys} \
+             (+ {always_tracked} keys of countries and the global key)"
+        );
     }
     ok
 }
