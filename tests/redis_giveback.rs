@@ -3,8 +3,10 @@
 //! through a relay in the test that can hold one connection's traffic from a chosen
 //! command on: the request is caught with its store call held, its client hangs up
 //! (hyper drops the request), the traffic is let through, and the budget must be back
-//! where it was — the next send that fits it passes. Last, a client that hangs up after
-//! the provider refused its send (either store).
+//! where it was — the next send that fits it passes. Then a client that hangs up after
+//! the provider refused its send (either store). Last, the other writes a request makes
+//! that must not be lost with it: a Verify start's reference, a verification's record,
+//! a Cluster's refund of a refused request's tokens, and an auto-block's listing.
 
 mod common;
 
@@ -27,14 +29,19 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
+        Redis::start_with(free_port(), &[])
+    }
+
+    /// A server on `port` with these extra arguments.
+    fn start_with(port: u16, extra: &[String]) -> Redis {
         ensure_tools(&["redis-server", "redis-cli"], "install-redis.sh");
-        let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(dir.path())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -50,6 +57,61 @@ impl Redis {
             std::thread::sleep(Duration::from_millis(20));
         }
         r
+    }
+
+    /// A one-node Cluster on `port` holding every slot, that tells its clients to reach
+    /// it through `announce` (a relay's port), so that they do.
+    fn cluster(port: u16, announce: u16) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let args: Vec<String> = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            &free_port().to_string(),
+            "--cluster-config-file",
+            &dir.path().join("nodes.conf").to_string_lossy(),
+            "--cluster-announce-ip",
+            "127.0.0.1",
+            "--cluster-announce-port",
+            &announce.to_string(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let r = Redis::start_with(port, &args);
+        assert!(r.cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]).is_some());
+        let start = Instant::now();
+        while !r
+            .cli(&["CLUSTER", "INFO"])
+            .is_some_and(|i| i.contains("cluster_state:ok"))
+        {
+            assert!(start.elapsed() < Duration::from_secs(20), "cluster up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Calls of one command so far.
+    fn calls(&self, command: &str) -> u64 {
+        let stats = self.cli(&["INFO", "commandstats"]).unwrap_or_default();
+        let prefix = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -71,6 +133,8 @@ enum Hold {
     Holding,
     /// Let through, for good.
     Released,
+    /// What the held connection sent is dropped, and the connection with it.
+    Cut,
 }
 
 /// A loopback TCP relay to Redis that can hold what one connection sends.
@@ -115,7 +179,13 @@ impl Relay {
                         });
                         if held {
                             let mut rx = state.subscribe();
-                            let _ = rx.wait_for(|h| *h == Hold::Released).await;
+                            let after = rx
+                                .wait_for(|h| matches!(h, Hold::Released | Hold::Cut))
+                                .await
+                                .map(|h| h.clone());
+                            if !matches!(after, Ok(Hold::Released)) {
+                                break;
+                            }
                             held = false;
                         }
                         if sw.write_all(chunk).await.is_err() {
@@ -151,21 +221,32 @@ impl Relay {
     fn release(&self) {
         self.hold.send_replace(Hold::Released);
     }
+
+    /// Drops the held connection with what it sent from the held command on: as if the
+    /// command had never been made.
+    fn cut(&self) {
+        self.hold.send_replace(Hold::Cut);
+    }
 }
 
 /// A spend budget of 0.35 an hour at 0.10 a send: three sends fit, a fourth does not.
 /// The store timeout is long, so that no held call can time out (and be given back
 /// anyway) before the client hangs up.
 async fn proxy(relay: &Relay, up: &MockUpstream, extra_rules: &str) -> Proxy {
-    let cfg = format!(
-        "[store]\nkind = \"redis\"\nurls = [{:?}]\ntimeout = \"30s\"\nsweep_interval = \"1h\"\n{}",
-        relay.url(),
-        all_presets_to(&up.url())
-    );
     let rules = format!(
         "[prices]\ndefault = 0.10\n[[heuristic]]\nname = \"spend\"\nkind = \"spend_budget\"\nhourly = 0.35\n{extra_rules}"
     );
-    Proxy::start(&cfg, &[("r.toml", &rules)]).await
+    proxy_with(relay, up, false, &rules).await
+}
+
+/// smsfence on Redis (a Cluster when `cluster`) through `relay`, with these rules.
+async fn proxy_with(relay: &Relay, up: &MockUpstream, cluster: bool, rules: &str) -> Proxy {
+    let cfg = format!(
+        "[store]\nkind = \"redis\"\nurls = [{:?}]\ncluster = {cluster}\ntimeout = \"30s\"\nsweep_interval = \"1h\"\n{}",
+        relay.url(),
+        all_presets_to(&up.url())
+    );
+    Proxy::start(&cfg, &[("r.toml", rules)]).await
 }
 
 /// A Twilio send written on a raw connection, to be dropped (the client hangs up).
@@ -175,10 +256,15 @@ async fn raw_send(p: &Proxy, to: &str) -> TcpStream {
         .append_pair("From", "+15005550006")
         .append_pair("Body", "Your code is 123456")
         .finish();
+    raw_post(p, "/2010-04-01/Accounts/ACtest/Messages.json", &body).await
+}
+
+/// A Twilio form POST written on a raw connection, to be dropped (the client hangs up).
+async fn raw_post(p: &Proxy, path: &str, body: &str) -> TcpStream {
     let mut s = TcpStream::connect(p.instance.proxy_addr).await.unwrap();
     s.write_all(
         format!(
-            "POST /2010-04-01/Accounts/ACtest/Messages.json HTTP/1.1\r\nhost: x\r\n\
+            "POST {path} HTTP/1.1\r\nhost: x\r\n\
              authorization: {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n{body}",
             BASIC.1,
             FORM.1,
@@ -338,5 +424,201 @@ async fn a_hang_up_after_the_provider_refused_gives_the_reservation_back() {
     // Nothing spent: three sends fit the budget (0.30 of 0.35).
     for to in ["+447400999001", "+447400999002", "+447400999003"] {
         assert_eq!(twilio_send(&p, to, &[]).await.status, 201, "{to}");
+    }
+}
+
+/// Twilio Verify on a mock: a start answers `VEheld`; a check approves it, naming no
+/// number (the check is matched to its number by the start's reference).
+async fn verify_upstream() -> MockUpstream {
+    MockUpstream::with(|r| {
+        if r.uri.contains("VerificationCheck") {
+            Reply::json(200, r#"{"sid":"VEheld","status":"approved"}"#)
+        } else {
+            Reply::json(201, r#"{"sid":"VEheld","status":"pending"}"#)
+        }
+    })
+    .await
+}
+
+/// The client of a Verify start hangs up while its reference is being shared, and that
+/// shared copy is lost (cut here): this instance still matches the check, which carries
+/// only the reference, to its number, and counts its approval as a conversion. (The
+/// shared copy used to be written before this instance's own, which a hang-up then lost
+/// too.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hang_up_while_a_verify_start_is_shared_keeps_its_reference() {
+    let redis = Redis::start();
+    let relay = Relay::start(redis.port).await;
+    let up = verify_upstream().await;
+    let p = proxy(&relay, &up, "").await;
+
+    // The reference's key is `sf:{v…}:r`.
+    relay.arm(b"}:r\r\n");
+    let s = raw_post(
+        &p,
+        "/v2/Services/VAtest/Verifications",
+        "To=%2B447400123001&Channel=sms",
+    )
+    .await;
+    relay.holding().await;
+    hang_up(&p, s).await;
+    relay.cut();
+
+    let check = send(
+        "POST",
+        &p.url("/v2/Services/VAtest/VerificationCheck"),
+        &[FORM, BASIC],
+        "VerificationSid=VEheld&Code=123456",
+    )
+    .await;
+    assert_eq!(check.status, 200, "{}", check.text());
+    let verified =
+        r#"smsfence_conversions_total{country="GB",outcome="verified",source="verify_check"} 1"#;
+    let m = metrics_with(&p, verified).await;
+    assert!(m.contains(verified), "the check was matched: {m}");
+}
+
+/// Polls the dry-run `/v1/check` of `number` until it allows, at most 5 s; the last
+/// decision.
+async fn checks_allowed_within(p: &Proxy, number: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let a = send(
+            "POST",
+            &p.admin("/v1/check"),
+            &[JSON],
+            format!(r#"{{"number":"{number}"}}"#),
+        )
+        .await;
+        let decision = a.json()["decision"].as_str().unwrap_or("").to_owned();
+        if decision == "allow" || start.elapsed() > Duration::from_secs(5) {
+            return decision;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A verification whose client hangs up while it is recorded (its number just marked
+/// trusted) still counts in the conversion rate. It used to stop there: the verification
+/// was never counted, and could not be again (its number trusted, later verifications
+/// are skipped), so the rate read too low and sends were refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hang_up_while_a_verification_is_recorded_still_counts_it() {
+    let redis = Redis::start();
+    let relay = Relay::start(redis.port).await;
+    let up = verify_upstream().await;
+    let rules = "[settings]\ntrust_verified = \"30d\"\n\
+        [[heuristic]]\nname = \"conv\"\nkind = \"conversion_rate\"\nkey = \"country\"\nwindow = \"1h\"\nmin_sends = 3\nmin_rate = 0.5\n";
+    let p = proxy_with(&relay, &up, false, rules).await;
+    for n in ["+18765550121", "+18765550122"] {
+        assert_eq!(twilio_send(&p, n, &[]).await.status, 201);
+    }
+    let third = twilio_send(&p, "+18765550123", &[]).await;
+    assert_eq!(third.header("smsfence-reason"), Some("low_conversion"));
+
+    // The first of the two verifications: held at its trust mark, `… 0 verified`.
+    relay.arm(b" 0 verified\r\n");
+    let s = raw_post(
+        &p,
+        "/v2/Services/VAtest/VerificationCheck",
+        "To=%2B18765550121&Code=123456",
+    )
+    .await;
+    relay.holding().await;
+    hang_up(&p, s).await;
+    relay.release();
+    let b = send(
+        "POST",
+        &p.admin("/v1/feedback"),
+        &[JSON],
+        r#"{"number":"+18765550122","outcome":"verified"}"#,
+    )
+    .await;
+    assert_eq!(b.status, 204);
+
+    // Two of three verified: the rate is back over a half. With one it would not be.
+    assert_eq!(checks_allowed_within(&p, "+18765550124").await, "allow");
+}
+
+/// A request whose limits live in two Cluster slots is refused by one after the other
+/// took its token, and its client hangs up while the slots' calls are out: the token the
+/// other slot took is given back all the same (the refund used to be made only if the
+/// request was still there to make it). A one-node Cluster reached through the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hang_up_while_a_cluster_refuses_gives_the_other_slots_tokens_back() {
+    let port = free_port();
+    let relay = Relay::start(port).await;
+    let _redis = Redis::cluster(port, relay.addr.port());
+    let up = MockUpstream::start().await;
+    let both = "[[limit]]\nname = \"per-number\"\nkey = \"number\"\nrate = \"1/1h\"\nburst = 1\n\
+                [[limit]]\nname = \"per-prefix\"\nkey = \"prefix\"\ndrop_digits = 3\nrate = \"2/1h\"\nburst = 2\n";
+    let p = proxy_with(&relay, &up, true, both).await;
+    for to in ["+447400123001", "+447400123002"] {
+        let a = twilio_send(&p, to, &[]).await;
+        assert_eq!(a.status, 201, "{}", a.text());
+    }
+
+    // The third send: its number's slot takes a token, its prefix's refuses.
+    let gcra = redis::Script::new(include_str!("../src/store/lua/gcra.lua"));
+    relay.arm(gcra.get_hash().as_bytes());
+    let s = raw_send(&p, "+447400123003").await;
+    relay.holding().await;
+    hang_up(&p, s).await;
+    relay.release();
+
+    // Without the prefix limit, the number's token is all that decides.
+    let only_number =
+        "[[limit]]\nname = \"per-number\"\nkey = \"number\"\nrate = \"1/1h\"\nburst = 1\n";
+    let dir = p.rules_dir.as_ref().unwrap().path();
+    std::fs::write(dir.join("r.toml"), only_number).unwrap();
+    let r = send("POST", &p.admin("/v1/reload"), &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(allowed_within(&p, "+447400123003").await, 201);
+    assert_eq!(allowed_within(&p, "+447400123001").await, 429, "spent");
+}
+
+/// An auto-block whose request's client hangs up as the block is set is listed all the
+/// same (`GET /v1/blocks`), its offence counted: its writes run to their end. (The block
+/// used to be enforced but left out of the listing, and the next one not doubled.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hang_up_while_an_auto_block_is_set_still_lists_it() {
+    let redis = Redis::start();
+    let relay = Relay::start(redis.port).await;
+    let up = MockUpstream::start().await;
+    let pv = "[[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [3]\nwindow = \"10m\"\nmax_requests = 2\nblock_for = \"1m\"\n";
+    let p = proxy_with(&relay, &up, false, pv).await;
+    for to in ["+447400123001", "+447400123002"] {
+        assert_eq!(twilio_send(&p, to, &[]).await.status, 201);
+    }
+
+    // The third send to the block trips `pv`: the auto-block is a `SET … NX`.
+    relay.arm(b"\r\n$3\r\nSET\r\n");
+    let s = raw_send(&p, "+447400123003").await;
+    relay.holding().await;
+    hang_up(&p, s).await;
+    relay.release();
+
+    let start = Instant::now();
+    let listed = loop {
+        let blocks = send("GET", &p.admin("/v1/blocks"), &[], "").await.json();
+        if blocks["blocks"][0]["block"] == "pv prefix +447400123"
+            || start.elapsed() > Duration::from_secs(5)
+        {
+            break blocks;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        listed["blocks"][0]["block"], "pv prefix +447400123",
+        "{listed}"
+    );
+    // Its offence count is in too (a second `SET`), for the next block to double.
+    let start = Instant::now();
+    while redis.calls("set") < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the offence count was set"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -12,9 +12,13 @@
 //! dropped between reserving and being decided gives its reservations back all the same
 //! ([`Held`]): a client cannot leave a budget charged for sends that never went out. Numbers that
 //! verified recently skip the heuristics. An enforced heuristic with `block_for` also blocks its key (prefix,
-//! country, IP) for a period that doubles with each repeat offence.
+//! country, IP) for a period that doubles with each repeat offence. Its writes, like a
+//! verification's record, run to their end even if the request is dropped ([`Detached`]).
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use super::{Facts, Hit, Outcome, Reason};
 use crate::clock::Timestamp;
@@ -22,7 +26,7 @@ use crate::phone::Destination;
 use crate::providers::RequestKind;
 use crate::rules::{subnet_of, Check, HeuristicRule, KeyKind, Mode, RuleSet, Skip};
 use crate::store::window::Reading;
-use crate::store::{Entity, Flag, GiveBack, Held, LimitKey, Store, StoreError, WindowOp};
+use crate::store::{Detached, Entity, Flag, Held, LimitKey, Store, StoreError, WindowOp};
 
 /// Key namespaces, mixed into rule ids so that one rule's several kinds of state never
 /// share a key.
@@ -75,11 +79,11 @@ fn cap_for(limit: Option<u64>) -> u16 {
 }
 
 /// The key a heuristic blocks for one recipient (or the request), when it blocks.
-fn block_entity<'f>(
+fn block_entity(
     h: &HeuristicRule,
     d: Option<&Destination>,
-    facts: &Facts<'f>,
-) -> Option<Entity<'f>> {
+    facts: &Facts<'_>,
+) -> Option<Entity<'static>> {
     match &h.check {
         Check::PrefixVelocity { drop, .. } => {
             d.map(|d| Entity::Prefix(d.prefix(drop.iter().copied().max().unwrap_or(3))))
@@ -527,14 +531,13 @@ pub(super) async fn evaluate<'f>(
     } else {
         (None, held)
     };
-    for (hi, base, e) in newly_blocked {
-        if auto_block(store, &rules.heuristics[hi], e, base, now)
-            .await
-            .is_err()
-        {
-            degraded = true;
-        }
-    }
+    // The auto-blocks run to their end even if this request is dropped from here on.
+    let blocks = newly_blocked
+        .into_iter()
+        .map(|(hi, base, entity)| AutoBlock::new(&rules.heuristics[hi], entity, base))
+        .collect();
+    let blocking = auto_blocks(store, blocks, now);
+    degraded |= blocking.await.is_err();
     if let Some(giving) = giving {
         degraded |= giving.await.is_err();
     }
@@ -617,19 +620,79 @@ fn judge(h: &HeuristicRule, op: &WindowOp<'_>, reads: &[Reading]) -> (Option<Rea
     }
 }
 
-/// Blocks `entity` for `base × 2^(offences)`, capped at the rule's `max_block`. A block
-/// already in force (set by a concurrent request of the same burst, which read "no block"
-/// too) is left as it is: that is one offence, not a repeat.
-async fn auto_block(
-    store: &Store,
-    h: &HeuristicRule,
-    entity: Entity<'_>,
+/// One auto-block to set, with owned copies of what it needs from its rule.
+#[derive(Debug)]
+struct AutoBlock {
+    /// The heuristic's id.
+    rule: u64,
+    /// The block's first period, doubled with each repeat offence...
     base: Duration,
-    now: Timestamp,
-) -> Result<(), StoreError> {
+    /// ...up to this.
+    max_block: Duration,
+    /// The key blocked.
+    entity: Entity<'static>,
+    /// The label `GET /v1/blocks` lists it under.
+    label: String,
+}
+
+impl AutoBlock {
+    fn new(h: &HeuristicRule, entity: Entity<'static>, base: Duration) -> AutoBlock {
+        AutoBlock {
+            rule: h.id,
+            base,
+            max_block: h.max_block,
+            label: label(h, &entity),
+            entity,
+        }
+    }
+}
+
+/// Sets a refusal's auto-blocks (see [`auto_block`]). They start at once and run to their
+/// end even if what is returned is dropped unawaited ([`Detached`]): each is several
+/// writes (the block, its offence count, the index `GET /v1/blocks` lists), and a client
+/// that hangs up between them would leave the next block not doubled, or a block in force
+/// but not listed. On Redis, one task of its own; in memory, done before this returns.
+fn auto_blocks(store: &Store, blocks: Vec<AutoBlock>, now: Timestamp) -> Detached {
+    async fn set_all(
+        store: &Store,
+        blocks: &[AutoBlock],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut result = Ok(());
+        for b in blocks {
+            if let Err(e) = auto_block(store, b, now).await {
+                result = Err(e);
+            }
+        }
+        result
+    }
+    if blocks.is_empty() {
+        return Detached::Done(Some(Ok(())));
+    }
+    match store {
+        Store::Memory(_) => Detached::Done(Some(
+            set_all(store, &blocks, now)
+                .now_or_never()
+                .unwrap_or_else(|| {
+                    Err(StoreError::Unavailable(
+                        "the in-process store paused".into(),
+                    ))
+                }),
+        )),
+        Store::Redis(r) => {
+            let store = Store::Redis(Arc::clone(r));
+            Detached::spawn(async move { set_all(&store, &blocks, now).await })
+        }
+    }
+}
+
+/// Blocks `b.entity` for `b.base × 2^(offences)`, capped at the rule's `max_block`. A
+/// block already in force (set by a concurrent request of the same burst, which read "no
+/// block" too) is left as it is: that is one offence, not a repeat.
+async fn auto_block(store: &Store, b: &AutoBlock, now: Timestamp) -> Result<(), StoreError> {
     let strike_key = LimitKey {
-        rule: h.id ^ STRIKE,
-        entity,
+        rule: b.rule ^ STRIKE,
+        entity: b.entity,
     };
     let level = store
         .flags(&[strike_key], now)
@@ -637,21 +700,21 @@ async fn auto_block(
         .pop()
         .flatten()
         .map_or(0, |f| f.level + 1);
-    let period = base
+    let period = b
+        .base
         .saturating_mul(1u32 << level.min(16))
-        .min(h.max_block.max(base));
-    let label = label(h, &entity);
+        .min(b.max_block.max(b.base));
     let until = now.add(period);
     let added = store
         .add_flag(
             LimitKey {
-                rule: h.id ^ BLOCK,
-                entity,
+                rule: b.rule ^ BLOCK,
+                entity: b.entity,
             },
             Flag {
                 until,
                 level,
-                label: label.clone(),
+                label: b.label.clone(),
             },
             now,
         )
@@ -663,15 +726,45 @@ async fn auto_block(
     let strike = Flag {
         until: until.add(DAY),
         level,
-        label: format!("{label} (offences)"),
+        label: format!("{} (offences)", b.label),
     };
     store.set_flag(strike_key, strike, now).await
 }
 
 /// Gives back sends a request added (see the module docs). It starts at once and runs to
 /// its end even if the request is dropped before awaiting it ([`Store::give_back`]).
-pub fn give_back(store: &Store, reserved: &[WindowOp<'static>], now: Timestamp) -> GiveBack {
+pub fn give_back(store: &Store, reserved: &[WindowOp<'static>], now: Timestamp) -> Detached {
     store.give_back(reserved, now)
+}
+
+/// [`record_verified`] for a real verification: it starts at once and the whole record
+/// (trust, then the conversion and baseline windows) runs to its end even if what is
+/// returned is dropped unawaited ([`Detached`]). A record cut off after the trust mark
+/// would be lost for good — later verifications of the number are not counted, since it
+/// is trusted — and conversion rates and baselines would read too low. On Redis it runs
+/// in a task of its own with owned copies (the rules snapshot, the number); in memory it
+/// completes before this returns (no task; the store answers without a pause).
+pub fn record_verified_detached(
+    rules: Arc<RuleSet>,
+    store: &Store,
+    dest: Destination,
+    now: Timestamp,
+) -> Detached {
+    match store {
+        Store::Memory(_) => Detached::Done(Some(
+            record_verified(&rules, store, &dest, now)
+                .now_or_never()
+                .unwrap_or_else(|| {
+                    Err(StoreError::Unavailable(
+                        "the in-process store paused".into(),
+                    ))
+                }),
+        )),
+        Store::Redis(r) => {
+            let store = Store::Redis(Arc::clone(r));
+            Detached::spawn(async move { record_verified(&rules, &store, &dest, now).await })
+        }
+    }
 }
 
 /// Records that `dest` verified: conversion and baseline windows, and trust.

@@ -548,10 +548,9 @@ async fn an_auto_block_already_in_force_is_not_a_second_offence() {
     let s = store();
     let h = &r.heuristics[0];
     let e = crate::store::Entity::Prefix(447_400_123);
+    let b = super::AutoBlock::new(h, e, Duration::from_secs(600));
     for _ in 0..3 {
-        super::auto_block(&s, h, e, Duration::from_secs(600), at(0))
-            .await
-            .unwrap();
+        super::auto_block(&s, &b, at(0)).await.unwrap();
     }
     let blocks = s.list_flags(at(0)).await.unwrap();
     let block = blocks
@@ -560,9 +559,7 @@ async fn an_auto_block_already_in_force_is_not_a_second_offence() {
         .expect("listed");
     assert_eq!((block.level, block.until), (0, at(600)), "one offence");
     // After the block, a new offence is a repeat: twice the period.
-    super::auto_block(&s, h, e, Duration::from_secs(600), at(700))
-        .await
-        .unwrap();
+    super::auto_block(&s, &b, at(700)).await.unwrap();
     let blocks = s.list_flags(at(700)).await.unwrap();
     let block = blocks
         .iter()

@@ -1000,10 +1000,14 @@ impl App {
             ConversionSignal::None => {}
             ConversionSignal::Started { reference } => {
                 if let Some(d) = first {
-                    if let Err(e) = self.store.put_ref(&reference, &d, super::refs::TTL).await {
+                    // Both copies are under way before the first pause, so a client that
+                    // hangs up meanwhile loses neither: this instance's at once, the shared
+                    // one in a task of its own.
+                    let shared = self.store.put_ref(&reference, &d, super::refs::TTL);
+                    self.refs.insert(reference, d, now);
+                    if let Err(e) = shared.await {
                         self.store_error("verify_ref", &e);
                     }
-                    self.refs.insert(reference, d, now);
                 }
             }
             ConversionSignal::Verified { number, reference } => {

@@ -314,23 +314,17 @@ impl App {
         verified: bool,
     ) {
         let outcome = if verified { "verified" } else { "failed" };
-        if verified {
-            let rules = self.rules.snapshot();
-            if let Err(e) = crate::decide::heuristics::record_verified(
-                &rules,
+        // The record is under way before the first pause and runs to its end by itself
+        // (`record_verified_detached`); it is counted and audited before it is awaited, so
+        // a client that hangs up meanwhile (dropping this) loses none of it.
+        let recording = verified.then(|| {
+            crate::decide::heuristics::record_verified_detached(
+                self.rules.snapshot(),
                 &self.store,
-                dest,
+                *dest,
                 self.clock.now(),
             )
-            .await
-            {
-                self.metrics
-                    .store_errors
-                    .with_label_values(&[self.store.kind(), "conversion"])
-                    .inc();
-                tracing::warn!("could not record a conversion: {e}");
-            }
-        }
+        });
         let country = dest
             .country()
             .map_or_else(|| "unknown".to_owned(), |c| c.to_string());
@@ -347,6 +341,15 @@ impl App {
                 country: Some(country),
                 ..AuditEvent::default()
             });
+        }
+        if let Some(recording) = recording {
+            if let Err(e) = recording.await {
+                self.metrics
+                    .store_errors
+                    .with_label_values(&[self.store.kind(), "conversion"])
+                    .inc();
+                tracing::warn!("could not record a conversion: {e}");
+            }
         }
     }
 }

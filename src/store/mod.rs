@@ -150,27 +150,43 @@ pub struct StoreStats {
     pub cache_hits: u64,
 }
 
-/// A give-back under way ([`Store::give_back`]): awaiting it yields its result, and
-/// dropping it unawaited does not stop it.
+/// A store write under way that must not be lost with the request that started it (a
+/// give-back, [`Store::give_back`]; a verification's record; a refusal's auto-blocks):
+/// awaiting it yields its result, and dropping it unawaited does not stop it. On Redis it
+/// runs in a task of its own with owned data; in memory it is done before it is returned
+/// (no task, no allocation).
 #[derive(Debug)]
-#[must_use = "a give-back runs anyway; await it for its result"]
-pub enum GiveBack {
+#[must_use = "a detached write runs anyway; await it for its result"]
+pub enum Detached {
     /// Done already (`None` once its result is taken).
     Done(Option<Result<(), StoreError>>),
     /// Running in a task of its own (Redis).
     Running(tokio::task::JoinHandle<Result<(), StoreError>>),
 }
 
-impl Future for GiveBack {
+impl Detached {
+    /// Runs `work` in a task of its own, started now (an error if there is no runtime to
+    /// run it on: the process is going down).
+    pub fn spawn(work: impl Future<Output = Result<(), StoreError>> + Send + 'static) -> Detached {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => Detached::Running(rt.spawn(work)),
+            Err(_) => Detached::Done(Some(Err(StoreError::Unavailable(
+                "no runtime to write on".into(),
+            )))),
+        }
+    }
+}
+
+impl Future for Detached {
     type Output = Result<(), StoreError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut *self {
-            GiveBack::Done(result) => Poll::Ready(result.take().unwrap_or(Ok(()))),
-            GiveBack::Running(task) => Pin::new(task).poll(cx).map(|joined| {
+            Detached::Done(result) => Poll::Ready(result.take().unwrap_or(Ok(()))),
+            Detached::Running(task) => Pin::new(task).poll(cx).map(|joined| {
                 joined.unwrap_or_else(|e| {
                     Err(StoreError::Unavailable(format!(
-                        "give-back task failed: {e}"
+                        "detached store task failed: {e}"
                     )))
                 })
             }),
@@ -325,38 +341,38 @@ impl Store {
     /// what is returned is dropped unawaited: on Redis, in a task of its own, so a client
     /// that hangs up meanwhile cannot leave the reservation standing; in memory, before
     /// this returns (no task, no allocation).
-    pub fn give_back(&self, ops: &[WindowOp<'static>], now: Timestamp) -> GiveBack {
+    pub fn give_back(&self, ops: &[WindowOp<'static>], now: Timestamp) -> Detached {
         if ops.is_empty() {
-            return GiveBack::Done(Some(Ok(())));
+            return Detached::Done(Some(Ok(())));
         }
         match self {
             Store::Memory(m) => {
                 m.give_back(ops, now);
-                GiveBack::Done(Some(Ok(())))
+                Detached::Done(Some(Ok(())))
             }
-            Store::Redis(r) => match tokio::runtime::Handle::try_current() {
-                Ok(rt) => {
-                    let (r, ops) = (Arc::clone(r), ops.to_vec());
-                    GiveBack::Running(rt.spawn(async move { r.give_back(&ops).await }))
-                }
-                Err(_) => GiveBack::Done(Some(Err(StoreError::Unavailable(
-                    "no runtime to give back on".into(),
-                )))),
-            },
+            Store::Redis(r) => {
+                let (r, ops) = (Arc::clone(r), ops.to_vec());
+                Detached::spawn(async move { r.give_back(&ops).await })
+            }
         }
     }
 
     /// Shares a verification reference → number with other instances (a no-op in
-    /// memory, where the proxy's own map is the only one).
-    pub async fn put_ref(
+    /// memory, where the proxy's own map is the only one). It starts at once and runs to
+    /// its end even if what is returned is dropped unawaited ([`Detached`]): a client that
+    /// hangs up meanwhile cannot keep a check on another instance from being matched.
+    pub fn put_ref(
         &self,
         reference: &str,
         dest: &crate::phone::Destination,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Detached {
         match self {
-            Store::Memory(_) => Ok(()),
-            Store::Redis(r) => r.put_ref(reference, &dest.e164(), ttl).await,
+            Store::Memory(_) => Detached::Done(Some(Ok(()))),
+            Store::Redis(r) => {
+                let (r, reference, e164) = (Arc::clone(r), reference.to_owned(), dest.e164());
+                Detached::spawn(async move { r.put_ref(&reference, &e164, ttl).await })
+            }
         }
     }
 

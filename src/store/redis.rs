@@ -142,6 +142,23 @@ const REFUSED_FOR: Duration = Duration::from_secs(1);
 /// smallest cost refused).
 type RefusedMap = HashMap<u64, (Timestamp, Timestamp, u32), BuildHasherDefault<IdHasher>>;
 
+/// One slot's call of the limit script ([`RedisStore::gcra`]).
+struct Slot {
+    /// The TAT keys, all of one hash tag.
+    keys: Vec<String>,
+    /// The script's arguments: commit, then (interval, burst, cost) per key.
+    args: Vec<String>,
+    /// Per key, the microseconds a refund takes back (`lua/refund.lua`).
+    refund: Vec<String>,
+}
+
+/// Every slot's reply, when their task failed.
+fn slots_failed(n: usize, e: &StoreError) -> Vec<Result<Vec<i64>, StoreError>> {
+    (0..n)
+        .map(|_| Err(StoreError::Unavailable(e.to_string())))
+        .collect()
+}
+
 /// The Redis store.
 pub struct RedisStore {
     /// Itself, for the background reconnect task.
@@ -418,18 +435,39 @@ impl RedisStore {
         } else {
             vec![(0..checks.len()).collect()]
         };
-        let run = |g: &Vec<usize>| {
-            let ks: Vec<String> = g.iter().map(|&i| keys[i].clone()).collect();
-            let mut args = vec![if commit { "1" } else { "0" }.to_owned()];
-            for &i in g {
-                let c = &checks[i];
-                args.push(micros(c.interval).max(1).to_string());
-                args.push(c.burst.to_string());
-                args.push(c.cost.to_string());
-            }
-            async move { self.eval(&self.gcra, &ks, &args).await }
+        // Per slot: the script's keys and arguments, and what a refund would take back
+        // (only ever needed across slots).
+        let across = commit && groups.len() > 1;
+        let slots: Vec<Slot> = groups
+            .iter()
+            .map(|g| {
+                let keys: Vec<String> = g.iter().map(|&i| keys[i].clone()).collect();
+                let mut args = vec![if commit { "1" } else { "0" }.to_owned()];
+                let mut refund = Vec::with_capacity(if across { g.len() } else { 0 });
+                for &i in g {
+                    let c = &checks[i];
+                    args.push(micros(c.interval).max(1).to_string());
+                    args.push(c.burst.to_string());
+                    args.push(c.cost.to_string());
+                    if across {
+                        refund.push((micros(c.interval).max(1) * u64::from(c.cost)).to_string());
+                    }
+                }
+                Slot { keys, args, refund }
+            })
+            .collect();
+        let replies = match self.me.upgrade() {
+            // Several slots, committing: the calls and any refund run in a task of their
+            // own, so a request dropped meanwhile (its client hung up) cannot leave some
+            // slots' tokens taken for a request that was refused on another.
+            Some(me) if across => tokio::spawn(async move { me.gcra_slots(&slots, true).await })
+                .await
+                .unwrap_or_else(|e| {
+                    let e = StoreError::Unavailable(format!("the limit call's task failed: {e}"));
+                    slots_failed(groups.len(), &e)
+                }),
+            _ => self.gcra_slots(&slots, commit).await,
         };
-        let replies = futures_util::future::join_all(groups.iter().map(run)).await;
 
         let mut states = vec![
             State {
@@ -439,11 +477,10 @@ impl RedisStore {
             checks.len()
         ];
         let mut refused: Option<(usize, Duration)> = None;
-        let mut committed: Vec<&Vec<usize>> = Vec::new();
         // A refusal from one slot is an answer even when another slot failed: it wins.
         let mut error = None;
         for (g, reply) in groups.iter().zip(replies) {
-            let v = match reply.and_then(|v| ints(&v)) {
+            let v = match reply {
                 Ok(v) => v,
                 Err(e) => {
                     error = Some(e);
@@ -451,7 +488,6 @@ impl RedisStore {
                 }
             };
             if v.first() == Some(&1) {
-                committed.push(g);
                 for (j, &i) in g.iter().enumerate() {
                     states[i] = State {
                         remaining: u32::try_from(v.get(1 + 2 * j).copied().unwrap_or(0).max(0))
@@ -472,12 +508,7 @@ impl RedisStore {
                 }
             }
         }
-        if refused.is_some() || error.is_some() {
-            // Across slots: give back what the other groups took.
-            if commit && !committed.is_empty() {
-                let _ = self.refund(checks, &keys, &committed).await;
-            }
-        }
+        // Across slots, what the other groups took was given back (`gcra_slots`).
         if let Some((index, retry_after)) = refused {
             self.remember_refusal(&checks[index], now, retry_after);
             return Ok(GcraOutcome::Refused {
@@ -492,30 +523,33 @@ impl RedisStore {
         Ok(GcraOutcome::Allowed { states })
     }
 
-    async fn refund(
-        &self,
-        checks: &[GcraCheck<'_>],
-        keys: &[String],
-        groups: &[&Vec<usize>],
-    ) -> Result<(), StoreError> {
-        let calls = groups.iter().map(|g| {
-            let ks: Vec<String> = g.iter().map(|&i| keys[i].clone()).collect();
-            let args: Vec<String> = g
+    /// Runs the limit script on each slot, all at once; when committing and some slot
+    /// did not commit (it refused, or failed), gives back what the others took —
+    /// all-or-nothing across nodes. The replies, one per slot.
+    async fn gcra_slots(&self, slots: &[Slot], commit: bool) -> Vec<Result<Vec<i64>, StoreError>> {
+        let calls = slots
+            .iter()
+            .map(|s| async move { self.eval(&self.gcra, &s.keys, &s.args).await });
+        let replies: Vec<Result<Vec<i64>, StoreError>> = futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(|r| r.and_then(|v| ints(&v)))
+            .collect();
+        let took =
+            |r: &Result<Vec<i64>, StoreError>| r.as_ref().is_ok_and(|v| v.first() == Some(&1));
+        if commit && slots.len() > 1 && !replies.iter().all(took) {
+            let refunds = slots
                 .iter()
-                .map(|&i| {
-                    (micros(checks[i].interval).max(1) * u64::from(checks[i].cost)).to_string()
-                })
-                .collect();
-            async move { self.eval(&self.refund, &ks, &args).await }
-        });
-        let mut result = Ok(());
-        for r in futures_util::future::join_all(calls).await {
-            if let Err(e) = r {
-                tracing::warn!("could not give back a refused request's tokens: {e}");
-                result = Err(e);
+                .zip(&replies)
+                .filter(|(_, r)| took(r))
+                .map(|(s, _)| async move { self.eval(&self.refund, &s.keys, &s.refund).await });
+            for r in futures_util::future::join_all(refunds).await {
+                if let Err(e) = r {
+                    tracing::warn!("could not give back a refused request's tokens: {e}");
+                }
             }
         }
-        result
+        replies
     }
 
     fn refused_lock(&self) -> MutexGuard<'_, RefusedMap> {
