@@ -252,3 +252,66 @@ async fn the_sandbox_answers_starts_and_validations() {
     assert_eq!(t.status, 429);
     assert!(t.json()["error"].as_str().unwrap().contains("rule=guess"));
 }
+
+/// A Plivo-like upstream for caller-id verifications: a start answers its
+/// `verification_uuid`, a right code the verified caller id (its `verification_uuid`
+/// included), "000000" a 400.
+async fn caller_id_upstream() -> MockUpstream {
+    MockUpstream::with(|r| {
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        if r.uri.trim_end_matches('/').ends_with("/VerifiedCallerId") {
+            return Reply::json(
+                200,
+                r#"{"api_id":"s","message":"Verification code is sent to number +447400123456 which is valid for 15 minutes","verification_uuid":"f87836bd-f3c0-41bb-9498-125e6faaa4d4"}"#,
+            );
+        }
+        if body["otp"] == "000000" {
+            return Reply::json(400, r#"{"api_id":"v","error":"Invalid OTP"}"#);
+        }
+        let id = r.uri.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+        Reply::json(
+            200,
+            &format!(
+                r#"{{"api_id":"v","phone_number":"+447400123456","alias":"a","country":"GB","verification_uuid":"{id}","created_at":"2024-02-09T03:52:22Z"}}"#
+            ),
+        )
+    })
+    .await
+}
+
+/// A caller-id verification (`VerifiedCallerId/`, then `VerifiedCallerId/Verification/
+/// {verification_uuid}/`): its checks count against the number the start went to, a
+/// right code is a conversion, a wrong one is not.
+#[tokio::test]
+async fn a_verified_caller_id_is_a_conversion_and_its_checks_are_counted() {
+    let up = caller_id_upstream().await;
+    let p = Proxy::start(&route(&up.url()), &[("r.toml", RULES)]).await;
+    let a = send(
+        "POST",
+        &p.url(&format!("/v1/Account/{AUTH}/VerifiedCallerId/")),
+        &[JSON, BASIC_PLIVO],
+        r#"{"phone_number":"+447400123456","channel":"sms"}"#,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let id = a.json()["verification_uuid"].as_str().unwrap().to_owned();
+    let check = |otp: &'static str| {
+        let url = p.url(&format!(
+            "/v1/Account/{AUTH}/VerifiedCallerId/Verification/{id}/"
+        ));
+        async move { send("POST", &url, &[JSON, BASIC_PLIVO], otp_body(otp)).await }
+    };
+
+    let wrong = check("000000").await;
+    assert_eq!(wrong.status, 400, "{}", wrong.text());
+    assert_eq!(conversions(&p).await, "0");
+    let right = check(OTP).await;
+    assert_eq!(right.status, 200, "{}", right.text());
+    assert_eq!(conversions(&p).await, "1");
+    // The third check of that number within the limit's window is refused, in Plivo's
+    // shape, and not forwarded.
+    let third = check(OTP).await;
+    assert_eq!(third.status, 429, "{}", third.text());
+    assert!(third.json()["error"].as_str().is_some(), "{}", third.text());
+    assert_eq!(up.requests().len(), 3);
+}

@@ -944,7 +944,7 @@ pub fn wants_response_body(op: Op) -> bool {
             infobip::Op::PinSms | infobip::Op::PinVoice | infobip::Op::PinVerify
         ),
         Op::Sinch(op) => !matches!(op, sinch::Op::Send | sinch::Op::Update),
-        Op::Plivo(op) => matches!(op, plivo::Op::VerifySession | plivo::Op::VerifyValidate),
+        Op::Plivo(op) => op != plivo::Op::Send,
         Op::Generic => false,
     }
 }

@@ -30,6 +30,9 @@ pub enum Op {
     /// Validate a Verify session's code: the number the `session_uuid` in the path was
     /// started for.
     VerifyValidate,
+    /// Complete a caller-id verification (JSON `otp`): the number the `verification_uuid`
+    /// in the path was started for.
+    VerifyCallerIdCheck,
 }
 
 impl Op {
@@ -38,7 +41,7 @@ impl Op {
         match self {
             Op::Send => super::RequestKind::Send,
             Op::VerifySession | Op::VerifyCallerId => super::RequestKind::VerifyStart,
-            Op::VerifyValidate => super::RequestKind::VerifyCheck,
+            Op::VerifyValidate | Op::VerifyCallerIdCheck => super::RequestKind::VerifyCheck,
         }
     }
 }
@@ -71,6 +74,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
         pattern: "/v1/Account/{}/VerifiedCallerId/",
         op: super::Op::Plivo(Op::VerifyCallerId),
     },
+    Endpoint {
+        method: "POST",
+        pattern: "/v1/Account/{}/VerifiedCallerId/Verification/{}/",
+        op: super::Op::Plivo(Op::VerifyCallerIdCheck),
+    },
 ];
 
 /// Plivo API roots that pass through.
@@ -78,7 +86,7 @@ pub const ROOTS: &[&str] = &["/v1/Account/**"];
 
 /// Reads a Plivo request.
 pub fn extract(op: Op, req: &RequestView<'_>) -> Result<Extracted, ExtractError> {
-    if op == Op::VerifyValidate {
+    if matches!(op, Op::VerifyValidate | Op::VerifyCallerIdCheck) {
         // The number is the one the session was started for; the body holds only the
         // code, which smsfence never reads.
         return Ok(Extracted {
@@ -208,15 +216,37 @@ pub fn sandbox(op: Op, req: &RequestView<'_>, ex: &Extracted) -> NativeResponse 
                 }),
             )
         }
-        Op::VerifyValidate => {
+        Op::VerifyCallerId => {
+            return NativeResponse::json(
+                StatusCode::OK,
+                &json!({
+                    "api_id": uuid(),
+                    "message": "Verification code is sent to the number, valid for 15 minutes",
+                    "verification_uuid": uuid(),
+                }),
+            )
+        }
+        Op::VerifyValidate | Op::VerifyCallerIdCheck => {
             let v = req.json().unwrap_or_default();
             let otp = match v.get("otp") {
                 Some(serde_json::Value::String(s)) => Some(s.trim().to_owned()),
                 Some(serde_json::Value::Number(n)) => Some(n.to_string()),
                 _ => None,
             };
-            return match otp {
-                Some(otp) if !otp.is_empty() && otp != "000000" => NativeResponse::json(
+            let accepted = otp.is_some_and(|otp| !otp.is_empty() && otp != "000000");
+            return match accepted {
+                true if op == Op::VerifyCallerIdCheck => NativeResponse::json(
+                    StatusCode::OK,
+                    &json!({
+                        "api_id": uuid(),
+                        "phone_number": null,
+                        "alias": null,
+                        "country": null,
+                        "verification_uuid": req.param(1),
+                        "created_at": "2024-01-01T00:00:00Z",
+                    }),
+                ),
+                true => NativeResponse::json(
                     StatusCode::OK,
                     &json!({"api_id": uuid(), "message": VALIDATED}),
                 ),
@@ -226,7 +256,7 @@ pub fn sandbox(op: Op, req: &RequestView<'_>, ex: &Extracted) -> NativeResponse 
                 ),
             };
         }
-        Op::Send | Op::VerifyCallerId => {}
+        Op::Send => {}
     }
     NativeResponse::json(
         StatusCode::ACCEPTED,
@@ -241,39 +271,53 @@ pub fn sandbox(op: Op, req: &RequestView<'_>, ex: &Extracted) -> NativeResponse 
 /// Plivo's `message` when a session's code is validated.
 const VALIDATED: &str = "session validated successfully.";
 
-/// Whether Plivo's answer starts a Verify session or validates its code.
+/// Whether Plivo's answer starts a Verify session or a caller-id verification, or says
+/// its code was right.
 pub fn conversion(
     op: Op,
     req: &RequestView<'_>,
     status: StatusCode,
     body: &[u8],
 ) -> ConversionSignal {
-    if !matches!(op, Op::VerifySession | Op::VerifyValidate) {
+    if op == Op::Send {
         return ConversionSignal::None;
     }
     let Some(v) = super::success_json(status, body) else {
         return ConversionSignal::None;
     };
-    match op {
-        Op::VerifySession => match super::json_str(&v, "session_uuid") {
-            Some(id) if !id.is_empty() => ConversionSignal::Started {
-                reference: id.to_owned(),
-            },
-            _ => ConversionSignal::None,
+    let started = |key| match super::json_str(&v, key) {
+        Some(id) if !id.is_empty() => ConversionSignal::Started {
+            reference: id.to_owned(),
         },
-        // Only Plivo's own success sentence: a 2xx saying anything else is no verification.
-        _ if super::json_str(&v, "message").is_some_and(|m| {
-            m.trim()
-                .trim_end_matches('.')
-                .eq_ignore_ascii_case(VALIDATED.trim_end_matches('.'))
-        }) =>
-        {
-            ConversionSignal::Verified {
-                number: None,
-                reference: req.param(1),
-            }
-        }
         _ => ConversionSignal::None,
+    };
+    let verified = || ConversionSignal::Verified {
+        number: None,
+        reference: req.param(1),
+    };
+    match op {
+        Op::Send => ConversionSignal::None,
+        Op::VerifySession => started("session_uuid"),
+        Op::VerifyCallerId => started("verification_uuid"),
+        // Only Plivo's own success sentence: a 2xx saying anything else is no verification.
+        Op::VerifyValidate
+            if super::json_str(&v, "message").is_some_and(|m| {
+                m.trim()
+                    .trim_end_matches('.')
+                    .eq_ignore_ascii_case(VALIDATED.trim_end_matches('.'))
+            }) =>
+        {
+            verified()
+        }
+        // A verified caller id answers with the caller-id object, its verification's id
+        // included.
+        Op::VerifyCallerIdCheck
+            if req.param(1).is_some()
+                && super::json_str(&v, "verification_uuid") == req.param(1).as_deref() =>
+        {
+            verified()
+        }
+        Op::VerifyValidate | Op::VerifyCallerIdCheck => ConversionSignal::None,
     }
 }
 
@@ -384,6 +428,54 @@ mod tests {
             ),
             ConversionSignal::None
         );
+    }
+
+    #[test]
+    fn a_caller_id_check_credits_only_its_own_verification() {
+        use crate::providers::RequestKind;
+        let h = json_headers();
+        const ID: &str = "f87836bd-f3c0-41bb-9498-125e6faaa4d4";
+        let check = view(&h, &["MA1", ID], br#"{"otp":"123456"}"#);
+        let ex = extract(Op::VerifyCallerIdCheck, &check).unwrap();
+        assert_eq!(ex.verify_ref.as_deref(), Some(ID));
+        assert_eq!(Op::VerifyCallerIdCheck.kind(), RequestKind::VerifyCheck);
+        let start = view(&h, &["MA1"], br#"{"phone_number":"+447400123456"}"#);
+        let started = format!(r#"{{"api_id":"a","message":"sent","verification_uuid":"{ID}"}}"#);
+        assert_eq!(
+            conversion(
+                Op::VerifyCallerId,
+                &start,
+                StatusCode::OK,
+                started.as_bytes()
+            ),
+            ConversionSignal::Started {
+                reference: ID.into()
+            }
+        );
+        let verified = format!(r#"{{"phone_number":"+447400123456","verification_uuid":"{ID}"}}"#);
+        assert_eq!(
+            conversion(
+                Op::VerifyCallerIdCheck,
+                &check,
+                StatusCode::OK,
+                verified.as_bytes()
+            ),
+            ConversionSignal::Verified {
+                number: None,
+                reference: Some(ID.into())
+            }
+        );
+        for (status, body) in [
+            (StatusCode::BAD_REQUEST, verified.as_str()),
+            (StatusCode::OK, r#"{"api_id":"a","error":"Invalid OTP"}"#),
+            (StatusCode::OK, r#"{"verification_uuid":"another-one"}"#),
+        ] {
+            assert_eq!(
+                conversion(Op::VerifyCallerIdCheck, &check, status, body.as_bytes()),
+                ConversionSignal::None,
+                "{status} {body}"
+            );
+        }
     }
 
     #[test]
