@@ -542,3 +542,61 @@ async fn post_v1_reload_swaps_both_listeners_certificates() {
         Ok(200)
     );
 }
+
+/// A key file whose line breaks were lost (pasted from a one-line secret, or a BEGIN line
+/// run into the base64) is refused at start-up and on reload, with an error that names
+/// the file and shows none of the key: rustls' PEM errors quote the offending line, which
+/// here is the key itself.
+#[tokio::test]
+async fn a_key_file_without_its_line_breaks_is_refused_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = pki();
+    write(dir.path(), &good);
+    let up = MockUpstream::start().await;
+    let p = Proxy::start(&config(dir.path(), &up.url()), NO_RULES).await;
+    let tls = p.instance.app.tls.as_ref().unwrap();
+
+    let body: Vec<&str> = good
+        .key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let secret = body[0];
+    // The key's bytes as `{:?}` of a byte vector would show them.
+    let as_bytes = secret
+        .bytes()
+        .take(12)
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let flattened = [
+        // Line breaks turned into spaces, or dropped.
+        good.key_pem.replace('\n', " "),
+        good.key_pem.replace('\n', ""),
+        // The BEGIN line run into the base64.
+        good.key_pem.replacen("-----\n", "-----", 1),
+    ];
+    for key in &flattened {
+        std::fs::write(dir.path().join("key.pem"), key).unwrap();
+        let reload = tls.reload().unwrap_err().to_string();
+        let load = smsfence::proxy::tls::Tls::load(
+            &dir.path().join("cert.pem"),
+            &dir.path().join("key.pem"),
+        )
+        .unwrap_err()
+        .to_string();
+        for err in [reload, load] {
+            assert!(err.contains("key.pem"), "{err}");
+            assert!(!err.contains(secret), "{err}");
+            assert!(!err.contains(&as_bytes), "{err}");
+            assert!(!err.contains("PRIVATE KEY"), "{err}");
+        }
+    }
+    // The certificate in use stays.
+    assert_eq!(
+        send_over(&https_client(&good.ca, false), &p, "+14155550123")
+            .await
+            .map(|(s, _)| s),
+        Ok(201)
+    );
+}

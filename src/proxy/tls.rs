@@ -25,7 +25,7 @@ pub enum TlsError {
         /// `server.tls.cert` or `admin.tls.cert`.
         path: PathBuf,
         /// Why (never the file's content).
-        error: rustls_pki_types::pem::Error,
+        error: PemError,
     },
     /// The certificate file holds no `CERTIFICATE` block.
     #[error("the TLS certificate {0} holds no certificate (a PEM \"CERTIFICATE\" block)")]
@@ -36,7 +36,7 @@ pub enum TlsError {
         /// `server.tls.key` or `admin.tls.key`.
         path: PathBuf,
         /// Why (never the file's content).
-        error: rustls_pki_types::pem::Error,
+        error: PemError,
     },
     /// The key is of a kind rustls cannot sign with, or is not the certificate's.
     #[error("the TLS key {path} cannot be used with {cert}: {error}")]
@@ -69,6 +69,45 @@ impl std::fmt::Debug for Tls {
             .field("cert", &self.cert)
             .field("key", &self.key)
             .finish_non_exhaustive()
+    }
+}
+
+/// What was wrong with a PEM file, and nothing of what it holds. rustls' own PEM errors
+/// quote the line they stumbled on (a BEGIN line run into the base64, a one-line file
+/// whose breaks were lost): in a key file, that line is the key.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    /// The file could not be read.
+    #[error("{0}")]
+    Io(std::io::Error),
+    /// A `-----BEGIN …-----` line is not on a line of its own.
+    #[error("a BEGIN line is malformed (are the file's line breaks missing?)")]
+    BadBegin,
+    /// A section has no `-----END …-----` line.
+    #[error("a section has no END line (are the file's line breaks missing?)")]
+    NoEnd,
+    /// A section's body is not base64.
+    #[error("a section is not valid base64")]
+    Base64,
+    /// No section of the kind wanted.
+    #[error("no PEM section of the kind wanted")]
+    Nothing,
+    /// Anything else rustls reports (its message is not shown: it may quote the file).
+    #[error("not a usable PEM file")]
+    Other,
+}
+
+impl From<rustls_pki_types::pem::Error> for PemError {
+    fn from(e: rustls_pki_types::pem::Error) -> PemError {
+        use rustls_pki_types::pem::Error;
+        match e {
+            Error::Io(e) => PemError::Io(e),
+            Error::IllegalSectionStart { .. } => PemError::BadBegin,
+            Error::MissingSectionEnd { .. } => PemError::NoEnd,
+            Error::Base64Decode(_) => PemError::Base64,
+            Error::NoItemsFound => PemError::Nothing,
+            _ => PemError::Other,
+        }
     }
 }
 
@@ -122,9 +161,9 @@ fn certified_key(
     key: &Path,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, TlsError> {
-    let cert_error = |error| TlsError::Cert {
+    let cert_error = |error: rustls_pki_types::pem::Error| TlsError::Cert {
         path: cert.to_owned(),
-        error,
+        error: error.into(),
     };
     let chain = CertificateDer::pem_file_iter(cert)
         .map_err(cert_error)?
@@ -135,7 +174,7 @@ fn certified_key(
     }
     let private = PrivateKeyDer::from_pem_file(key).map_err(|error| TlsError::Key {
         path: key.to_owned(),
-        error,
+        error: error.into(),
     })?;
     let mismatch = |error| TlsError::Mismatch {
         path: key.to_owned(),
