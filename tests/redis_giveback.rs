@@ -622,3 +622,66 @@ async fn a_hang_up_while_an_auto_block_is_set_still_lists_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Shutdown waits for the writes a worker's requests left running in tasks of their own:
+/// a worker's event loop ends with `settle`, and a write still held at that moment (here a
+/// Verify start's shared reference, left running by a request that is gone) lands once
+/// Redis answers, instead of being cut off with the event loop.
+#[test]
+fn a_worker_ending_waits_for_its_detached_writes() {
+    use smsfence::phone::{normalize, NumberFormat};
+    use smsfence::store::{redis::RedisStore, Store};
+    let test_rt = tokio::runtime::Runtime::new().unwrap();
+    let redis = Redis::start();
+    let relay = test_rt.block_on(Relay::start(redis.port));
+    let cfg = smsfence::config::Config::from_toml(
+        "t.toml",
+        &format!(
+            "[store]\nkind = \"redis\"\nurls = [{:?}]\ntimeout = \"30s\"\n",
+            relay.url()
+        ),
+    )
+    .unwrap()
+    .store;
+    let dest = normalize("+447400123456", NumberFormat::E164, None).unwrap();
+    // The reference's `SET … PX ttl`.
+    relay.arm(b"$2\r\nPX\r\n");
+
+    // A worker of its own, as smsfence's: a single-threaded event loop on its thread.
+    let worker = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let settled = rt.block_on(async {
+            let store = Store::Redis(RedisStore::connect(&cfg).await.unwrap());
+            // Started, and dropped unawaited: the request that made it is gone.
+            drop(store.put_ref("VE-settle", &dest, Duration::from_secs(3600)));
+            store.settle(Duration::from_secs(10)).await
+        });
+        drop(rt);
+        settled
+    });
+    test_rt.block_on(relay.holding());
+    relay.release();
+    assert!(worker.join().unwrap(), "settled within 10 s");
+
+    let check = test_rt.block_on(async {
+        let store = Store::Redis(RedisStore::connect(&cfg_for(&redis)).await.unwrap());
+        store.get_ref("VE-settle").await.unwrap()
+    });
+    assert_eq!(check.map(|d| d.e164()), Some("+447400123456".to_owned()));
+}
+
+/// A store config straight to `redis` (no relay).
+fn cfg_for(redis: &Redis) -> smsfence::config::StoreConfig {
+    smsfence::config::Config::from_toml(
+        "t.toml",
+        &format!(
+            "[store]\nkind = \"redis\"\nurls = [\"redis://127.0.0.1:{}\"]\n",
+            redis.port
+        ),
+    )
+    .unwrap()
+    .store
+}

@@ -681,7 +681,7 @@ fn auto_blocks(store: &Store, blocks: Vec<AutoBlock>, now: Timestamp) -> Detache
         )),
         Store::Redis(r) => {
             let store = Store::Redis(Arc::clone(r));
-            Detached::spawn(async move { set_all(&store, &blocks, now).await })
+            Detached::spawn(r, async move { set_all(&store, &blocks, now).await })
         }
     }
 }
@@ -762,7 +762,9 @@ pub fn record_verified_detached(
         )),
         Store::Redis(r) => {
             let store = Store::Redis(Arc::clone(r));
-            Detached::spawn(async move { record_verified(&rules, &store, &dest, now).await })
+            Detached::spawn(r, async move {
+                record_verified(&rules, &store, &dest, now).await
+            })
         }
     }
 }

@@ -564,12 +564,16 @@ impl Instance {
                 .map_err(StartError::Worker)?;
             let (done, finished) = tokio::sync::oneshot::channel::<()>();
             let (up, started) = tokio::sync::oneshot::channel::<()>();
+            let store = Arc::clone(&app.store);
             std::thread::Builder::new()
                 .name(format!("sf-worker-{index}"))
                 .spawn(move || {
                     upstream::set_worker(index);
                     let _ = up.send(());
                     runtime.block_on(worker);
+                    // Store writes this worker's requests left running (a give-back for a
+                    // client that hung up) end before its event loop does.
+                    runtime.block_on(settle(&store));
                     // Tasks the worker spawned (upstream connections) end with it.
                     runtime.shutdown_timeout(Duration::from_secs(1));
                     let _ = done.send(());
@@ -658,14 +662,26 @@ impl Instance {
     }
 
     /// Waits until both listeners have drained and every task has stopped, then until the
-    /// audit events of the last requests are written (at most five seconds).
+    /// store writes those requests left running have ended and their audit events are
+    /// written (at most five seconds each).
     pub async fn wait(self) {
         for t in self.tasks {
             let _ = t.await;
         }
+        settle(&self.app.store).await;
         if !self.app.audit.flush(Duration::from_secs(5)).await {
             tracing::warn!("the audit log's last events could not be written within 5 s");
         }
+    }
+}
+
+/// How long shutdown waits for store writes still running in tasks of their own.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// Waits for the store writes still running on this event loop, at most [`SETTLE`].
+async fn settle(store: &Store) {
+    if !store.settle(SETTLE).await {
+        tracing::warn!("store writes still under way after {SETTLE:?} were cut off by shutdown");
     }
 }
 

@@ -165,12 +165,15 @@ pub enum Detached {
 }
 
 impl Detached {
-    /// Runs `work` in a task of its own, started now (an error if there is no runtime to
-    /// run it on: the process is going down).
-    pub fn spawn(work: impl Future<Output = Result<(), StoreError>> + Send + 'static) -> Detached {
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => Detached::Running(rt.spawn(work)),
-            Err(_) => Detached::Done(Some(Err(StoreError::Unavailable(
+    /// Runs `work` in a task of its own on `r`'s tracker ([`Store::settle`]), started now
+    /// (an error if there is no runtime to run it on: the process is going down).
+    pub fn spawn(
+        r: &redis::RedisStore,
+        work: impl Future<Output = Result<(), StoreError>> + Send + 'static,
+    ) -> Detached {
+        match r.spawn_tracked(work) {
+            Some(task) => Detached::Running(task),
+            None => Detached::Done(Some(Err(StoreError::Unavailable(
                 "no runtime to write on".into(),
             )))),
         }
@@ -215,13 +218,12 @@ impl Drop for Held {
             return;
         };
         // No runtime: the process is going down, and the reservations with it.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(e) = r.give_back(&ops).await {
-                    tracing::warn!("could not give back an abandoned request's reservation: {e}");
-                }
-            });
-        }
+        let store = Arc::clone(&r);
+        let _ = store.spawn_tracked(async move {
+            if let Err(e) = r.give_back(&ops).await {
+                tracing::warn!("could not give back an abandoned request's reservation: {e}");
+            }
+        });
     }
 }
 
@@ -321,11 +323,11 @@ impl Store {
                 // readings: a reply that finds the request gone (the message dropped with
                 // the channel) drops its `Held`, which gives back.
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                let (r, ops, commit, held) =
+                let (store, ops, commit, held) =
                     (Arc::clone(r), ops.to_vec(), commit.to_vec(), held.to_vec());
-                tokio::spawn(async move {
-                    let reply = r.windows(&ops, &commit).await;
-                    let _ = tx.send(reply.map(|reads| (reads, Held(Some((r, held))))));
+                let _ = r.spawn_tracked(async move {
+                    let reply = store.windows(&ops, &commit).await;
+                    let _ = tx.send(reply.map(|reads| (reads, Held(Some((store, held))))));
                 });
                 rx.await.unwrap_or_else(|_| {
                     Err(StoreError::Unavailable(
@@ -333,6 +335,16 @@ impl Store {
                     ))
                 })
             }
+        }
+    }
+
+    /// Waits, at most `within`, until the shared store's writes that run in tasks of their
+    /// own have ended ([`redis::RedisStore::settle`]); at once in memory, where every
+    /// write is done before it returns. `false` if some were still running.
+    pub async fn settle(&self, within: Duration) -> bool {
+        match self {
+            Store::Memory(_) => true,
+            Store::Redis(r) => r.settle(within).await,
         }
     }
 
@@ -351,8 +363,8 @@ impl Store {
                 Detached::Done(Some(Ok(())))
             }
             Store::Redis(r) => {
-                let (r, ops) = (Arc::clone(r), ops.to_vec());
-                Detached::spawn(async move { r.give_back(&ops).await })
+                let (store, ops) = (Arc::clone(r), ops.to_vec());
+                Detached::spawn(r, async move { store.give_back(&ops).await })
             }
         }
     }
@@ -370,8 +382,11 @@ impl Store {
         match self {
             Store::Memory(_) => Detached::Done(Some(Ok(()))),
             Store::Redis(r) => {
-                let (r, reference, e164) = (Arc::clone(r), reference.to_owned(), dest.e164());
-                Detached::spawn(async move { r.put_ref(&reference, &e164, ttl).await })
+                let (store, reference, e164) = (Arc::clone(r), reference.to_owned(), dest.e164());
+                Detached::spawn(
+                    r,
+                    async move { store.put_ref(&reference, &e164, ttl).await },
+                )
             }
         }
     }

@@ -23,6 +23,7 @@
 //! it again. Nothing here logs a phone number: errors carry Redis' message only.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -188,6 +189,9 @@ pub struct RedisStore {
     cache_hits: AtomicU64,
     /// Keys in Redis at the last look (`DBSIZE`), for the tracked-keys gauge.
     keys: AtomicU64,
+    /// Writes running in tasks of their own (give-backs, auto-blocks, verification
+    /// records, several-slot limit calls), waited for at shutdown.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -227,6 +231,7 @@ impl RedisStore {
             failures: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
             keys: AtomicU64::new(0),
+            tasks: tokio_util::task::TaskTracker::new(),
         });
         match store.try_connect().await {
             Ok(()) => Ok(store),
@@ -237,6 +242,28 @@ impl RedisStore {
                 Ok(store)
             }
         }
+    }
+
+    /// Runs `work` in a task of its own on this thread's runtime, tracked so that
+    /// shutdown waits for it ([`Self::settle`]); `None` without a runtime.
+    pub fn spawn_tracked<F>(&self, work: F) -> Option<tokio::task::JoinHandle<F::Output>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        Some(rt.spawn(self.tasks.track_future(work)))
+    }
+
+    /// Waits (at most `within`) until the writes running in tasks of their own have ended:
+    /// at shutdown, so that a give-back or a verification record started by a request
+    /// whose client hung up is not cut off with the process. Each worker calls it on its
+    /// own event loop (which runs its tasks meanwhile); `false` if some were still running.
+    pub async fn settle(&self, within: Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(within, self.tasks.wait())
+            .await
+            .is_ok()
     }
 
     /// One connection attempt, bounded by the connect timeout; loads the scripts.
@@ -460,12 +487,20 @@ impl RedisStore {
             // Several slots, committing: the calls and any refund run in a task of their
             // own, so a request dropped meanwhile (its client hung up) cannot leave some
             // slots' tokens taken for a request that was refused on another.
-            Some(me) if across => tokio::spawn(async move { me.gcra_slots(&slots, true).await })
-                .await
-                .unwrap_or_else(|e| {
-                    let e = StoreError::Unavailable(format!("the limit call's task failed: {e}"));
-                    slots_failed(groups.len(), &e)
-                }),
+            Some(me) if across => {
+                let task = self.spawn_tracked(async move { me.gcra_slots(&slots, true).await });
+                match task {
+                    Some(task) => task.await.unwrap_or_else(|e| {
+                        let e =
+                            StoreError::Unavailable(format!("the limit call's task failed: {e}"));
+                        slots_failed(groups.len(), &e)
+                    }),
+                    None => slots_failed(
+                        groups.len(),
+                        &StoreError::Unavailable("no runtime to call on".into()),
+                    ),
+                }
+            }
             _ => self.gcra_slots(&slots, commit).await,
         };
 
