@@ -11,119 +11,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::redis_server::{wait_until, Redis};
 use common::*;
-
-fn ensure_redis() {
-    ensure_tools(&["redis-server", "redis-cli"], "install-redis.sh");
-}
-
-/// A `redis-server` on loopback, killed on drop (also when the test fails).
-struct Redis {
-    port: u16,
-    bus_port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start(cluster: bool) -> Redis {
-        ensure_redis();
-        let mut r = Redis {
-            port: free_port(),
-            bus_port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        r.spawn(cluster);
-        r
-    }
-
-    fn spawn(&mut self, cluster: bool) {
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if cluster {
-            // The bus port explicitly: by default it is port + 10000, which may not exist.
-            cmd.args(["--cluster-enabled", "yes", "--cluster-port"])
-                .arg(self.bus_port.to_string())
-                .arg("--cluster-config-file")
-                .arg(self.dir.path().join("nodes.conf"));
-        }
-        self.child = Some(cmd.spawn().expect("start redis-server"));
-        wait_until(Duration::from_secs(10), || {
-            self.cli(&["PING"]).is_some_and(|o| o.trim() == "PONG")
-        });
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// A store configuration for this server alone, for tests that drive the store
-    /// directly.
-    fn store_config(&self) -> smsfence::config::StoreConfig {
-        smsfence::config::StoreConfig {
-            kind: smsfence::config::StoreKind::Redis,
-            urls: vec![self.url()],
-            ..smsfence::config::StoreConfig::default()
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// Calls of one command since the last `CONFIG RESETSTAT`.
-    fn calls(&self, command: &str) -> u64 {
-        let stats = self.cli(&["INFO", "commandstats"]).unwrap_or_default();
-        let prefix = format!("cmdstat_{command}:calls=");
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Polls `ok` until it holds, at most `limit` (short pauses between tries; fails loudly).
-fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < limit,
-            "condition not met within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A `[store]` section. Tests of exact counts use a generous timeout so that a loaded
 /// machine cannot turn a slow answer into a degraded decision (and they check none was).
@@ -765,7 +657,7 @@ async fn a_frozen_redis_costs_a_request_one_timeout_not_one_per_call() {
     let p = Proxy::start(&cfg, &[("r.toml", rules)]).await;
     assert_eq!(twilio_send(&p, "+447400123001", &[]).await.status, 201);
     // Freeze Redis: connections stay open, nothing answers.
-    let pid = redis.child.as_ref().unwrap().id().to_string();
+    let pid = redis.pid().unwrap().to_string();
     assert!(Command::new("kill")
         .args(["-STOP", &pid])
         .status()

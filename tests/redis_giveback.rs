@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,108 +17,35 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use common::redis_server::{wait_until, Redis};
 use common::*;
 
-/// A `redis-server` on loopback, killed on drop.
-struct Redis {
-    port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        Redis::start_with(free_port(), &[])
-    }
-
-    /// A server on `port` with these extra arguments.
-    fn start_with(port: u16, extra: &[String]) -> Redis {
-        ensure_tools(&["redis-server", "redis-cli"], "install-redis.sh");
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let r = Redis {
-            port,
-            child,
-            _dir: dir,
-        };
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "redis-server up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        r
-    }
-
-    /// A one-node Cluster on `port` holding every slot, that tells its clients to reach
-    /// it through `announce` (a relay's port), so that they do.
-    fn cluster(port: u16, announce: u16) -> Redis {
-        let dir = tempfile::tempdir().unwrap();
-        let args: Vec<String> = [
-            "--cluster-enabled",
-            "yes",
-            "--cluster-port",
-            &free_port().to_string(),
-            "--cluster-config-file",
-            &dir.path().join("nodes.conf").to_string_lossy(),
-            "--cluster-announce-ip",
-            "127.0.0.1",
-            "--cluster-announce-port",
-            &announce.to_string(),
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-        let r = Redis::start_with(port, &args);
-        assert!(r.cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]).is_some());
-        let start = Instant::now();
-        while !r
-            .cli(&["CLUSTER", "INFO"])
+/// A one-node Cluster on `port` holding every slot, that tells its clients to reach it
+/// through `announce` (a relay's port), so that they do.
+fn cluster(port: u16, announce: u16) -> Redis {
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-port",
+        &free_port().to_string(),
+        "--cluster-config-file",
+        &dir.path().join("nodes.conf").to_string_lossy(),
+        "--cluster-announce-ip",
+        "127.0.0.1",
+        "--cluster-announce-port",
+        &announce.to_string(),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let r = Redis::start_with(port, &args, false);
+    assert!(r.cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]).is_some());
+    wait_until(Duration::from_secs(20), || {
+        r.cli(&["CLUSTER", "INFO"])
             .is_some_and(|i| i.contains("cluster_state:ok"))
-        {
-            assert!(start.elapsed() < Duration::from_secs(20), "cluster up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        r
-    }
-
-    fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// Calls of one command so far.
-    fn calls(&self, command: &str) -> u64 {
-        let stats = self.cli(&["INFO", "commandstats"]).unwrap_or_default();
-        let prefix = format!("cmdstat_{command}:calls=");
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    });
+    r
 }
 
 /// Where the relay stands.
@@ -304,7 +230,7 @@ async fn allowed_within(p: &Proxy, to: &str) -> u16 {
 /// given back all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hang_up_while_the_budget_is_reserved_gives_the_reservation_back() {
-    let redis = Redis::start();
+    let redis = Redis::start(false);
     let relay = Relay::start(redis.port).await;
     let up = MockUpstream::start().await;
     let p = proxy(&relay, &up, "").await;
@@ -331,7 +257,7 @@ async fn a_hang_up_while_the_budget_is_reserved_gives_the_reservation_back() {
 /// given back only after the auto-block was set).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hang_up_while_an_auto_block_is_set_gives_the_reservation_back() {
-    let redis = Redis::start();
+    let redis = Redis::start(false);
     let relay = Relay::start(redis.port).await;
     let up = MockUpstream::start().await;
     let pv = "[[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [3]\nwindow = \"10m\"\nmax_requests = 2\nblock_for = \"1m\"\n";
@@ -447,7 +373,7 @@ async fn verify_upstream() -> MockUpstream {
 /// too.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hang_up_while_a_verify_start_is_shared_keeps_its_reference() {
-    let redis = Redis::start();
+    let redis = Redis::start(false);
     let relay = Relay::start(redis.port).await;
     let up = verify_upstream().await;
     let p = proxy(&relay, &up, "").await;
@@ -504,7 +430,7 @@ async fn checks_allowed_within(p: &Proxy, number: &str) -> String {
 /// are skipped), so the rate read too low and sends were refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hang_up_while_a_verification_is_recorded_still_counts_it() {
-    let redis = Redis::start();
+    let redis = Redis::start(false);
     let relay = Relay::start(redis.port).await;
     let up = verify_upstream().await;
     let rules = "[settings]\ntrust_verified = \"30d\"\n\
@@ -548,7 +474,7 @@ async fn a_hang_up_while_a_verification_is_recorded_still_counts_it() {
 async fn a_hang_up_while_a_cluster_refuses_gives_the_other_slots_tokens_back() {
     let port = free_port();
     let relay = Relay::start(port).await;
-    let _redis = Redis::cluster(port, relay.addr.port());
+    let _redis = cluster(port, relay.addr.port());
     let up = MockUpstream::start().await;
     let both = "[[limit]]\nname = \"per-number\"\nkey = \"number\"\nrate = \"1/1h\"\nburst = 1\n\
                 [[limit]]\nname = \"per-prefix\"\nkey = \"prefix\"\ndrop_digits = 3\nrate = \"2/1h\"\nburst = 2\n";
@@ -582,7 +508,7 @@ async fn a_hang_up_while_a_cluster_refuses_gives_the_other_slots_tokens_back() {
 /// used to be enforced but left out of the listing, and the next one not doubled.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hang_up_while_an_auto_block_is_set_still_lists_it() {
-    let redis = Redis::start();
+    let redis = Redis::start(false);
     let relay = Relay::start(redis.port).await;
     let up = MockUpstream::start().await;
     let pv = "[[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [3]\nwindow = \"10m\"\nmax_requests = 2\nblock_for = \"1m\"\n";
@@ -632,7 +558,7 @@ fn a_worker_ending_waits_for_its_detached_writes() {
     use smsfence::phone::{normalize, NumberFormat};
     use smsfence::store::{redis::RedisStore, Store};
     let test_rt = tokio::runtime::Runtime::new().unwrap();
-    let redis = Redis::start();
+    let redis = Redis::start(false);
     let relay = test_rt.block_on(Relay::start(redis.port));
     let cfg = smsfence::config::Config::from_toml(
         "t.toml",
@@ -667,21 +593,8 @@ fn a_worker_ending_waits_for_its_detached_writes() {
     assert!(worker.join().unwrap(), "settled within 10 s");
 
     let check = test_rt.block_on(async {
-        let store = Store::Redis(RedisStore::connect(&cfg_for(&redis)).await.unwrap());
+        let store = Store::Redis(RedisStore::connect(&redis.store_config()).await.unwrap());
         store.get_ref("VE-settle").await.unwrap()
     });
     assert_eq!(check.map(|d| d.e164()), Some("+447400123456".to_owned()));
-}
-
-/// A store config straight to `redis` (no relay).
-fn cfg_for(redis: &Redis) -> smsfence::config::StoreConfig {
-    smsfence::config::Config::from_toml(
-        "t.toml",
-        &format!(
-            "[store]\nkind = \"redis\"\nurls = [\"redis://127.0.0.1:{}\"]\n",
-            redis.port
-        ),
-    )
-    .unwrap()
-    .store
 }

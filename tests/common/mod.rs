@@ -6,6 +6,8 @@
 //! from a `ManualClock` the test moves.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
