@@ -18,8 +18,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
-
 use super::{Facts, Hit, Outcome, Reason};
 use crate::clock::Timestamp;
 use crate::phone::Destination;
@@ -670,15 +668,7 @@ fn auto_blocks(store: &Store, blocks: Vec<AutoBlock>, now: Timestamp) -> Detache
         return Detached::Done(Some(Ok(())));
     }
     match store {
-        Store::Memory(_) => Detached::Done(Some(
-            set_all(store, &blocks, now)
-                .now_or_never()
-                .unwrap_or_else(|| {
-                    Err(StoreError::Unavailable(
-                        "the in-process store paused".into(),
-                    ))
-                }),
-        )),
+        Store::Memory(_) => Detached::now(set_all(store, &blocks, now)),
         Store::Redis(r) => {
             let store = Store::Redis(Arc::clone(r));
             Detached::spawn(r, async move { set_all(&store, &blocks, now).await })
@@ -751,15 +741,7 @@ pub fn record_verified_detached(
     now: Timestamp,
 ) -> Detached {
     match store {
-        Store::Memory(_) => Detached::Done(Some(
-            record_verified(&rules, store, &dest, now)
-                .now_or_never()
-                .unwrap_or_else(|| {
-                    Err(StoreError::Unavailable(
-                        "the in-process store paused".into(),
-                    ))
-                }),
-        )),
+        Store::Memory(_) => Detached::now(record_verified(&rules, store, &dest, now)),
         Store::Redis(r) => {
             let store = Store::Redis(Arc::clone(r));
             Detached::spawn(r, async move {

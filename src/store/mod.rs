@@ -165,6 +165,18 @@ pub enum Detached {
 }
 
 impl Detached {
+    /// A write on the in-process store, done before this returns: its calls complete in
+    /// the poll that makes them (an error if one ever paused).
+    pub fn now(work: impl Future<Output = Result<(), StoreError>>) -> Detached {
+        use futures_util::FutureExt;
+        let paused = || {
+            Err(StoreError::Unavailable(
+                "the in-process store paused".into(),
+            ))
+        };
+        Detached::Done(Some(work.now_or_never().unwrap_or_else(paused)))
+    }
+
     /// Runs `work` in a task of its own on `r`'s tracker ([`Store::settle`]), started now
     /// (an error if there is no runtime to run it on: the process is going down).
     pub fn spawn(
