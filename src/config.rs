@@ -254,6 +254,12 @@ pub struct StoreConfig {
     pub breaker_cooldown: Duration,
     /// Refuse to start when the store cannot be reached.
     pub require_store: bool,
+    /// How long a Verify start's id is remembered for its checks and resends (in-process,
+    /// and in Redis): at least as long as the longest-lived code the app starts.
+    #[serde(with = "serde_duration")]
+    pub verify_ref_ttl: Duration,
+    /// Ceiling on the ids remembered in-process (past it the oldest half is dropped).
+    pub max_verify_refs: usize,
 }
 
 impl Default for StoreConfig {
@@ -270,6 +276,8 @@ impl Default for StoreConfig {
             breaker_failures: 5,
             breaker_cooldown: Duration::from_millis(500),
             require_store: false,
+            verify_ref_ttl: crate::proxy::refs::TTL,
+            max_verify_refs: 100_000,
         }
     }
 }
@@ -515,6 +523,22 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self.store.verify_ref_ttl < Duration::from_secs(60)
+            || self.store.verify_ref_ttl > Duration::from_secs(7 * 24 * 3600)
+        {
+            return Err(err(
+                0,
+                "store.verify_ref_ttl".into(),
+                "must be between 1m and 7d".into(),
+            ));
+        }
+        if self.store.max_verify_refs < 1000 {
+            return Err(err(
+                0,
+                "store.max_verify_refs".into(),
+                "must be at least 1000".into(),
+            ));
         }
         if self.store.kind == StoreKind::Redis && self.store.urls.is_empty() {
             return Err(err(
@@ -861,6 +885,36 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("block.status: 101"), "{e}");
+    }
+
+    #[test]
+    fn verify_references_live_as_configured_within_bounds() {
+        let c = Config::from_toml(
+            "svc.toml",
+            "[store]\nverify_ref_ttl = \"3h\"\nmax_verify_refs = 500000\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.store.verify_ref_ttl, Duration::from_secs(3 * 3600));
+        assert_eq!(c.store.max_verify_refs, 500_000);
+        for (text, key) in [
+            (
+                "[store]\nverify_ref_ttl = \"10s\"\n",
+                "store.verify_ref_ttl",
+            ),
+            (
+                "[store]\nverify_ref_ttl = \"30d\"\n",
+                "store.verify_ref_ttl",
+            ),
+            ("[store]\nmax_verify_refs = 10\n", "store.max_verify_refs"),
+        ] {
+            let e = Config::from_toml("svc.toml", text)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains("svc.toml:2"), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -315,3 +315,20 @@ async fn a_verified_caller_id_is_a_conversion_and_its_checks_are_counted() {
     assert!(third.json()["error"].as_str().is_some(), "{}", third.text());
     assert_eq!(up.requests().len(), 3);
 }
+
+/// A session validated two hours after its start: past the default hour its id is
+/// forgotten (the validation passes undecided, credits nothing); with
+/// `store.verify_ref_ttl = "3h"` it is still matched to its number.
+#[tokio::test]
+async fn a_late_validation_is_matched_while_the_id_is_remembered() {
+    for (store, credited) in [("", "0"), ("[store]\nverify_ref_ttl = \"3h\"\n", "1")] {
+        let up = plivo_upstream().await;
+        let cfg = format!("{store}{}", route(&up.url()));
+        let p = Proxy::start(&cfg, &[("r.toml", RULES)]).await;
+        let a = start(&p, "447400123456").await;
+        let session = a.json()["session_uuid"].as_str().unwrap().to_owned();
+        p.advance(std::time::Duration::from_secs(2 * 3600));
+        assert_eq!(validate(&p, &session, OTP).await.status, 200);
+        assert_eq!(conversions(&p).await, credited, "{store:?}");
+    }
+}

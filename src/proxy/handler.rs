@@ -1003,7 +1003,7 @@ impl App {
                     // Both copies are under way before the first pause, so a client that
                     // hangs up meanwhile loses neither: this instance's at once, the shared
                     // one in a task of its own.
-                    let shared = self.store.put_ref(&reference, &d, super::refs::TTL);
+                    let shared = self.store.put_ref(&reference, &d, self.refs.ttl());
                     self.refs.insert(reference, d, now);
                     if let Err(e) = shared.await {
                         self.store_error("verify_ref", &e);

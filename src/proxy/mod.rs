@@ -511,7 +511,7 @@ impl Instance {
             },
             max_body: cfg.server.max_body_bytes,
             read_timeout: cfg.server.request_read_timeout,
-            refs: refs::VerifyRefs::new(100_000),
+            refs: refs::VerifyRefs::new(cfg.store.max_verify_refs, cfg.store.verify_ref_ttl),
             audit,
             draining: std::sync::atomic::AtomicBool::new(false),
             next_id: AtomicU64::new(1),

@@ -12,9 +12,10 @@ use std::time::Duration;
 use crate::clock::Timestamp;
 use crate::phone::Destination;
 
-/// How long a reference is remembered: as long as the longest-lived code of the presets
-/// (Vonage Verify v1's `pin_expiry` goes up to an hour; a Verify v2 workflow of three
-/// 15-minute steps lasts 45 minutes), so a late resend or check is still decided.
+/// How long a reference is remembered by default (`store.verify_ref_ttl`): as long as the
+/// longest-lived code of the presets' defaults (Vonage Verify v1's `pin_expiry` goes up to
+/// an hour; a Verify v2 workflow of three 15-minute steps lasts 45 minutes), so a late
+/// resend or check is still decided.
 pub const TTL: Duration = Duration::from_secs(60 * 60);
 
 /// The bounded, expiring map.
@@ -22,18 +23,25 @@ pub const TTL: Duration = Duration::from_secs(60 * 60);
 pub struct VerifyRefs {
     map: Mutex<HashMap<String, (Destination, Timestamp)>>,
     max: usize,
+    ttl: Duration,
 }
 
 impl VerifyRefs {
-    /// A map holding at most `max` references.
-    pub fn new(max: usize) -> VerifyRefs {
+    /// A map holding at most `max` references, each for `ttl`.
+    pub fn new(max: usize, ttl: Duration) -> VerifyRefs {
         VerifyRefs {
             map: Mutex::new(HashMap::new()),
             max: max.max(2),
+            ttl,
         }
     }
 
-    /// Remembers `reference` → `dest` until `now + TTL`.
+    /// How long a reference is remembered.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Remembers `reference` → `dest` until `now + ttl`.
     pub fn insert(&self, reference: String, dest: Destination, now: Timestamp) {
         if reference.len() > 128 {
             return;
@@ -48,7 +56,7 @@ impl VerifyRefs {
                 map.retain(|_, (_, exp)| *exp > cut);
             }
         }
-        map.insert(reference, (dest, now.add(TTL)));
+        map.insert(reference, (dest, now.add(self.ttl)));
     }
 
     /// The destination of a live reference.
@@ -78,7 +86,7 @@ mod tests {
     #[test]
     fn bounded_and_expiring() {
         let d = normalize("+447700900123", NumberFormat::E164, None).unwrap();
-        let refs = VerifyRefs::new(10);
+        let refs = VerifyRefs::new(10, TTL);
         let t0 = Timestamp::from_unix_secs(1_000);
         for i in 0..100 {
             refs.insert(format!("r{i}"), d, t0.add(Duration::from_secs(i)));
@@ -89,5 +97,18 @@ mod tests {
             refs.get("r99", t0.add(TTL).add(Duration::from_secs(100))),
             None
         );
+    }
+
+    #[test]
+    fn a_longer_ttl_keeps_references_longer() {
+        let d = normalize("+447700900123", NumberFormat::E164, None).unwrap();
+        let t0 = Timestamp::from_unix_secs(1_000);
+        let three_hours = Duration::from_secs(3 * 3600);
+        let refs = VerifyRefs::new(10, three_hours);
+        assert_eq!(refs.ttl(), three_hours);
+        refs.insert("r".into(), d, t0);
+        let later = t0.add(TTL).add(Duration::from_secs(60));
+        assert_eq!(refs.get("r", later), Some(d), "past the default hour");
+        assert_eq!(refs.get("r", t0.add(three_hours)), None);
     }
 }
