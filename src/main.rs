@@ -315,6 +315,7 @@ async fn serve(
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let admin_token = config.admin.token.is_some();
     let instance = Instance::start(Options {
         config,
         rules: rules.clone(),
@@ -324,7 +325,7 @@ async fn serve(
     .await?;
     // Numbering metadata and the busiest countries' tables, off the request path.
     tokio::task::spawn_blocking(smsfence::phone::warm_up);
-    banner(&instance, &rules, json_logs);
+    banner(&instance, &rules, json_logs, admin_token);
 
     loop {
         tokio::select! {
@@ -349,7 +350,10 @@ async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-fn banner(instance: &Instance, rules: &Source, json_logs: bool) {
+/// The start-up log line, the routes, and (on a Twilio sandbox route) commands to try.
+/// With `admin_token` set, the `/v1/check` command carries a placeholder for it (a token
+/// is never printed).
+fn banner(instance: &Instance, rules: &Source, json_logs: bool, admin_token: bool) {
     let app = &instance.app;
     let set = app.rules.snapshot();
     let source = match rules {
@@ -397,6 +401,11 @@ fn banner(instance: &Instance, rules: &Source, json_logs: bool) {
         },
         instance.admin_addr
     );
+    let auth = if admin_token {
+        "-H 'Authorization: Bearer <admin.token>' "
+    } else {
+        ""
+    };
     let send = format!(
         "curl -i -u ACtest:secret {p}/2010-04-01/Accounts/ACtest/Messages.json \\\n    \
          --data-urlencode To=+14155550123 --data-urlencode From=+15005550006 --data-urlencode 'Body=Your code is 123456'"
@@ -411,7 +420,7 @@ fn banner(instance: &Instance, rules: &Source, json_logs: bool) {
          A premium-rate number is refused outright:\n\n  \
          curl -i -u ACtest:secret {p}/2010-04-01/Accounts/ACtest/Messages.json \\\n    \
          --data-urlencode To=+449098790123 --data-urlencode From=+15005550006 --data-urlencode 'Body=hi'\n\n\
-         Ask what would happen, without sending:  curl -s {a}/v1/check -d '{{\"number\":\"+18765550123\"}}'\n\
+         Ask what would happen, without sending:  curl -s {auth}{a}/v1/check -d '{{\"number\":\"+18765550123\"}}'\n\
          Metrics:                                 curl -s {a}/metrics | grep smsfence_decisions\n"
     );
 }

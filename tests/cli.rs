@@ -367,3 +367,64 @@ fn the_start_up_example_is_printed_only_when_it_reaches_the_sandbox() {
         ex[0]
     );
 }
+
+/// The lines of the pretty start-up example (from "Try it" to "Metrics:") of smsfence run
+/// on `config` from an empty directory.
+fn pretty_start_up_example(config: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("svc.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_smsfence"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--log-format", "pretty", "--no-watch"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut example = Vec::new();
+    // Kept open until smsfence has exited: its shutdown lines go to the same pipe.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref().map_while(Result::ok) {
+        let done = line.starts_with("Metrics:");
+        if line.starts_with("Try it") || !example.is_empty() {
+            example.push(line);
+        }
+        if done {
+            break;
+        }
+    }
+    assert!(stop(&mut child).success());
+    drop(lines);
+    example
+}
+
+#[test]
+fn the_start_up_example_asks_the_admin_api_with_a_token_when_one_is_set() {
+    let sandbox = "[[route]]\nname = \"twilio\"\npreset = \"twilio\"\nupstream = \"sandbox\"\n";
+    let check = |example: &[String]| -> String {
+        example
+            .iter()
+            .find(|l| l.contains("/v1/check"))
+            .unwrap_or_else(|| panic!("no /v1/check example: {example:#?}"))
+            .clone()
+    };
+    // Without a token, /v1/check is open.
+    let open = check(&pretty_start_up_example(sandbox));
+    assert!(!open.contains("Authorization"), "{open}");
+    // With one, the printed command would get 401 without the header; the token itself is
+    // never printed.
+    let secret = "s3cret-admin-token";
+    let line = check(&pretty_start_up_example(&format!(
+        "{sandbox}[admin]\ntoken = \"{secret}\"\n"
+    )));
+    assert!(
+        line.contains("-H 'Authorization: Bearer <admin.token>'"),
+        "{line}"
+    );
+    assert!(!line.contains(secret), "{line}");
+}

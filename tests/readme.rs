@@ -136,3 +136,60 @@ fn the_readme_check_rules_sample_is_what_check_rules_prints() {
         assert!(matches, "README: {s}\nprinted: {p}");
     }
 }
+
+mod common;
+
+/// The output line the README shows right after the line that starts with `command`.
+fn readme_output_after(command: &str) -> (String, serde_json::Value) {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let mut lines = readme.lines().skip_while(|l| !l.starts_with(command));
+    let shown = lines
+        .next()
+        .unwrap_or_else(|| panic!("README.md has no line starting {command:?}"));
+    let output = lines.next().expect("an output line after the command");
+    let output = serde_json::from_str(output)
+        .unwrap_or_else(|e| panic!("README.md: the output of {shown:?} is not JSON: {e}"));
+    (shown.to_owned(), output)
+}
+
+/// The Admin API's `/v1/check` sample and the auto-block samples of "Pumping heuristics"
+/// are what smsfence answers, on the shipped rules with every preset on the sandbox.
+#[tokio::test]
+async fn the_readme_admin_samples_are_what_smsfence_answers() {
+    use common::{send, twilio_send, Proxy, JSON};
+    let p = Proxy::start_default_rules("").await;
+
+    let (shown, want) = readme_output_after("$ curl -s localhost:9090/v1/check -d '");
+    let body = shown
+        .split_once("-d '")
+        .and_then(|(_, b)| b.strip_suffix('\''))
+        .expect("the sample's body in single quotes");
+    let got = send("POST", &p.admin("/v1/check"), &[JSON], body.to_owned()).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json(), want, "{shown}");
+
+    // The range walk of the `range-walk` example: …459 has 3 neighbours, and its block of
+    // 1,000 numbers is listed 3 s later.
+    for n in ["+447400123456", "+447400123457", "+447400123458"] {
+        assert_eq!(twilio_send(&p, n, &[]).await.status, 201, "{n}");
+    }
+    let refused = twilio_send(&p, "+447400123459", &[]).await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.header("smsfence-rule"), Some("range-walk"));
+    p.advance(std::time::Duration::from_secs(3));
+    let (_, want) = readme_output_after("$ curl -s localhost:9090/v1/blocks");
+    let got = send("GET", &p.admin("/v1/blocks"), &[], "").await;
+    assert_eq!(got.json(), want);
+
+    let (shown, want) = readme_output_after("$ curl -s -X DELETE localhost:9090/v1/blocks/");
+    let path = shown
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("localhost:9090"))
+        .unwrap();
+    let got = send("DELETE", &p.admin(path), &[], "").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json(), want, "{shown}");
+    let got = send("DELETE", &p.admin(path), &[], "").await;
+    assert_eq!(got.status, 404, "lifting it again: there is none");
+}

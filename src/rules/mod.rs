@@ -1147,10 +1147,18 @@ fn stable_id(name: &str, key: &KeyKind) -> u64 {
     h.finish()
 }
 
-/// The `name = "…"` of the table around a byte offset, for errors toml reports.
+/// The `name = "…"` of the table around a byte offset, for errors toml reports (at a key,
+/// or at the table's `[[…]]` header for a missing field).
 fn rule_name_around(text: &str, offset: usize) -> Option<String> {
     let offset = offset.min(text.len());
-    let start = text[..offset].rfind("\n[").map_or(0, |i| i + 1);
+    // The table starts at the offset's own line when that is a header, else at the last
+    // header above it.
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let start = if text[line_start..].starts_with('[') {
+        line_start
+    } else {
+        text[..line_start].rfind("\n[").map_or(0, |i| i + 1)
+    };
     let end = text[offset..]
         .find("\n[")
         .map_or(text.len(), |i| offset + i);

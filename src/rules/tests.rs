@@ -234,3 +234,18 @@ fn prefix_velocity_drop_digits_are_listed_once() {
     let e = errors("[[heuristic]]\nname = \"pv\"\nkind = \"prefix_velocity\"\ndrop_digits = [3, 4, 3]\nwindow = \"10m\"\nmax_requests = 4\n");
     assert_eq!(e, ["r.toml:1: pv: drop_digits lists 3 twice"]);
 }
+
+#[test]
+fn a_missing_field_names_the_rule_it_is_missing_from() {
+    // toml reports a missing field at the table's `[[limit]]` header; the error named the
+    // rule before it (`ok`, which has nothing wrong).
+    let text = "[[limit]]\nname = \"ok\"\nkey = \"number\"\nrate = \"1/60s\"\nburst = 1\n\n[[limit]]\nname = \"no-rate\"\nkey = \"number\"\nburst = 1\n";
+    assert_eq!(errors(text), ["r.toml:7: no-rate: missing field `rate`"]);
+    // The same with no blank line between the rules, and as the file's first rule.
+    let text = "[[limit]]\nname = \"ok\"\nkey = \"number\"\nrate = \"1/60s\"\nburst = 1\n[[limit]]\nname = \"no-rate\"\nkey = \"number\"\nburst = 1\n";
+    assert_eq!(errors(text), ["r.toml:6: no-rate: missing field `rate`"]);
+    assert_eq!(
+        errors("[[limit]]\nname = \"first\"\nkey = \"number\"\nburst = 1\n"),
+        ["r.toml:1: first: missing field `rate`"]
+    );
+}
