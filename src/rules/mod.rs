@@ -1148,20 +1148,37 @@ fn stable_id(name: &str, key: &KeyKind) -> u64 {
 }
 
 /// The `name = "…"` of the table around a byte offset, for errors toml reports (at a key,
-/// or at the table's `[[…]]` header for a missing field).
+/// or at the table's `[[…]]` header for a missing field). Headers may be indented, as TOML
+/// allows.
 fn rule_name_around(text: &str, offset: usize) -> Option<String> {
     let offset = offset.min(text.len());
+    let header = |line: &str| line.trim_start_matches([' ', '\t']).starts_with('[');
     // The table starts at the offset's own line when that is a header, else at the last
-    // header above it.
+    // header above it; it ends before the next header below that line.
     let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let start = if text[line_start..].starts_with('[') {
-        line_start
-    } else {
-        text[..line_start].rfind("\n[").map_or(0, |i| i + 1)
-    };
-    let end = text[offset..]
-        .find("\n[")
-        .map_or(text.len(), |i| offset + i);
+    let mut start = 0;
+    let mut at = 0;
+    for line in text[..line_start].split_inclusive('\n') {
+        if header(line) {
+            start = at;
+        }
+        at += line.len();
+    }
+    if header(&text[line_start..]) {
+        start = line_start;
+    }
+    let line_end = text[offset..]
+        .find('\n')
+        .map_or(text.len(), |i| offset + i + 1);
+    let mut end = text.len();
+    let mut at = line_end;
+    for line in text[line_end..].split_inclusive('\n') {
+        if header(line) {
+            end = at;
+            break;
+        }
+        at += line.len();
+    }
     text[start..end].lines().find_map(|l| {
         let (k, v) = l.split_once('=')?;
         (k.trim() == "name").then(|| v.trim().trim_matches('"').to_owned())

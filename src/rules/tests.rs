@@ -249,3 +249,18 @@ fn a_missing_field_names_the_rule_it_is_missing_from() {
         ["r.toml:1: first: missing field `rate`"]
     );
 }
+
+#[test]
+fn an_indented_rule_is_named_in_its_errors() {
+    // TOML ignores indentation before a header; the name lookup must too, or a missing
+    // field (reported at the header) or a bad key names the rule before.
+    let text = "[[limit]]\nname = \"ok\"\nkey = \"number\"\nrate = \"1/60s\"\nburst = 1\n  [[limit]]\n  name = \"no-rate\"\n  key = \"number\"\n  burst = 1\n";
+    assert_eq!(errors(text), ["r.toml:6: no-rate: missing field `rate`"]);
+    let text = "[[limit]]\nname = \"ok\"\nkey = \"number\"\nrate = \"1/60s\"\nburst = 1\n\t[[limit]]\n\tname = \"typo\"\n\tkey = \"number\"\n\trate = \"1/60s\"\n\tburts = 1\n";
+    let e = errors(text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("r.toml:10: typo: unknown field `burts`"),
+        "{e:?}"
+    );
+}
