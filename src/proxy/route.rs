@@ -268,6 +268,48 @@ mod tests {
     }
 
     #[test]
+    fn a_plivo_caller_id_check_is_told_from_a_caller_id() {
+        use crate::providers::plivo;
+        let t = RouteTable::new(&default_routes());
+        let target = |method: Method, path: &str| {
+            t.find(&method, path)
+                .unwrap_or_else(|| panic!("{method} {path}"))
+                .target
+        };
+        let check =
+            "/v1/Account/MA1/VerifiedCallerId/Verification/f87836bd-f3c0-41bb-9498-125e6faaa4d4/";
+        assert_eq!(
+            target(Method::POST, check),
+            Target::Op(Op::Plivo(plivo::Op::VerifyCallerIdCheck))
+        );
+        assert_eq!(
+            target(Method::POST, "/v1/Account/MA1/VerifiedCallerId/"),
+            Target::Op(Op::Plivo(plivo::Op::VerifyCallerId))
+        );
+        // A caller id's update, look-up and removal, and any other method on a
+        // verification, pass through as before.
+        let caller_id = "/v1/Account/MA1/VerifiedCallerId/+447400123456/";
+        for (method, path) in [
+            (Method::POST, caller_id),
+            (Method::GET, caller_id),
+            (Method::DELETE, caller_id),
+            (Method::GET, "/v1/Account/MA1/VerifiedCallerId/"),
+            (Method::GET, check),
+            (Method::DELETE, check),
+            (
+                Method::POST,
+                "/v1/Account/MA1/VerifiedCallerId/Verification/",
+            ),
+        ] {
+            assert_eq!(
+                target(method.clone(), path),
+                Target::Passthrough,
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[test]
     fn path_prefix_is_part_of_the_match() {
         let mut routes = default_routes();
         routes.truncate(1);
