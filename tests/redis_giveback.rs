@@ -589,6 +589,17 @@ fn a_worker_ending_waits_for_its_detached_writes() {
         settled
     });
     test_rt.block_on(relay.holding());
+    // Still settling while its write has no answer: the relay delivers what it held even
+    // once its client is gone, so the reference landing below would not tell a settle
+    // that waits from one that returns as soon as the write is on the wire.
+    let held = Instant::now();
+    while held.elapsed() < Duration::from_millis(300) {
+        assert!(
+            !worker.is_finished(),
+            "the worker ended with its write unanswered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     relay.release();
     assert!(worker.join().unwrap(), "settled within 10 s");
 
