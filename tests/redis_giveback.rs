@@ -609,3 +609,51 @@ fn a_worker_ending_waits_for_its_detached_writes() {
     });
     assert_eq!(check.map(|d| d.e164()), Some("+447400123456".to_owned()));
 }
+
+/// Shutdown waits for what a request left running: a client hangs up while its budget's
+/// reserving script is held, the instance (two proxy workers: the request is on either
+/// event loop) is shut down, and `Instance::wait` does not return until Redis answers and
+/// the reservation is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_a_held_reservation_to_be_given_back() {
+    let redis = Redis::start(false);
+    let relay = Relay::start(redis.port).await;
+    let up = MockUpstream::start().await;
+    let rules =
+        "[prices]\ndefault = 0.10\n[[heuristic]]\nname = \"spend\"\nkind = \"spend_budget\"\nhourly = 0.35\n";
+    let config = |url: String| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworker_threads = 2\n\
+             [store]\nkind = \"redis\"\nurls = [{url:?}]\ntimeout = \"30s\"\nsweep_interval = \"1h\"\n{}",
+            all_presets_to(&up.url())
+        )
+    };
+    let p = Proxy::start(&config(relay.url()), &[("r.toml", rules)]).await;
+    for to in ["+447400123001", "+447400123002"] {
+        assert_eq!(twilio_send(&p, to, &[]).await.status, 201);
+    }
+    let window = redis::Script::new(include_str!("../src/store/lua/window.lua"));
+    relay.arm(window.get_hash().as_bytes());
+    let s = raw_send(&p, "+447400123003").await;
+    relay.holding().await;
+    hang_up(&p, s).await;
+
+    let Proxy { instance, .. } = p;
+    instance.shutdown();
+    let waiting = tokio::spawn(instance.wait());
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(300) {
+        assert!(!waiting.is_finished(), "shut down with a write unanswered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    relay.release();
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("shut down within 10 s of Redis answering")
+        .unwrap();
+
+    // 0.20 spent: a third send fits (0.30 of 0.35); were the dropped one's 0.10 still
+    // reserved it would not (0.40).
+    let q = Proxy::start(&config(redis.url()), &[("r.toml", rules)]).await;
+    assert_eq!(allowed_within(&q, "+447400999001").await, 201);
+}

@@ -444,6 +444,9 @@ pub struct Instance {
     shutdown: watch::Sender<bool>,
     shutdown_delay: Duration,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Lets the proxy workers' event loops end, once every worker has settled its store
+    /// writes (see [`Instance::wait`]).
+    release: watch::Sender<bool>,
     _watcher: Option<crate::rules::reload::Watch>,
 }
 
@@ -538,6 +541,7 @@ impl Instance {
             .map_err(bind_error(cfg.admin.listen))?;
 
         let (shutdown, rx) = watch::channel(false);
+        let (release, released) = watch::channel(false);
         let drain = cfg.server.drain_timeout;
         let mut tasks = Vec::new();
         // Thread per core, as nginx's workers: every worker accepts from the same
@@ -565,6 +569,7 @@ impl Instance {
             let (done, finished) = tokio::sync::oneshot::channel::<()>();
             let (up, started) = tokio::sync::oneshot::channel::<()>();
             let store = Arc::clone(&app.store);
+            let mut released = released.clone();
             std::thread::Builder::new()
                 .name(format!("sf-worker-{index}"))
                 .spawn(move || {
@@ -574,9 +579,15 @@ impl Instance {
                     // Store writes this worker's requests left running (a give-back for a
                     // client that hung up) end before its event loop does.
                     runtime.block_on(settle(&store));
+                    let _ = done.send(());
+                    // The event loop keeps running until every worker has settled: shared
+                    // Redis connections live on the event loop that made them, and the
+                    // other workers' writes may go through them.
+                    runtime.block_on(async {
+                        let _ = released.wait_for(|r| *r).await;
+                    });
                     // Tasks the worker spawned (upstream connections) end with it.
                     runtime.shutdown_timeout(Duration::from_secs(1));
-                    let _ = done.send(());
                 })
                 .map_err(StartError::Worker)?;
             // Started means every worker is running (and named) when `start` returns.
@@ -638,6 +649,7 @@ impl Instance {
             shutdown,
             shutdown_delay: cfg.server.shutdown_delay,
             tasks,
+            release,
             _watcher: watcher,
         })
     }
@@ -665,10 +677,12 @@ impl Instance {
     /// store writes those requests left running have ended and their audit events are
     /// written (at most five seconds each).
     pub async fn wait(self) {
+        // The listeners, the sweeper, and each proxy worker's having settled its writes.
         for t in self.tasks {
             let _ = t.await;
         }
         settle(&self.app.store).await;
+        let _ = self.release.send(true);
         if !self.app.audit.flush(Duration::from_secs(5)).await {
             tracing::warn!("the audit log's last events could not be written within 5 s");
         }
