@@ -88,20 +88,6 @@ fn route(upstream: &str) -> String {
     format!("[[route]]\nname = \"plivo\"\npreset = \"plivo\"\nupstream = \"{upstream}\"\n")
 }
 
-/// The verified `verify_check` conversions counted for GB, as `/metrics` shows them.
-async fn conversions(p: &Proxy) -> String {
-    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
-    m.lines()
-        .find(|l| {
-            l.starts_with("smsfence_conversions_total{")
-                && l.contains(r#"country="GB""#)
-                && l.contains(r#"source="verify_check""#)
-                && l.contains(r#"outcome="verified""#)
-        })
-        .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
-        .unwrap_or_else(|| "0".into())
-}
-
 async fn start(p: &Proxy, recipient: &str) -> Answer {
     send(
         "POST",
@@ -130,12 +116,12 @@ async fn a_validated_session_is_a_conversion_of_the_number_it_started_for() {
     assert_eq!(a.status, 200, "{}", a.text());
     let session = a.json()["session_uuid"].as_str().unwrap().to_owned();
     assert_eq!(session, session_for("447400123456"));
-    assert_eq!(conversions(&p).await, "0");
+    assert_eq!(verify_check_conversions(&p).await, "0");
 
     let a = validate(&p, &session, OTP).await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.json()["message"], "session validated successfully.");
-    assert_eq!(conversions(&p).await, "1");
+    assert_eq!(verify_check_conversions(&p).await, "1");
     // Forwarded as sent: the path and the code reach Plivo unchanged.
     let got = up.requests();
     assert_eq!(got.len(), 2);
@@ -152,7 +138,7 @@ async fn a_validated_session_is_a_conversion_of_the_number_it_started_for() {
         assert_eq!(a.json()["status"], "verified");
     }
     assert_eq!(up.requests().len(), 4);
-    assert_eq!(conversions(&p).await, "1");
+    assert_eq!(verify_check_conversions(&p).await, "1");
 }
 
 #[tokio::test]
@@ -169,12 +155,12 @@ async fn a_wrong_code_is_no_conversion_and_validations_are_counted_against_the_n
     assert_eq!(a.status, 400, "{}", a.text());
     assert_eq!(a.json()["error"], "Invalid OTP");
     assert!(a.header("smsfence-reason").is_none());
-    assert_eq!(conversions(&p).await, "0");
+    assert_eq!(verify_check_conversions(&p).await, "0");
 
     // The second guess for that number is within the limit and right; the third is
     // refused in Plivo's own shape and never reaches Plivo.
     assert_eq!(validate(&p, &session, OTP).await.status, 200);
-    assert_eq!(conversions(&p).await, "1");
+    assert_eq!(verify_check_conversions(&p).await, "1");
     assert_eq!(up.requests().len(), 3);
     let t = validate(&p, &session, OTP).await;
     assert_eq!(t.status, 429, "{}", t.text());
@@ -188,7 +174,7 @@ async fn a_wrong_code_is_no_conversion_and_validations_are_counted_against_the_n
         .unwrap()
         .contains("[smsfence reason=rate_limited rule=guess]"));
     assert_eq!(up.requests().len(), 3);
-    assert_eq!(conversions(&p).await, "1");
+    assert_eq!(verify_check_conversions(&p).await, "1");
 
     // Another number's session is counted on its own.
     let other = start(&p, "447400123457").await.json()["session_uuid"]
@@ -196,7 +182,7 @@ async fn a_wrong_code_is_no_conversion_and_validations_are_counted_against_the_n
         .unwrap()
         .to_owned();
     assert_eq!(validate(&p, &other, OTP).await.status, 200);
-    assert_eq!(conversions(&p).await, "2");
+    assert_eq!(verify_check_conversions(&p).await, "2");
 }
 
 #[tokio::test]
@@ -212,7 +198,7 @@ async fn a_session_smsfence_never_saw_start_passes_undecided_and_credits_nothing
     }
     assert_eq!(up.requests().len(), 2);
     // Plivo's answer names no number: nothing to credit.
-    assert_eq!(conversions(&p).await, "0");
+    assert_eq!(verify_check_conversions(&p).await, "0");
     assert!(!send("GET", &p.admin("/metrics"), &[], "")
         .await
         .text()
@@ -224,7 +210,7 @@ async fn a_session_smsfence_never_saw_start_passes_undecided_and_credits_nothing
         .unwrap()
         .to_owned();
     assert_eq!(validate(&p, &session, OTP).await.status, 200);
-    assert_eq!(conversions(&p).await, "1");
+    assert_eq!(verify_check_conversions(&p).await, "1");
     let t = validate(&p, &session, OTP).await;
     assert_eq!(t.header("smsfence-rule"), Some("once"), "{}", t.text());
     assert_eq!(up.requests().len(), 4);
@@ -242,11 +228,11 @@ async fn the_sandbox_answers_starts_and_validations() {
     let wrong = validate(&p, &session, "000000").await;
     assert_eq!(wrong.status, 400, "{}", wrong.text());
     assert!(wrong.json()["error"].as_str().is_some());
-    assert_eq!(conversions(&p).await, "0");
+    assert_eq!(verify_check_conversions(&p).await, "0");
     let right = validate(&p, &session, OTP).await;
     assert_eq!(right.status, 200, "{}", right.text());
     assert_eq!(right.json()["message"], "session validated successfully.");
-    assert_eq!(conversions(&p).await, "1");
+    assert_eq!(verify_check_conversions(&p).await, "1");
     // The sandbox still refuses as Plivo does.
     let t = validate(&p, &session, OTP).await;
     assert_eq!(t.status, 429);
@@ -304,10 +290,10 @@ async fn a_verified_caller_id_is_a_conversion_and_its_checks_are_counted() {
 
     let wrong = check("000000").await;
     assert_eq!(wrong.status, 400, "{}", wrong.text());
-    assert_eq!(conversions(&p).await, "0");
+    assert_eq!(verify_check_conversions(&p).await, "0");
     let right = check(OTP).await;
     assert_eq!(right.status, 200, "{}", right.text());
-    assert_eq!(conversions(&p).await, "1");
+    assert_eq!(verify_check_conversions(&p).await, "1");
     // The third check of that number within the limit's window is refused, in Plivo's
     // shape, and not forwarded.
     let third = check(OTP).await;
@@ -329,6 +315,6 @@ async fn a_late_validation_is_matched_while_the_id_is_remembered() {
         let session = a.json()["session_uuid"].as_str().unwrap().to_owned();
         p.advance(std::time::Duration::from_secs(2 * 3600));
         assert_eq!(validate(&p, &session, OTP).await.status, 200);
-        assert_eq!(conversions(&p).await, credited, "{store:?}");
+        assert_eq!(verify_check_conversions(&p).await, credited, "{store:?}");
     }
 }

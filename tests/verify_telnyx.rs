@@ -90,19 +90,6 @@ fn route(upstream: &str) -> String {
     format!("[[route]]\nname = \"telnyx\"\npreset = \"telnyx\"\nupstream = \"{upstream}\"\n")
 }
 
-async fn conversions(p: &Proxy) -> String {
-    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
-    m.lines()
-        .find(|l| {
-            l.starts_with("smsfence_conversions_total{")
-                && l.contains(r#"country="GB""#)
-                && l.contains(r#"source="verify_check""#)
-                && l.contains(r#"outcome="verified""#)
-        })
-        .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
-        .unwrap_or_else(|| "0".into())
-}
-
 #[tokio::test]
 async fn starts_on_every_channel_are_decided() {
     let up = telnyx_upstream().await;
@@ -200,7 +187,7 @@ async fn checks_are_counted_against_the_number_and_accepted_ones_are_conversions
     )
     .await;
     assert_eq!(a.json()["data"]["id"], "ver-3456");
-    assert_eq!(conversions(&p).await, "0");
+    assert_eq!(verify_check_conversions(&p).await, "0");
 
     // By id: the number comes from the start's answer.
     let a = send(
@@ -216,7 +203,7 @@ async fn checks_are_counted_against_the_number_and_accepted_ones_are_conversions
         "{}",
         a.text()
     );
-    assert_eq!(conversions(&p).await, "1");
+    assert_eq!(verify_check_conversions(&p).await, "1");
     // By phone number, `+` encoded as the Node SDK does: the same number's second check.
     let a = send(
         "POST",
@@ -231,7 +218,7 @@ async fn checks_are_counted_against_the_number_and_accepted_ones_are_conversions
         "{}",
         a.text()
     );
-    assert_eq!(conversions(&p).await, "2");
+    assert_eq!(verify_check_conversions(&p).await, "2");
     assert_eq!(up.requests().len(), 3);
     // The third check of that number, by id or by number (`+` as the Python SDK sends
     // it), is over the guess limit: refused, never forwarded.
@@ -255,7 +242,7 @@ async fn checks_are_counted_against_the_number_and_accepted_ones_are_conversions
     )
     .await;
     assert_eq!(a.json()["data"]["response_code"], "rejected");
-    assert_eq!(conversions(&p).await, "2");
+    assert_eq!(verify_check_conversions(&p).await, "2");
     // A check by an id smsfence never saw start passes undecided; its accepted answer
     // names the number, which is credited.
     let a = send(
@@ -266,7 +253,7 @@ async fn checks_are_counted_against_the_number_and_accepted_ones_are_conversions
     )
     .await;
     assert_eq!(a.status, 200);
-    assert_eq!(conversions(&p).await, "3");
+    assert_eq!(verify_check_conversions(&p).await, "3");
 }
 
 #[tokio::test]
@@ -301,7 +288,7 @@ async fn the_sandbox_answers_starts_and_checks() {
     .await;
     assert_eq!(a.status, 200);
     assert_eq!(a.json()["data"]["response_code"], "rejected");
-    assert_eq!(conversions(&p).await, "0");
+    assert_eq!(verify_check_conversions(&p).await, "0");
     let a = send(
         "POST",
         &p.url(&format!("/v2/verifications/{id}/actions/verify")),
@@ -310,7 +297,7 @@ async fn the_sandbox_answers_starts_and_checks() {
     )
     .await;
     assert_eq!(a.json()["data"]["response_code"], "accepted");
-    assert_eq!(conversions(&p).await, "1");
+    assert_eq!(verify_check_conversions(&p).await, "1");
     // The sandbox still refuses as Telnyx does.
     let a = send(
         "POST",

@@ -406,3 +406,18 @@ pub async fn metrics_with(p: &Proxy, needle: &str) -> String {
     }
     m
 }
+
+/// The verified `verify_check` conversions counted for GB, as `/metrics` shows them ("0"
+/// before the first).
+pub async fn verify_check_conversions(p: &Proxy) -> String {
+    let m = send("GET", &p.admin("/metrics"), &[], "").await.text();
+    m.lines()
+        .find(|l| {
+            l.starts_with("smsfence_conversions_total{")
+                && l.contains(r#"country="GB""#)
+                && l.contains(r#"source="verify_check""#)
+                && l.contains(r#"outcome="verified""#)
+        })
+        .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
+        .unwrap_or_else(|| "0".into())
+}
