@@ -212,17 +212,27 @@ async fn hang_up(p: &Proxy, s: TcpStream) {
     assert!(m.contains(closed), "the request was dropped: {m}");
 }
 
-/// Sends to `to` until one is allowed (a refused try gives its own reservation back, so
-/// trying again changes nothing), at most 5 s; the last status.
-async fn allowed_within(p: &Proxy, to: &str) -> u16 {
+/// Calls `attempt` until its answer is `done`, at most 5 s (short pauses between tries);
+/// the last answer.
+async fn within_5s<T, F: std::future::Future<Output = T>>(
+    mut attempt: impl FnMut() -> F,
+    done: impl Fn(&T) -> bool,
+) -> T {
     let start = Instant::now();
     loop {
-        let status = twilio_send(p, to, &[]).await.status.as_u16();
-        if status == 201 || start.elapsed() > Duration::from_secs(5) {
-            return status;
+        let answer = attempt().await;
+        if done(&answer) || start.elapsed() > Duration::from_secs(5) {
+            return answer;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Sends to `to` until one is allowed (a refused try gives its own reservation back, so
+/// trying again changes nothing), at most 5 s; the last status.
+async fn allowed_within(p: &Proxy, to: &str) -> u16 {
+    let send = || async { twilio_send(p, to, &[]).await.status.as_u16() };
+    within_5s(send, |status| *status == 201).await
 }
 
 /// The client hangs up while the call that reserves its budget is out: the script runs
@@ -407,21 +417,12 @@ async fn a_hang_up_while_a_verify_start_is_shared_keeps_its_reference() {
 /// Polls the dry-run `/v1/check` of `number` until it allows, at most 5 s; the last
 /// decision.
 async fn checks_allowed_within(p: &Proxy, number: &str) -> String {
-    let start = Instant::now();
-    loop {
-        let a = send(
-            "POST",
-            &p.admin("/v1/check"),
-            &[JSON],
-            format!(r#"{{"number":"{number}"}}"#),
-        )
-        .await;
-        let decision = a.json()["decision"].as_str().unwrap_or("").to_owned();
-        if decision == "allow" || start.elapsed() > Duration::from_secs(5) {
-            return decision;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let check = || async {
+        let body = format!(r#"{{"number":"{number}"}}"#);
+        let a = send("POST", &p.admin("/v1/check"), &[JSON], body).await;
+        a.json()["decision"].as_str().unwrap_or("").to_owned()
+    };
+    within_5s(check, |decision| decision == "allow").await
 }
 
 /// A verification whose client hangs up while it is recorded (its number just marked
