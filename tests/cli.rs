@@ -300,18 +300,18 @@ fn an_audit_log_that_cannot_be_opened_is_named() {
     );
 }
 
-/// The start-up log of smsfence run on `config` from an empty directory (JSON lines), from
-/// start to its exit after SIGTERM: the banner is written before the signal is handled.
-fn start_up_log(config: &str) -> Vec<serde_json::Value> {
+/// smsfence run on `config` from an empty directory (kept while it runs), on loopback
+/// ports, logging at info in `format` to a piped stderr.
+fn run_on(config: &str, format: &str) -> (tempfile::TempDir, Running) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("svc.toml");
     std::fs::write(&cfg, config).unwrap();
-    let mut child = Running(
+    let child = Running(
         Command::new(env!("CARGO_BIN_EXE_smsfence"))
             .arg("--config")
             .arg(&cfg)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--log-format", "json", "--no-watch"])
+            .args(["--log-format", format, "--no-watch"])
             .current_dir(dir.path())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -319,6 +319,13 @@ fn start_up_log(config: &str) -> Vec<serde_json::Value> {
             .spawn()
             .unwrap(),
     );
+    (dir, child)
+}
+
+/// The start-up log of smsfence run on `config` from an empty directory (JSON lines), from
+/// start to its exit after SIGTERM: the banner is written before the signal is handled.
+fn start_up_log(config: &str) -> Vec<serde_json::Value> {
+    let (_dir, mut child) = run_on(config, "json");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut log = Vec::new();
     for line in lines.by_ref().map_while(Result::ok) {
@@ -371,21 +378,7 @@ fn the_start_up_example_is_printed_only_when_it_reaches_the_sandbox() {
 /// The lines of the pretty start-up example (from "Try it" to "Metrics:") of smsfence run
 /// on `config` from an empty directory.
 fn pretty_start_up_example(config: &str) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("svc.toml");
-    std::fs::write(&cfg, config).unwrap();
-    let mut child = Running(
-        Command::new(env!("CARGO_BIN_EXE_smsfence"))
-            .arg("--config")
-            .arg(&cfg)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--log-format", "pretty", "--no-watch"])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let (_dir, mut child) = run_on(config, "pretty");
     let mut example = Vec::new();
     // Kept open until smsfence has exited: its shutdown lines go to the same pipe.
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
