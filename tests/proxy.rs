@@ -983,22 +983,8 @@ async fn a_slow_verify_answer_body_is_not_overhead() {
 
 /// A Twilio send written on a raw connection, which the test can then drop mid-exchange.
 async fn raw_twilio_send(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let body = "To=%2B14155550123&Body=x";
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!(
-            "POST /2010-04-01/Accounts/ACtest/Messages.json HTTP/1.1\r\nhost: x\r\n\
-             authorization: {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n{body}",
-            BASIC.1,
-            FORM.1,
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    s
+    let path = "/2010-04-01/Accounts/ACtest/Messages.json";
+    raw_form_post(addr, path, "To=%2B14155550123&Body=x").await
 }
 
 /// New keys fill the memory store's ceiling; then traffic turns to a country the store

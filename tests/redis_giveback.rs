@@ -187,20 +187,7 @@ async fn raw_send(p: &Proxy, to: &str) -> TcpStream {
 
 /// A Twilio form POST written on a raw connection, to be dropped (the client hangs up).
 async fn raw_post(p: &Proxy, path: &str, body: &str) -> TcpStream {
-    let mut s = TcpStream::connect(p.instance.proxy_addr).await.unwrap();
-    s.write_all(
-        format!(
-            "POST {path} HTTP/1.1\r\nhost: x\r\n\
-             authorization: {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n{body}",
-            BASIC.1,
-            FORM.1,
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    s
+    raw_form_post(p.instance.proxy_addr, path, body).await
 }
 
 /// Hangs up, and waits until smsfence has dropped the request.

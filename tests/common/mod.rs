@@ -421,3 +421,23 @@ pub async fn verify_check_conversions(p: &Proxy) -> String {
         .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
         .unwrap_or_else(|| "0".into())
 }
+
+/// A Basic-authenticated form POST written on a raw connection to `addr`, which the test
+/// can then drop mid-exchange (its client hangs up).
+pub async fn raw_form_post(addr: SocketAddr, path: &str, body: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\n\
+             authorization: {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n{body}",
+            BASIC.1,
+            FORM.1,
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s
+}
